@@ -1,0 +1,5 @@
+import sys
+
+from flightlab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,84 @@
+"""``flightlab``: the command line, shaped like Feast's own.
+
+    flightlab [-c REPO] serve_offline [-h HOST] [-p PORT] [--log-level LEVEL]
+
+mirrors ``feast -c REPO serve_offline -h HOST -p PORT``, with the same
+defaults (the current folder, 127.0.0.1, port 8815).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from flightlab import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flightlab", description="A remote offline feature server for Feast."
+    )
+    parser.add_argument("--version", action="version", version=f"flightlab {__version__}")
+    parser.add_argument(
+        "-c",
+        "--chdir",
+        default=".",
+        metavar="REPO",
+        help="the Feast repo (folder with feature_store.yaml); default: the current folder",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    # -h means --host, as in `feast serve_offline`, so help is --help only.
+    serve = commands.add_parser(
+        "serve_offline", add_help=False, help="serve the repo's offline store over Arrow Flight"
+    )
+    serve.add_argument("--help", action="help", help="show this help and exit")
+    serve.add_argument("-h", "--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument(
+        "-p", "--port", type=int, default=8815, help="port (0 picks a free one and prints it)"
+    )
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log (one line per request at info)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "serve_offline":
+        return serve_offline(Path(args.chdir), args.host, args.port)
+    return 2
+
+
+def serve_offline(repo: Path, host: str, port: int) -> int:
+    if not (repo / "feature_store.yaml").is_file():
+        print(f"flightlab: no feature_store.yaml in {repo.resolve()}", file=sys.stderr)
+        return 2
+    from flightlab.server import OfflineServer
+
+    server = OfflineServer(repo, host=host, port=port).start()
+    # The one line a script waits for, on stdout, with the port actually bound.
+    print(f"flightlab serving {server.location}", flush=True)
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        logging.getLogger("flightlab").info("%s received, stopping", signal.Signals(signum).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    while not stop_requested.wait(0.5):
+        pass
+    server.stop()
+    return 0

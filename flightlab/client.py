@@ -1,0 +1,256 @@
+"""``RemoteOfflineStore``: a Feast offline store that runs on a flightlab server.
+
+Select it in a client repo's ``feature_store.yaml``::
+
+    offline_store:
+      type: flightlab.client.RemoteOfflineStore
+      host: localhost
+      port: 8815
+
+Every call becomes a request of :mod:`flightlab.protocol`; retrievals are lazy
+and nothing is sent until ``to_df``/``to_arrow``/``persist``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from feast.data_source import DataSource
+from feast.feature_logging import FeatureServiceLoggingSource, LoggingConfig, LoggingSource
+from feast.feature_view import FeatureView
+from feast.infra.offline_stores import offline_utils
+from feast.infra.offline_stores.offline_store import (
+    OfflineStore,
+    RetrievalJob,
+    RetrievalMetadata,
+)
+from feast.infra.registry.base_registry import BaseRegistry
+from feast.on_demand_feature_view import OnDemandFeatureView
+from feast.repo_config import FeastConfigBaseModel, RepoConfig
+from feast.saved_dataset import SavedDatasetStorage
+from pydantic import StrictInt, StrictStr
+
+from flightlab import protocol as p
+from flightlab.errors import MalformedEntityDataError
+from flightlab.transport import OfflineFlightClient
+
+
+class RemoteOfflineStoreConfig(FeastConfigBaseModel):
+    """Where the flightlab server is, and how long a call may take."""
+
+    type: Literal["flightlab.client.RemoteOfflineStore"] = "flightlab.client.RemoteOfflineStore"
+    host: StrictStr = "localhost"
+    port: StrictInt = 8815
+    timeout: Optional[float] = None
+    """Seconds a call may take; None waits as long as the server needs."""
+
+    @property
+    def location(self) -> str:
+        return f"grpc+tcp://{self.host}:{self.port}"
+
+
+def _client(config: RepoConfig) -> OfflineFlightClient:
+    store_config = config.offline_store
+    assert isinstance(store_config, RemoteOfflineStoreConfig)
+    return OfflineFlightClient(store_config.location, timeout=store_config.timeout)
+
+
+class RemoteRetrievalJob(RetrievalJob):
+    """A retrieval to run on the server, lazily: nothing is sent until asked."""
+
+    def __init__(
+        self,
+        config: RepoConfig,
+        request: p.RetrievalRequest,
+        metadata: RetrievalMetadata | None = None,
+    ):
+        self._config = config
+        self.request = request
+        self._metadata = metadata
+
+    def _to_arrow_internal(self, timeout: Optional[int] = None) -> pa.Table:
+        with _client(self._config) as client:
+            return client.fetch(self.request, timeout=timeout)
+
+    def _to_df_internal(self, timeout: Optional[int] = None) -> pd.DataFrame:
+        return self._to_arrow_internal(timeout).to_pandas()
+
+    @property
+    def full_feature_names(self) -> bool:
+        return getattr(self.request, "full_feature_names", False)
+
+    @property
+    def on_demand_feature_views(self) -> list[OnDemandFeatureView]:
+        # The server runs the retrieval through its FeatureStore, which applies
+        # on-demand transformations: the rows arrive with them computed.
+        return []
+
+    @property
+    def metadata(self) -> Optional[RetrievalMetadata]:
+        return self._metadata
+
+    def persist(
+        self,
+        storage: SavedDatasetStorage,
+        allow_overwrite: bool = False,
+        timeout: Optional[int] = None,
+    ) -> None:
+        request = p.Persist(
+            retrieval=self.request,
+            storage=storage.to_proto().SerializeToString(),
+            allow_overwrite=allow_overwrite,
+        )
+        with _client(self._config) as client:
+            client.run_action(request, timeout=timeout)
+
+
+class RemoteOfflineStore(OfflineStore):
+    """Feast's OfflineStore interface, answered by a flightlab server."""
+
+    @staticmethod
+    def get_historical_features(
+        config: RepoConfig,
+        feature_views: list[FeatureView],
+        feature_refs: list[str],
+        entity_df: Optional[Union[pd.DataFrame, str]],
+        registry: BaseRegistry,
+        project: str,
+        full_feature_names: bool = False,
+        **kwargs: Any,
+    ) -> RemoteRetrievalJob:
+        entity_table = entity_sql = None
+        if isinstance(entity_df, str):
+            entity_sql = entity_df
+        elif entity_df is not None:
+            entity_table = entity_table_from_frame(entity_df)
+        request = p.GetHistoricalFeatures(
+            features=tuple(feature_refs),
+            entity_df=entity_table,
+            entity_df_sql=entity_sql,
+            full_feature_names=full_feature_names,
+            start_date=kwargs.get("start_date"),
+            end_date=kwargs.get("end_date"),
+        )
+        return RemoteRetrievalJob(config, request, _retrieval_metadata(feature_refs, entity_df))
+
+    @staticmethod
+    def pull_latest_from_table_or_query(
+        config: RepoConfig,
+        data_source: DataSource,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: Optional[str],
+        start_date: datetime,
+        end_date: datetime,
+    ) -> RemoteRetrievalJob:
+        request = p.PullLatestFromTableOrQuery(
+            data_source_name=data_source.name,
+            join_key_columns=tuple(join_key_columns),
+            feature_name_columns=tuple(feature_name_columns),
+            timestamp_field=timestamp_field,
+            created_timestamp_column=created_timestamp_column or None,
+            start_date=start_date,
+            end_date=end_date,
+        )
+        return RemoteRetrievalJob(config, request)
+
+    @staticmethod
+    def pull_all_from_table_or_query(
+        config: RepoConfig,
+        data_source: DataSource,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: Optional[str] = None,
+        start_date: Optional[datetime] = None,
+        end_date: Optional[datetime] = None,
+    ) -> RemoteRetrievalJob:
+        request = p.PullAllFromTableOrQuery(
+            data_source_name=data_source.name,
+            join_key_columns=tuple(join_key_columns),
+            feature_name_columns=tuple(feature_name_columns),
+            timestamp_field=timestamp_field,
+            created_timestamp_column=created_timestamp_column or None,
+            start_date=start_date,
+            end_date=end_date,
+        )
+        return RemoteRetrievalJob(config, request)
+
+    @staticmethod
+    def offline_write_batch(
+        config: RepoConfig,
+        feature_view: FeatureView,
+        table: pa.Table,
+        progress: Optional[Callable[[int], Any]],
+    ) -> None:
+        request = p.OfflineWriteBatch(feature_view_name=feature_view.name, table=table)
+        with _client(config) as client:
+            client.run_action(request)
+        if progress:
+            progress(table.num_rows)
+
+    @staticmethod
+    def write_logged_features(
+        config: RepoConfig,
+        data: Union[pa.Table, Path],
+        source: LoggingSource,
+        logging_config: LoggingConfig,
+        registry: BaseRegistry,
+    ) -> None:
+        if not isinstance(source, FeatureServiceLoggingSource):
+            raise TypeError("flightlab writes logs of feature services only")
+        if isinstance(data, Path):
+            data = pq.read_table(data)
+        request = p.WriteLoggedFeatures(
+            feature_service_name=source._feature_service.name, data=data
+        )
+        with _client(config) as client:
+            client.run_action(request)
+
+    def validate_data_source(self, config: RepoConfig, data_source: DataSource) -> None:
+        request = p.ValidateDataSource(data_source=data_source.to_proto().SerializeToString())
+        with _client(config) as client:
+            client.run_action(request)
+
+    def get_table_column_names_and_types_from_data_source(
+        self, config: RepoConfig, data_source: DataSource
+    ) -> Iterable[tuple[str, str]]:
+        request = p.GetTableColumnNamesAndTypes(
+            data_source=data_source.to_proto().SerializeToString()
+        )
+        with _client(config) as client:
+            table = client.fetch(request)
+        return list(
+            zip(table.column("name").to_pylist(), table.column("type").to_pylist(), strict=True)
+        )
+
+
+def entity_table_from_frame(entity_df: pd.DataFrame) -> pa.Table:
+    """Entity rows as Arrow, without the pandas index."""
+    try:
+        return pa.Table.from_pandas(entity_df, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise MalformedEntityDataError(f"the entity DataFrame cannot be sent: {exc}") from None
+
+
+def _retrieval_metadata(
+    feature_refs: list[str], entity_df: Optional[Union[pd.DataFrame, str]]
+) -> RetrievalMetadata:
+    if not isinstance(entity_df, pd.DataFrame):
+        return RetrievalMetadata(features=feature_refs, keys=[])
+    schema = dict(zip(entity_df.columns, entity_df.dtypes, strict=True))
+    timestamp_col = offline_utils.infer_event_timestamp_from_entity_df(schema)
+    timestamps = pd.to_datetime(entity_df[timestamp_col], utc=True)
+    return RetrievalMetadata(
+        features=feature_refs,
+        keys=[c for c in entity_df.columns if c != timestamp_col],
+        min_event_timestamp=timestamps.min().to_pydatetime(),
+        max_event_timestamp=timestamps.max().to_pydatetime(),
+    )

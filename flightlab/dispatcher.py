@@ -1,0 +1,201 @@
+"""Maps a decoded request to a call of the server's Feast store.
+
+This module knows Feast and nothing of the wire: it takes the frozen requests
+of :mod:`flightlab.protocol` and returns an Arrow table (for the APIs that
+return data) or a small summary dict (for those that do not).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+from feast import FeatureStore
+from feast.data_source import DataSource
+from feast.errors import FeastError, FeatureViewNotFoundException
+from feast.feature_logging import FeatureServiceLoggingSource
+from feast.infra.offline_stores.offline_store import OfflineStore, RetrievalJob
+from feast.infra.offline_stores.offline_utils import get_offline_store_from_config
+from feast.protos.feast.core.DataSource_pb2 import DataSource as DataSourceProto
+from feast.protos.feast.core.SavedDataset_pb2 import (
+    SavedDatasetStorage as SavedDatasetStorageProto,
+)
+from feast.saved_dataset import SavedDatasetStorage
+from google.protobuf.message import DecodeError
+
+from flightlab import protocol as p
+from flightlab.errors import MalformedEntityDataError, MalformedParameterError
+
+logger = logging.getLogger(__name__)
+
+
+class OfflineDispatcher:
+    """Runs requests against one Feast ``FeatureStore`` and its offline store."""
+
+    def __init__(self, store: FeatureStore):
+        self.store = store
+        self.offline_store: OfflineStore = get_offline_store_from_config(store.config.offline_store)
+        self._registry_lock = threading.Lock()
+        self._handlers: dict[type[p.Request], Callable[[Any], Any]] = {
+            p.GetHistoricalFeatures: lambda r: self._historical_job(r).to_arrow(),
+            p.PullLatestFromTableOrQuery: lambda r: self._pull_latest_job(r).to_arrow(),
+            p.PullAllFromTableOrQuery: lambda r: self._pull_all_job(r).to_arrow(),
+            p.GetTableColumnNamesAndTypes: self._column_names_and_types,
+            p.OfflineWriteBatch: self._offline_write_batch,
+            p.WriteLoggedFeatures: self._write_logged_features,
+            p.Persist: self._persist,
+            p.ValidateDataSource: self._validate_data_source,
+        }
+
+    def run(self, request: p.Request) -> pa.Table | dict[str, Any]:
+        # Objects applied after the server started must be found: reload the
+        # registry (a small read) before resolving any name.
+        self._refresh_registry()
+        return self._handlers[type(request)](request)
+
+    # --- retrievals ----------------------------------------------------------
+
+    def _historical_job(self, request: p.GetHistoricalFeatures) -> RetrievalJob:
+        entity_df: pd.DataFrame | str | None = request.entity_df_sql
+        if request.entity_df is not None:
+            entity_df = _entity_frame(request.entity_df)
+        return self.store.get_historical_features(
+            entity_df=entity_df,
+            features=list(request.features),
+            full_feature_names=request.full_feature_names,
+            start_date=request.start_date,
+            end_date=request.end_date,
+        )
+
+    def _pull_latest_job(self, request: p.PullLatestFromTableOrQuery) -> RetrievalJob:
+        return self.offline_store.pull_latest_from_table_or_query(
+            config=self.store.config,
+            data_source=self.store.get_data_source(request.data_source_name),
+            join_key_columns=list(request.join_key_columns),
+            feature_name_columns=list(request.feature_name_columns),
+            timestamp_field=request.timestamp_field,
+            created_timestamp_column=request.created_timestamp_column,
+            start_date=request.start_date,
+            end_date=request.end_date,
+        )
+
+    def _pull_all_job(self, request: p.PullAllFromTableOrQuery) -> RetrievalJob:
+        return self.offline_store.pull_all_from_table_or_query(
+            config=self.store.config,
+            data_source=self.store.get_data_source(request.data_source_name),
+            join_key_columns=list(request.join_key_columns),
+            feature_name_columns=list(request.feature_name_columns),
+            timestamp_field=request.timestamp_field,
+            created_timestamp_column=request.created_timestamp_column,
+            start_date=request.start_date,
+            end_date=request.end_date,
+        )
+
+    def _retrieval_job(self, request: p.RetrievalRequest) -> RetrievalJob:
+        if isinstance(request, p.GetHistoricalFeatures):
+            return self._historical_job(request)
+        if isinstance(request, p.PullLatestFromTableOrQuery):
+            return self._pull_latest_job(request)
+        return self._pull_all_job(request)
+
+    def _column_names_and_types(self, request: p.GetTableColumnNamesAndTypes) -> pa.Table:
+        source = _data_source_from_bytes(request.data_source)
+        pairs = list(source.get_table_column_names_and_types(self.store.config))
+        return pa.table(
+            {
+                "name": pa.array([name for name, _ in pairs], pa.string()),
+                "type": pa.array([str(kind) for _, kind in pairs], pa.string()),
+            }
+        )
+
+    # --- writes ----------------------------------------------------------------
+
+    def _offline_write_batch(self, request: p.OfflineWriteBatch) -> dict[str, Any]:
+        feature_view = self._writable_feature_view(request.feature_view_name)
+        self.offline_store.offline_write_batch(
+            self.store.config, feature_view, request.table, progress=None
+        )
+        return {"rows_written": request.table.num_rows}
+
+    def _writable_feature_view(self, name: str):
+        try:
+            return self.store.get_feature_view(name)
+        except FeatureViewNotFoundException:
+            # A stream feature view writes to its batch source the same way.
+            try:
+                return self.store.get_stream_feature_view(name)
+            except FeastError:
+                raise FeatureViewNotFoundException(name, self.store.project) from None
+
+    def _write_logged_features(self, request: p.WriteLoggedFeatures) -> dict[str, Any]:
+        service = self.store.get_feature_service(request.feature_service_name)
+        if service.logging_config is None:
+            raise MalformedParameterError(
+                f"feature service {service.name!r} has no logging_config, "
+                "so it has nowhere to write logged features"
+            )
+        self.offline_store.write_logged_features(
+            config=self.store.config,
+            data=request.data,
+            source=FeatureServiceLoggingSource(service, self.store.project),
+            logging_config=service.logging_config,
+            registry=self.store.registry,
+        )
+        return {"rows_written": request.data.num_rows}
+
+    def _persist(self, request: p.Persist) -> dict[str, Any]:
+        storage = _storage_from_bytes(request.storage)
+        job = self._retrieval_job(request.retrieval)
+        job.persist(storage, allow_overwrite=request.allow_overwrite)
+        return {"persisted_to": str(storage.to_proto()).strip()}
+
+    def _validate_data_source(self, request: p.ValidateDataSource) -> dict[str, Any]:
+        source = _data_source_from_bytes(request.data_source)
+        self.offline_store.validate_data_source(self.store.config, source)
+        return {"validated": source.name}
+
+    def _refresh_registry(self) -> None:
+        with self._registry_lock:
+            self.store.refresh_registry()
+
+
+def _entity_frame(table: pa.Table) -> pd.DataFrame:
+    """Entity rows as the DataFrame Feast expects.
+
+    Timestamps are floored to microseconds: SQL-backed stores (duckdb) refuse
+    finer ones, and no offline store keeps nanoseconds.
+    """
+    if table.num_columns == 0:
+        raise MalformedEntityDataError("the entity data has no columns")
+    columns = []
+    for column in table.columns:
+        if pa.types.is_timestamp(column.type) and column.type.unit == "ns":
+            column = column.cast(pa.timestamp("us", tz=column.type.tz), safe=False)
+        columns.append(column)
+    return pa.Table.from_arrays(columns, names=table.column_names).to_pandas()
+
+
+def _data_source_from_bytes(raw: bytes) -> DataSource:
+    proto = DataSourceProto()
+    try:
+        proto.ParseFromString(raw)
+        return DataSource.from_proto(proto)
+    except (DecodeError, ValueError, KeyError) as exc:
+        raise MalformedParameterError(
+            f"'data_source' is not a serialized Feast DataSource: {exc}"
+        ) from None
+
+
+def _storage_from_bytes(raw: bytes) -> SavedDatasetStorage:
+    proto = SavedDatasetStorageProto()
+    try:
+        proto.ParseFromString(raw)
+        return SavedDatasetStorage.from_proto(proto)
+    except (DecodeError, ValueError, KeyError, AttributeError) as exc:
+        raise MalformedParameterError(
+            f"'storage' is not a serialized Feast SavedDatasetStorage: {exc}"
+        ) from None

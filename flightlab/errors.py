@@ -1,0 +1,158 @@
+"""Errors that flightlab raises, and how any error crosses the wire.
+
+An error travels as a small JSON *detail* ``{"module", "class", "message",
+"status"}``: the first three are the convention Feast's own remote offline
+store uses, so Feast's exceptions (``FeatureViewNotFoundException``...) are
+raised again on the client as themselves. ``status`` says what kind of failure
+it was (``invalid_argument``, ``not_found``...), which the server turns into a
+Flight error class.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from typing import Any
+
+# Modules whose exception classes a client is willing to re-create from a
+# detail sent by a server: never import an arbitrary module named on the wire.
+_TRUSTED_MODULE_PREFIXES = ("feast.", "flightlab.", "builtins", "pyarrow.")
+
+INVALID_ARGUMENT = "invalid_argument"
+NOT_FOUND = "not_found"
+UNIMPLEMENTED = "unimplemented"
+RESOURCE_EXHAUSTED = "resource_exhausted"
+UNAVAILABLE = "unavailable"
+UNAUTHENTICATED = "unauthenticated"
+PERMISSION_DENIED = "permission_denied"
+CANCELLED = "cancelled"
+DEADLINE_EXCEEDED = "deadline_exceeded"
+INTERNAL = "internal"
+
+
+class FlightlabError(Exception):
+    """Base class of the errors flightlab raises itself."""
+
+    status: str = INTERNAL
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ProtocolError(FlightlabError):
+    """A request that does not follow the wire protocol."""
+
+    status = INVALID_ARGUMENT
+
+
+class UnknownApiError(ProtocolError):
+    status = UNIMPLEMENTED
+
+
+class MissingParameterError(ProtocolError):
+    pass
+
+
+class MalformedParameterError(ProtocolError):
+    pass
+
+
+class UnknownParameterError(ProtocolError):
+    pass
+
+
+class UnknownCommandError(ProtocolError):
+    """A command id or ticket the server does not hold (never staged, already
+    run, dropped or expired)."""
+
+    status = NOT_FOUND
+
+
+class MalformedEntityDataError(ProtocolError):
+    """Entity data the offline store cannot join on."""
+
+
+class ResourceExhaustedError(FlightlabError):
+    status = RESOURCE_EXHAUSTED
+
+
+class ServerBusyError(FlightlabError):
+    status = UNAVAILABLE
+
+
+class RemoteServerError(FlightlabError):
+    """An error from the server that the client cannot map to a known class."""
+
+
+def error_detail(exc: BaseException, status: str) -> dict[str, str]:
+    """The wire form of ``exc``."""
+    cls = type(exc)
+    return {
+        "module": cls.__module__,
+        "class": cls.__name__,
+        "message": str(exc) or cls.__name__,
+        "status": status,
+    }
+
+
+def encode_detail(detail: dict[str, str]) -> str:
+    return json.dumps(detail, sort_keys=True)
+
+
+def decode_detail(raw: bytes | str | None) -> dict[str, str] | None:
+    """Parse a detail; ``None`` when ``raw`` is not one."""
+    if not raw:
+        return None
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    start = text.find("{")
+    if start < 0:
+        return None
+    try:
+        detail, _ = json.JSONDecoder().raw_decode(text[start:])
+    except ValueError:
+        return None
+    if isinstance(detail, dict) and {"module", "class", "message"} <= detail.keys():
+        return detail
+    return None
+
+
+def exception_from_detail(detail: dict[str, str]) -> Exception:
+    """Re-create the exception a detail describes, as faithfully as is safe.
+
+    Feast's and flightlab's own classes come back as themselves; anything else
+    becomes a :class:`RemoteServerError` naming the original class.
+    """
+    message = detail["message"]
+    cls = _trusted_exception_class(detail["module"], detail["class"])
+    if cls is None:
+        return RemoteServerError(f"{detail['class']}: {message}")
+    return _instantiate_without_init(cls, message)
+
+
+def _trusted_exception_class(module_name: str, class_name: str) -> type | None:
+    if not module_name.startswith(_TRUSTED_MODULE_PREFIXES):
+        return None
+    try:
+        cls: Any = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        return None
+    return cls if isinstance(cls, type) and issubclass(cls, Exception) else None
+
+
+def _instantiate_without_init(cls: type, message: str) -> Exception:
+    # Feast's exception constructors take domain arguments (names, lists), not
+    # a message, so build the instance without __init__ and give it the text.
+    exc = cls.__new__(cls)
+    exc.args = (message,)
+    if isinstance(exc, FlightlabError):
+        exc.message = message
+    # FeastError.__str__ prefers this attribute (Feast's own convention).
+    try:
+        exc.__overridden_message__ = message
+    except AttributeError:
+        pass
+    return exc

@@ -1,0 +1,490 @@
+"""The flightlab wire protocol: commands, parameters, tickets and metadata.
+
+Everything that decides what bytes travel lives here, and nothing here knows
+Feast. A client turns a request into parameter tables with
+:func:`encode_request`; the server turns staged parameter tables back into the
+same frozen request with :func:`decode_request`, which is where malformed input
+is caught and named. ``docs/protocol.md`` describes the protocol for people.
+
+A call is a *command*, named by a UUID the client makes:
+
+1. one ``do_put`` per parameter, on ``FlightDescriptor.for_command(command_id)``,
+   whose schema metadata carries ``command``, ``api`` and ``param``;
+2. for an API that returns data: ``get_flight_info`` on the same descriptor,
+   then ``do_get`` on the ticket of its first endpoint;
+   for an API that returns none: ``do_action(api, body=command_id)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Union
+
+import pyarrow as pa
+
+from flightlab.errors import (
+    MalformedParameterError,
+    MissingParameterError,
+    UnknownApiError,
+    UnknownCommandError,
+    UnknownParameterError,
+)
+
+# Schema metadata keys of every do_put.
+META_COMMAND = b"command"
+META_API = b"api"
+META_PARAM = b"param"
+PROTOCOL_METADATA_KEYS = (META_COMMAND, META_API, META_PARAM)
+
+# Actions that are not offline-store APIs.
+ACTION_DROP = "drop_command"
+ACTION_STATS = "stats"
+
+# Timestamps travel as microseconds in UTC: the precision Feast's SQL-backed
+# stores keep, and a naive datetime is read as UTC, as Feast does.
+TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
+
+
+class Kind(enum.Enum):
+    """How a parameter is encoded as a one-column (or, for TABLE, any) table."""
+
+    TABLE = "table"  # an Arrow table, streamed as it is
+    STRING = "string"  # one row
+    STRING_LIST = "string_list"  # one row per element
+    BOOL = "bool"
+    TIMESTAMP = "timestamp"
+    BYTES = "bytes"
+
+
+_ARROW_TYPE = {
+    Kind.STRING: pa.string(),
+    Kind.STRING_LIST: pa.string(),
+    Kind.BOOL: pa.bool_(),
+    Kind.TIMESTAMP: TIMESTAMP_TYPE,
+    Kind.BYTES: pa.binary(),
+}
+
+
+def param(kind: Kind, *, required: bool = True, default: Any = None) -> Any:
+    """Declare a request field as a wire parameter."""
+    meta = {"kind": kind, "required": required}
+    if required:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A decoded call of one offline-store API."""
+
+    api: ClassVar[str]
+    returns_data: ClassVar[bool]
+
+    def table_params(self) -> dict[str, pa.Table]:
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.metadata.get("kind") is Kind.TABLE and getattr(self, f.name) is not None
+        }
+
+    def rows_in(self) -> int:
+        return sum(t.num_rows for t in self.table_params().values())
+
+
+@dataclass(frozen=True)
+class GetHistoricalFeatures(Request):
+    api: ClassVar[str] = "get_historical_features"
+    returns_data: ClassVar[bool] = True
+
+    features: tuple[str, ...] = param(Kind.STRING_LIST)
+    entity_df: pa.Table | None = param(Kind.TABLE, required=False)
+    entity_df_sql: str | None = param(Kind.STRING, required=False)
+    full_feature_names: bool = param(Kind.BOOL, required=False, default=False)
+    start_date: datetime | None = param(Kind.TIMESTAMP, required=False)
+    end_date: datetime | None = param(Kind.TIMESTAMP, required=False)
+
+    def __post_init__(self) -> None:
+        if not self.features:
+            raise MalformedParameterError("'features' must name at least one feature")
+        for ref in self.features:
+            view, sep, name = ref.partition(":")
+            if not (sep and view and name):
+                raise MalformedParameterError(
+                    f"malformed feature reference {ref!r}: expected 'feature_view:feature'"
+                )
+        if self.entity_df is not None and self.entity_df_sql is not None:
+            raise MalformedParameterError("send 'entity_df' or 'entity_df_sql', not both")
+        has_entities = self.entity_df is not None or self.entity_df_sql is not None
+        if has_entities and (self.start_date or self.end_date):
+            raise MalformedParameterError(
+                "'start_date'/'end_date' go with a retrieval without entity data"
+            )
+
+
+@dataclass(frozen=True)
+class PullLatestFromTableOrQuery(Request):
+    api: ClassVar[str] = "pull_latest_from_table_or_query"
+    returns_data: ClassVar[bool] = True
+
+    data_source_name: str = param(Kind.STRING)
+    join_key_columns: tuple[str, ...] = param(Kind.STRING_LIST)
+    feature_name_columns: tuple[str, ...] = param(Kind.STRING_LIST)
+    timestamp_field: str = param(Kind.STRING)
+    start_date: datetime = param(Kind.TIMESTAMP)
+    end_date: datetime = param(Kind.TIMESTAMP)
+    created_timestamp_column: str | None = param(Kind.STRING, required=False)
+
+
+@dataclass(frozen=True)
+class PullAllFromTableOrQuery(Request):
+    api: ClassVar[str] = "pull_all_from_table_or_query"
+    returns_data: ClassVar[bool] = True
+
+    data_source_name: str = param(Kind.STRING)
+    join_key_columns: tuple[str, ...] = param(Kind.STRING_LIST)
+    feature_name_columns: tuple[str, ...] = param(Kind.STRING_LIST)
+    timestamp_field: str = param(Kind.STRING)
+    created_timestamp_column: str | None = param(Kind.STRING, required=False)
+    start_date: datetime | None = param(Kind.TIMESTAMP, required=False)
+    end_date: datetime | None = param(Kind.TIMESTAMP, required=False)
+
+
+@dataclass(frozen=True)
+class GetTableColumnNamesAndTypes(Request):
+    api: ClassVar[str] = "get_table_column_names_and_types_from_data_source"
+    returns_data: ClassVar[bool] = True
+
+    data_source: bytes = param(Kind.BYTES)  # a serialized Feast DataSource proto
+
+
+@dataclass(frozen=True)
+class OfflineWriteBatch(Request):
+    api: ClassVar[str] = "offline_write_batch"
+    returns_data: ClassVar[bool] = False
+
+    feature_view_name: str = param(Kind.STRING)
+    table: pa.Table = param(Kind.TABLE)
+
+
+@dataclass(frozen=True)
+class WriteLoggedFeatures(Request):
+    api: ClassVar[str] = "write_logged_features"
+    returns_data: ClassVar[bool] = False
+
+    feature_service_name: str = param(Kind.STRING)
+    data: pa.Table = param(Kind.TABLE)
+
+
+@dataclass(frozen=True)
+class ValidateDataSource(Request):
+    api: ClassVar[str] = "validate_data_source"
+    returns_data: ClassVar[bool] = False
+
+    data_source: bytes = param(Kind.BYTES)  # a serialized Feast DataSource proto
+
+
+RetrievalRequest = Union[GetHistoricalFeatures, PullLatestFromTableOrQuery, PullAllFromTableOrQuery]
+
+
+@dataclass(frozen=True)
+class Persist(Request):
+    """Run a retrieval and save its result on the server.
+
+    On the wire: the retrieval's own parameters, plus ``retrieval_api`` naming
+    it, ``storage`` (a serialized Feast SavedDatasetStorage proto) and
+    ``allow_overwrite``.
+    """
+
+    api: ClassVar[str] = "persist"
+    returns_data: ClassVar[bool] = False
+
+    retrieval: RetrievalRequest = field(metadata={"kind": None})
+    storage: bytes = param(Kind.BYTES)
+    allow_overwrite: bool = param(Kind.BOOL, required=False, default=False)
+
+    def table_params(self) -> dict[str, pa.Table]:
+        return self.retrieval.table_params()
+
+
+READ_REQUESTS: tuple[type[Request], ...] = (
+    GetHistoricalFeatures,
+    PullLatestFromTableOrQuery,
+    PullAllFromTableOrQuery,
+    GetTableColumnNamesAndTypes,
+)
+ACTION_REQUESTS: tuple[type[Request], ...] = (
+    OfflineWriteBatch,
+    WriteLoggedFeatures,
+    Persist,
+    ValidateDataSource,
+)
+REQUEST_TYPES: dict[str, type[Request]] = {cls.api: cls for cls in READ_REQUESTS + ACTION_REQUESTS}
+RETRIEVAL_TYPES: dict[str, type[Request]] = {
+    cls.api: cls
+    for cls in (GetHistoricalFeatures, PullLatestFromTableOrQuery, PullAllFromTableOrQuery)
+}
+PERSIST_OWN_PARAMS = ("retrieval_api", "storage", "allow_overwrite")
+
+
+# --- commands, descriptors and tickets -------------------------------------
+
+
+def new_command_id() -> str:
+    return str(uuid.uuid4())
+
+
+def command_descriptor(command_id: str):
+    import pyarrow.flight as flight
+
+    return flight.FlightDescriptor.for_command(command_id.encode())
+
+
+def command_id_from_descriptor(descriptor) -> str:
+    """The command id a FlightDescriptor names (by command or by path)."""
+    if descriptor.command:
+        raw = descriptor.command
+    elif descriptor.path:
+        raw = b"/".join(p if isinstance(p, bytes) else p.encode() for p in descriptor.path)
+    else:
+        raise UnknownCommandError("the flight descriptor names no command")
+    return _decode_text(raw, "flight descriptor")
+
+
+def ticket_bytes(command_id: str) -> bytes:
+    return command_id.encode()
+
+
+def command_id_from_ticket(ticket: bytes) -> str:
+    return _decode_text(ticket, "ticket")
+
+
+def api_type(api: str) -> type[Request]:
+    try:
+        return REQUEST_TYPES[api]
+    except KeyError:
+        raise UnknownApiError(
+            f"unknown API {api!r}; this server offers: {', '.join(sorted(REQUEST_TYPES))}"
+        ) from None
+
+
+# --- do_put metadata ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PutHeader:
+    """What a do_put's schema metadata says about the table it carries."""
+
+    command_id: str
+    api: str
+    param: str
+
+
+def put_metadata(command_id: str, api: str, param_name: str) -> dict[bytes, bytes]:
+    return {
+        META_COMMAND: command_id.encode(),
+        META_API: api.encode(),
+        META_PARAM: param_name.encode(),
+    }
+
+
+def read_put_header(schema: pa.Schema, descriptor_command_id: str | None) -> PutHeader:
+    """Validate a do_put's metadata against the protocol and its descriptor."""
+    metadata = schema.metadata or {}
+    values = {}
+    for key in PROTOCOL_METADATA_KEYS:
+        if key not in metadata:
+            raise MissingParameterError(
+                f"do_put schema metadata lacks {key.decode()!r}; "
+                "every do_put carries 'command', 'api' and 'param'"
+            )
+        values[key.decode()] = _decode_text(metadata[key], f"metadata {key.decode()!r}")
+    header = PutHeader(values["command"], values["api"], values["param"])
+    if descriptor_command_id is not None and descriptor_command_id != header.command_id:
+        raise MalformedParameterError(
+            f"do_put metadata names command {header.command_id!r} "
+            f"but its descriptor names {descriptor_command_id!r}"
+        )
+    cls = api_type(header.api)
+    if header.param not in wire_param_names(cls):
+        raise UnknownParameterError(
+            f"{header.api} has no parameter {header.param!r}; "
+            f"it takes: {', '.join(wire_param_names(cls))}"
+        )
+    return header
+
+
+def strip_protocol_metadata(table: pa.Table) -> pa.Table:
+    metadata = {
+        k: v for k, v in (table.schema.metadata or {}).items() if k not in PROTOCOL_METADATA_KEYS
+    }
+    return table.replace_schema_metadata(metadata or None)
+
+
+# --- parameter encoding ------------------------------------------------------
+
+
+def _wire_fields(cls: type[Request]) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("kind") is not None]
+
+
+def wire_param_names(cls: type[Request]) -> tuple[str, ...]:
+    names = [f.name for f in _wire_fields(cls)]
+    if cls is Persist:
+        retrieval_names = {n for r in RETRIEVAL_TYPES.values() for n in wire_param_names(r)}
+        names = list(PERSIST_OWN_PARAMS) + sorted(retrieval_names)
+    return tuple(names)
+
+
+def encode_value(name: str, kind: Kind, value: Any) -> pa.Table:
+    """A parameter value as the table that carries it."""
+    if kind is Kind.TABLE:
+        if not isinstance(value, pa.Table):
+            raise MalformedParameterError(f"parameter {name!r} must be an Arrow table")
+        return value
+    if kind is Kind.TIMESTAMP:
+        value = _as_utc(value)
+    rows = list(value) if kind is Kind.STRING_LIST else [value]
+    return pa.table({name: pa.array(rows, type=_ARROW_TYPE[kind])})
+
+
+def encode_request(request: Request) -> dict[str, pa.Table]:
+    """The parameter tables, by name, that carry ``request``."""
+    if isinstance(request, Persist):
+        params = encode_request(request.retrieval)
+        params["retrieval_api"] = encode_value("retrieval_api", Kind.STRING, request.retrieval.api)
+        params["storage"] = encode_value("storage", Kind.BYTES, request.storage)
+        params["allow_overwrite"] = encode_value(
+            "allow_overwrite", Kind.BOOL, request.allow_overwrite
+        )
+        return params
+    params = {}
+    for f in _wire_fields(type(request)):
+        value = getattr(request, f.name)
+        if value is None:
+            continue  # an absent optional parameter is simply not sent
+        params[f.name] = encode_value(f.name, f.metadata["kind"], value)
+    return params
+
+
+def decode_request(api: str, params: Mapping[str, pa.Table]) -> Request:
+    """The request that staged parameter tables describe, validated."""
+    cls = api_type(api)
+    if cls is Persist:
+        return _decode_persist(params)
+    unknown = set(params) - set(wire_param_names(cls))
+    if unknown:
+        raise UnknownParameterError(f"{api} has no parameter(s) {sorted(unknown)}")
+    values = {}
+    for f in _wire_fields(cls):
+        if f.name in params:
+            values[f.name] = decode_value(f.name, f.metadata["kind"], params[f.name])
+        elif f.metadata["required"]:
+            raise MissingParameterError(f"{api} needs the parameter {f.name!r}")
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a value of the wrong Python type
+        raise MalformedParameterError(f"{api}: {exc}") from None
+
+
+def _decode_persist(params: Mapping[str, pa.Table]) -> Persist:
+    own = {k: params[k] for k in PERSIST_OWN_PARAMS if k in params}
+    if "retrieval_api" not in own:
+        raise MissingParameterError("persist needs the parameter 'retrieval_api'")
+    if "storage" not in own:
+        raise MissingParameterError("persist needs the parameter 'storage'")
+    retrieval_api = decode_value("retrieval_api", Kind.STRING, own["retrieval_api"])
+    if retrieval_api not in RETRIEVAL_TYPES:
+        raise MalformedParameterError(
+            f"persist cannot save the result of {retrieval_api!r}; "
+            f"it saves one of: {', '.join(RETRIEVAL_TYPES)}"
+        )
+    rest = {k: v for k, v in params.items() if k not in PERSIST_OWN_PARAMS}
+    retrieval = decode_request(retrieval_api, rest)
+    return Persist(
+        retrieval=retrieval,  # type: ignore[arg-type]
+        storage=decode_value("storage", Kind.BYTES, own["storage"]),
+        allow_overwrite=(
+            decode_value("allow_overwrite", Kind.BOOL, own["allow_overwrite"])
+            if "allow_overwrite" in own
+            else False
+        ),
+    )
+
+
+def decode_value(name: str, kind: Kind, table: pa.Table) -> Any:
+    """The value a parameter table carries, checked against its kind."""
+    if kind is Kind.TABLE:
+        return table
+    if table.num_columns != 1:
+        raise MalformedParameterError(
+            f"parameter {name!r} must be a one-column table, got columns {table.column_names}"
+        )
+    column = table.column(0)
+    if table.column_names[0] != name:
+        raise MalformedParameterError(
+            f"parameter {name!r} arrived in a column named {table.column_names[0]!r}"
+        )
+    expected = _ARROW_TYPE[kind]
+    if not _compatible(column.type, expected):
+        raise MalformedParameterError(
+            f"parameter {name!r} must be of Arrow type {expected}, got {column.type}"
+        )
+    if kind is Kind.STRING_LIST:
+        values = column.to_pylist()
+        if any(v is None for v in values):
+            raise MalformedParameterError(f"parameter {name!r} holds a null element")
+        return tuple(values)
+    if table.num_rows != 1:
+        raise MalformedParameterError(
+            f"parameter {name!r} is a single value: send one row, got {table.num_rows}"
+        )
+    if kind is Kind.TIMESTAMP:
+        return _timestamp_value(name, column)
+    value = column.to_pylist()[0]
+    if isinstance(value, str) and kind is Kind.BYTES:
+        value = value.encode()
+    return value
+
+
+def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
+    if pa.types.is_timestamp(expected):
+        return pa.types.is_timestamp(actual)
+    if pa.types.is_string(expected):
+        return pa.types.is_string(actual) or pa.types.is_large_string(actual)
+    if pa.types.is_binary(expected):
+        return pa.types.is_binary(actual) or pa.types.is_large_binary(actual)
+    return actual == expected
+
+
+def _timestamp_value(name: str, column: pa.ChunkedArray) -> datetime | None:
+    if column.type.tz is None:
+        column = column.cast(pa.timestamp(column.type.unit, tz="UTC"))
+    try:
+        column = column.cast(TIMESTAMP_TYPE, safe=False)
+    except pa.ArrowInvalid as exc:
+        raise MalformedParameterError(f"parameter {name!r}: {exc}") from None
+    value = column.to_pylist()[0]
+    return value.astimezone(UTC) if value is not None else None
+
+
+def _as_utc(value: datetime) -> datetime:
+    if not isinstance(value, datetime):
+        raise MalformedParameterError(f"expected a datetime, got {type(value).__name__}")
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _decode_text(raw: bytes, what: str) -> str:
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+    except UnicodeDecodeError:
+        raise MalformedParameterError(f"the {what} is not UTF-8 text") from None
+    if not text:
+        raise MalformedParameterError(f"the {what} is empty")
+    return text

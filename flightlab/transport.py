@@ -1,0 +1,132 @@
+"""The client half of the flightlab protocol: send a request, get its answer.
+
+:class:`OfflineFlightClient` knows Flight and the protocol, not Feast: it takes
+the requests of :mod:`flightlab.protocol` and returns Arrow data. Flight errors
+are turned back into the exceptions the server described (Feast's own classes
+where the server raised one).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from flightlab import protocol as p
+from flightlab.errors import (
+    RemoteServerError,
+    ServerBusyError,
+    decode_detail,
+    exception_from_detail,
+)
+
+
+class OfflineFlightClient:
+    """A connection to a flightlab server.
+
+    ``timeout`` (seconds) bounds every call; ``None`` waits as long as it takes.
+    """
+
+    def __init__(self, location: str, *, timeout: float | None = None, **client_kwargs: Any):
+        self.location = location
+        self.timeout = timeout
+        self._client = flight.FlightClient(location, **client_kwargs)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> OfflineFlightClient:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # --- calls ---------------------------------------------------------------
+
+    def fetch(self, request: p.Request, timeout: float | None = None) -> pa.Table:
+        """Run an API that returns data and read the whole result."""
+        with self.open_reader(request, timeout) as reader:
+            with translated_errors():
+                return reader.read_all()
+
+    @contextmanager
+    def open_reader(
+        self, request: p.Request, timeout: float | None = None
+    ) -> Iterator[flight.FlightStreamReader]:
+        """Run an API that returns data; yield a reader over its record batches."""
+        if not request.returns_data:
+            raise ValueError(f"{request.api} returns no data: use run_action")
+        options = self._options(timeout)
+        command_id = self.stage(request, options)
+        with translated_errors():
+            info = self._client.get_flight_info(p.command_descriptor(command_id), options)
+            reader = self._client.do_get(info.endpoints[0].ticket, options)
+        try:
+            yield reader
+        finally:
+            reader.cancel()
+
+    def run_action(self, request: p.Request, timeout: float | None = None) -> dict[str, Any]:
+        """Run an API that returns no data; return the server's summary."""
+        if request.returns_data:
+            raise ValueError(f"{request.api} returns data: use fetch")
+        options = self._options(timeout)
+        command_id = self.stage(request, options)
+        action = flight.Action(request.api, p.ticket_bytes(command_id))
+        with translated_errors():
+            results = list(self._client.do_action(action, options))
+        return json.loads(results[0].body.to_pybytes()) if results else {}
+
+    def stage(self, request: p.Request, options: flight.FlightCallOptions | None = None) -> str:
+        """Send every parameter of ``request``; return the new command id."""
+        command_id = p.new_command_id()
+        descriptor = p.command_descriptor(command_id)
+        with translated_errors():
+            for name, table in p.encode_request(request).items():
+                schema = table.schema.with_metadata(
+                    {
+                        **(table.schema.metadata or {}),
+                        **p.put_metadata(command_id, request.api, name),
+                    }
+                )
+                writer, _ = self._client.do_put(descriptor, schema, options or self._options(None))
+                writer.write_table(table.replace_schema_metadata(schema.metadata))
+                writer.close()
+        return command_id
+
+    def stats(self) -> dict[str, Any]:
+        with translated_errors():
+            results = list(self._client.do_action(flight.Action(p.ACTION_STATS, b"")))
+        return json.loads(results[0].body.to_pybytes())
+
+    def list_actions(self) -> list[tuple[str, str]]:
+        with translated_errors():
+            return [(a.type, a.description) for a in self._client.list_actions()]
+
+    def _options(self, timeout: float | None) -> flight.FlightCallOptions:
+        timeout = self.timeout if timeout is None else timeout
+        return flight.FlightCallOptions(timeout=timeout)
+
+
+@contextmanager
+def translated_errors() -> Iterator[None]:
+    """Raise a server's error as the exception it described."""
+    try:
+        yield
+    except flight.FlightError as exc:
+        raise exception_for_flight_error(exc) from exc
+
+
+def exception_for_flight_error(exc: flight.FlightError) -> Exception:
+    detail = decode_detail(getattr(exc, "extra_info", None)) or decode_detail(str(exc))
+    if detail is not None:
+        return exception_from_detail(detail)
+    if isinstance(exc, flight.FlightUnavailableError):
+        return ServerBusyError(f"the flightlab server is unavailable: {exc}")
+    if isinstance(exc, (flight.FlightTimedOutError, flight.FlightCancelledError)):
+        return exc
+    return RemoteServerError(str(exc))
