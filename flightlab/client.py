@@ -13,7 +13,7 @@ and nothing is sent until ``to_df``/``to_arrow``/``persist``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -38,7 +38,7 @@ from pydantic import StrictInt, StrictStr
 
 from flightlab import protocol as p
 from flightlab.errors import MalformedEntityDataError
-from flightlab.transport import OfflineFlightClient
+from flightlab.transport import OfflineFlightClient, ProgressCallback
 
 
 class RemoteOfflineStoreConfig(FeastConfigBaseModel):
@@ -80,6 +80,21 @@ class RemoteRetrievalJob(RetrievalJob):
 
     def _to_df_internal(self, timeout: Optional[int] = None) -> pd.DataFrame:
         return self._to_arrow_internal(timeout).to_pandas()
+
+    def to_arrow_batches(
+        self, timeout: Optional[float] = None, progress: ProgressCallback | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """The result's record batches as they arrive, calling ``progress``
+        after each. Stopping early cancels the server's stream."""
+        with _client(self._config) as client:
+            yield from client.iter_batches(self.request, timeout=timeout, progress=progress)
+
+    def to_arrow_with_progress(
+        self, progress: ProgressCallback, timeout: Optional[float] = None
+    ) -> pa.Table:
+        """Like ``to_arrow``, calling ``progress`` as batches arrive."""
+        with _client(self._config) as client:
+            return client.fetch(self.request, timeout=timeout, progress=progress)
 
     @property
     def full_feature_names(self) -> bool:

@@ -9,8 +9,9 @@ where the server raised one).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -47,11 +48,32 @@ class OfflineFlightClient:
 
     # --- calls ---------------------------------------------------------------
 
-    def fetch(self, request: p.Request, timeout: float | None = None) -> pa.Table:
+    def fetch(
+        self,
+        request: p.Request,
+        timeout: float | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> pa.Table:
         """Run an API that returns data and read the whole result."""
         with self.open_reader(request, timeout) as reader:
-            with translated_errors():
-                return reader.read_all()
+            if progress is None:
+                with translated_errors():
+                    return reader.read_all()
+            batches = list(_read_batches(reader, progress))
+            return pa.Table.from_batches(batches, schema=reader.schema)
+
+    def iter_batches(
+        self,
+        request: p.Request,
+        timeout: float | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        """Run an API that returns data; yield its record batches as they arrive.
+
+        Closing the generator early cancels the stream on the server.
+        """
+        with self.open_reader(request, timeout) as reader:
+            yield from _read_batches(reader, progress)
 
     @contextmanager
     def open_reader(
@@ -110,6 +132,35 @@ class OfflineFlightClient:
     def _options(self, timeout: float | None) -> flight.FlightCallOptions:
         timeout = self.timeout if timeout is None else timeout
         return flight.FlightCallOptions(timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How much of a result has arrived."""
+
+    rows: int
+    bytes: int
+    batches: int
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def _read_batches(
+    reader: flight.FlightStreamReader, progress: ProgressCallback | None
+) -> Iterator[pa.RecordBatch]:
+    rows = nbytes = count = 0
+    while True:
+        with translated_errors():
+            try:
+                chunk = reader.read_chunk()
+            except StopIteration:
+                return
+        batch = chunk.data
+        rows, nbytes, count = rows + batch.num_rows, nbytes + batch.nbytes, count + 1
+        if progress is not None:
+            progress(Progress(rows=rows, bytes=nbytes, batches=count))
+        yield batch
 
 
 @contextmanager
