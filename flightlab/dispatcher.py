@@ -148,7 +148,11 @@ class OfflineDispatcher:
         return {"rows_written": request.data.num_rows}
 
     def _persist(self, request: p.Persist) -> dict[str, Any]:
-        storage = _storage_from_bytes(request.storage)
+        if request.storage is not None:
+            storage = _storage_from_bytes(request.storage)
+        else:
+            destination = self.store.get_data_source(request.destination_name)
+            storage = SavedDatasetStorage.from_data_source(destination)
         job = self._retrieval_job(request.retrieval)
         job.persist(storage, allow_overwrite=request.allow_overwrite)
         return {"persisted_to": str(storage.to_proto()).strip()}

@@ -196,16 +196,24 @@ class Persist(Request):
     """Run a retrieval and save its result on the server.
 
     On the wire: the retrieval's own parameters, plus ``retrieval_api`` naming
-    it, ``storage`` (a serialized Feast SavedDatasetStorage proto) and
-    ``allow_overwrite``.
+    it, the destination — ``storage`` (a serialized Feast SavedDatasetStorage
+    proto) or ``destination_name`` (a data source in the server's registry) —
+    and ``allow_overwrite``.
     """
 
     api: ClassVar[str] = "persist"
     returns_data: ClassVar[bool] = False
 
     retrieval: RetrievalRequest = field(metadata={"kind": None})
-    storage: bytes = param(Kind.BYTES)
+    storage: bytes | None = param(Kind.BYTES, required=False)
+    destination_name: str | None = param(Kind.STRING, required=False)
     allow_overwrite: bool = param(Kind.BOOL, required=False, default=False)
+
+    def __post_init__(self) -> None:
+        if (self.storage is None) == (self.destination_name is None):
+            raise MissingParameterError(
+                "persist needs exactly one destination: 'storage' or 'destination_name'"
+            )
 
     def table_params(self) -> dict[str, pa.Table]:
         return self.retrieval.table_params()
@@ -228,7 +236,7 @@ RETRIEVAL_TYPES: dict[str, type[Request]] = {
     cls.api: cls
     for cls in (GetHistoricalFeatures, PullLatestFromTableOrQuery, PullAllFromTableOrQuery)
 }
-PERSIST_OWN_PARAMS = ("retrieval_api", "storage", "allow_overwrite")
+PERSIST_OWN_PARAMS = ("retrieval_api", "storage", "destination_name", "allow_overwrite")
 
 
 # --- commands, descriptors and tickets -------------------------------------
@@ -357,10 +365,10 @@ def encode_request(request: Request) -> dict[str, pa.Table]:
     if isinstance(request, Persist):
         params = encode_request(request.retrieval)
         params["retrieval_api"] = encode_value("retrieval_api", Kind.STRING, request.retrieval.api)
-        params["storage"] = encode_value("storage", Kind.BYTES, request.storage)
-        params["allow_overwrite"] = encode_value(
-            "allow_overwrite", Kind.BOOL, request.allow_overwrite
-        )
+        for f in _wire_fields(Persist):
+            value = getattr(request, f.name)
+            if value is not None:
+                params[f.name] = encode_value(f.name, f.metadata["kind"], value)
         return params
     params = {}
     for f in _wire_fields(type(request)):
@@ -392,28 +400,21 @@ def decode_request(api: str, params: Mapping[str, pa.Table]) -> Request:
 
 
 def _decode_persist(params: Mapping[str, pa.Table]) -> Persist:
-    own = {k: params[k] for k in PERSIST_OWN_PARAMS if k in params}
-    if "retrieval_api" not in own:
+    if "retrieval_api" not in params:
         raise MissingParameterError("persist needs the parameter 'retrieval_api'")
-    if "storage" not in own:
-        raise MissingParameterError("persist needs the parameter 'storage'")
-    retrieval_api = decode_value("retrieval_api", Kind.STRING, own["retrieval_api"])
+    retrieval_api = decode_value("retrieval_api", Kind.STRING, params["retrieval_api"])
     if retrieval_api not in RETRIEVAL_TYPES:
         raise MalformedParameterError(
             f"persist cannot save the result of {retrieval_api!r}; "
             f"it saves one of: {', '.join(RETRIEVAL_TYPES)}"
         )
-    rest = {k: v for k, v in params.items() if k not in PERSIST_OWN_PARAMS}
-    retrieval = decode_request(retrieval_api, rest)
-    return Persist(
-        retrieval=retrieval,  # type: ignore[arg-type]
-        storage=decode_value("storage", Kind.BYTES, own["storage"]),
-        allow_overwrite=(
-            decode_value("allow_overwrite", Kind.BOOL, own["allow_overwrite"])
-            if "allow_overwrite" in own
-            else False
-        ),
-    )
+    retrieval_params = {k: v for k, v in params.items() if k not in PERSIST_OWN_PARAMS}
+    own = {
+        f.name: decode_value(f.name, f.metadata["kind"], params[f.name])
+        for f in _wire_fields(Persist)
+        if f.name in params
+    }
+    return Persist(retrieval=decode_request(retrieval_api, retrieval_params), **own)
 
 
 def decode_value(name: str, kind: Kind, table: pa.Table) -> Any:

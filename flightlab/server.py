@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from flightlab import feast_protocol
 from flightlab import protocol as p
 from flightlab.errors import (
     CANCELLED,
@@ -110,7 +111,13 @@ def to_flight_error(exc: BaseException) -> flight.FlightError:
 
 
 class _FlightService(flight.FlightServerBase):
-    """The Flight RPCs: decode, stage, dispatch, encode. Nothing Feast-specific."""
+    """The Flight RPCs: decode each call into a request of flightlab.protocol,
+    run it through the owner, encode the answer.
+
+    Two protocols arrive here, told apart by what they send: flightlab's
+    (parameters in do_put schema metadata, a UUID descriptor) and that of
+    Feast's own offline server (a JSON command in the descriptor).
+    """
 
     def __init__(self, owner: OfflineServer, location: str, **kwargs: Any):
         super().__init__(location, **kwargs)
@@ -120,6 +127,9 @@ class _FlightService(flight.FlightServerBase):
 
     def do_put(self, context, descriptor, reader, writer):
         with self._owner._handling("do_put", None) as call:
+            feast_command = feast_protocol.parse_descriptor(descriptor)
+            if feast_command is not None:
+                return self._feast_put(call, feast_command, reader)
             command_id = p.command_id_from_descriptor(descriptor)
             call.command_id = command_id
             header = p.read_put_header(reader.schema, command_id)
@@ -128,9 +138,25 @@ class _FlightService(flight.FlightServerBase):
             call.rows_in = table.num_rows
             self._owner.staging.stage(command_id, header.api, header.param, table)
 
+    def _feast_put(self, call: _Call, command: feast_protocol.FeastCommand, reader) -> None:
+        call.command_id, call.api = command.command_id, command.api
+        request = feast_protocol.to_request(command, reader.read_all())
+        if request.returns_data:
+            # Older Feast clients read with get_flight_info + do_get: stage the
+            # request as flightlab parameters so the usual path serves it.
+            for name, table in p.encode_request(request).items():
+                self._owner.staging.stage(command.command_id, command.api, name, table)
+        else:
+            self._owner._execute(call, request)
+
     def get_flight_info(self, context, descriptor):
         with self._owner._handling("get_flight_info", None) as call:
-            command_id = p.command_id_from_descriptor(descriptor)
+            feast_command = feast_protocol.parse_descriptor(descriptor)
+            command_id = (
+                feast_command.command_id
+                if feast_command is not None
+                else p.command_id_from_descriptor(descriptor)
+            )
             call.command_id = command_id
             staged = self._owner.staging.peek(command_id)
             call.api = staged.api
@@ -157,42 +183,52 @@ class _FlightService(flight.FlightServerBase):
 
     def do_get(self, context, ticket):
         with self._owner._handling("do_get", None) as call:
-            command_id = p.command_id_from_ticket(ticket.ticket)
-            call.command_id = command_id
-            staged = self._owner.staging.take(command_id)
+            call.command_id = p.command_id_from_ticket(ticket.ticket)
+            staged = self._owner.staging.take(call.command_id)
             call.api = staged.api
             request = p.decode_request(staged.api, staged.params)
-            call.rows_in = request.rows_in()
             if not request.returns_data:
                 raise ProtocolError(f"{staged.api} returns no data: run it with do_action")
-            table = self._owner.dispatcher.run(request)
-            call.rows_out, call.bytes_out = table.num_rows, table.nbytes
+            table = self._owner._execute(call, request)
             return flight.RecordBatchStream(self._owner._batched(table))
+
+    def do_exchange(self, context, descriptor, reader, writer):
+        with self._owner._handling("do_exchange", None) as call:
+            command = feast_protocol.parse_descriptor(descriptor)
+            if command is None:
+                raise ProtocolError(
+                    "do_exchange takes a Feast JSON command; flightlab's own "
+                    "protocol reads with get_flight_info and do_get"
+                )
+            call.command_id, call.api = command.command_id, command.api
+            request = feast_protocol.to_request(command, reader.read_all())
+            if not request.returns_data:
+                raise ProtocolError(f"{command.api} returns no data: send it with do_put")
+            result = self._owner._batched(self._owner._execute(call, request))
+            writer.begin(result.schema)
+            for batch in result:
+                writer.write_batch(batch)
 
     def do_action(self, context, action):
         if action.type == p.ACTION_STATS:
             return [json.dumps(self._owner.stats_json()).encode()]
         with self._owner._handling("do_action", action.type) as call:
-            command_id = p.command_id_from_ticket(action.body.to_pybytes())
-            call.command_id = command_id
+            call.command_id = p.command_id_from_ticket(action.body.to_pybytes())
             if action.type == p.ACTION_DROP:
-                dropped = self._owner.staging.drop(command_id)
+                dropped = self._owner.staging.drop(call.command_id)
                 return [json.dumps({"dropped": dropped}).encode()]
-            request_type = p.api_type(action.type)
-            if request_type.returns_data:
+            if p.api_type(action.type).returns_data:
                 raise ProtocolError(
                     f"{action.type} returns data: fetch it with get_flight_info and do_get"
                 )
-            staged = self._owner.staging.take(command_id)
+            staged = self._owner.staging.take(call.command_id)
             if staged.api != action.type:
                 raise ProtocolError(
-                    f"command {command_id} was staged for {staged.api!r}, "
+                    f"command {call.command_id} was staged for {staged.api!r}, "
                     f"not for action {action.type!r}"
                 )
             request = p.decode_request(staged.api, staged.params)
-            call.rows_in = request.rows_in()
-            result = self._owner.dispatcher.run(request)
-            return [json.dumps(result).encode()]
+            return [json.dumps(self._owner._execute(call, request)).encode()]
 
     def list_actions(self, context):
         return list(_ACTION_DESCRIPTIONS.items())
@@ -208,6 +244,7 @@ class _Call:
         self.rows_in = 0
         self.rows_out = 0
         self.bytes_out = 0
+        self.executed = False
         self.started = time.perf_counter()
 
 
@@ -320,9 +357,18 @@ class OfflineServer:
             raise to_flight_error(exc) from None
         self._record_success(call)
 
+    def _execute(self, call: _Call, request: p.Request) -> Any:
+        """Run a decoded request; note its rows for the log and the stats."""
+        call.rows_in = request.rows_in()
+        result = self.dispatcher.run(request)
+        if isinstance(result, pa.Table):
+            call.rows_out, call.bytes_out = result.num_rows, result.nbytes
+        call.executed = True
+        return result
+
     def _record_success(self, call: _Call) -> None:
         seconds = time.perf_counter() - call.started
-        if call.rpc in ("do_get", "do_action"):
+        if call.executed:
             self.stats.record_success(call.api or "?", call.rows_in, call.rows_out, call.bytes_out)
             logger.info(
                 "%s command=%s rows_in=%d rows_out=%d bytes_out=%d %.3fs",
