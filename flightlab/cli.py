@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from flightlab import __version__
+from flightlab.limits import ServerLimits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +41,40 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "-p", "--port", type=int, default=8815, help="port (0 picks a free one and prints it)"
     )
+    limits = ServerLimits()
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=limits.workers,
+        help="Feast calls run at once; more requests queue (default %(default)s)",
+    )
+    serve.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=limits.queue_timeout,
+        metavar="SECONDS",
+        help="how long a request may queue before a 'busy' error (default %(default)s)",
+    )
+    serve.add_argument(
+        "--staged-ttl",
+        type=float,
+        default=limits.staged_ttl,
+        metavar="SECONDS",
+        help="a staged command never run expires after this (default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-staged-bytes",
+        type=int,
+        default=limits.max_staged_bytes,
+        metavar="BYTES",
+        help="cap on the bytes staged by all clients together (default %(default)s)",
+    )
+    serve.add_argument(
+        "--batch-rows",
+        type=int,
+        default=limits.batch_rows,
+        help="rows per result batch at most (default %(default)s)",
+    )
     serve.add_argument(
         "--log-level",
         default="info",
@@ -57,17 +92,24 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if args.command == "serve_offline":
-        return serve_offline(Path(args.chdir), args.host, args.port)
+        limits = ServerLimits(
+            workers=args.workers,
+            queue_timeout=args.queue_timeout,
+            staged_ttl=args.staged_ttl,
+            max_staged_bytes=args.max_staged_bytes,
+            batch_rows=args.batch_rows,
+        )
+        return serve_offline(Path(args.chdir), args.host, args.port, limits)
     return 2
 
 
-def serve_offline(repo: Path, host: str, port: int) -> int:
+def serve_offline(repo: Path, host: str, port: int, limits: ServerLimits) -> int:
     if not (repo / "feature_store.yaml").is_file():
         print(f"flightlab: no feature_store.yaml in {repo.resolve()}", file=sys.stderr)
         return 2
     from flightlab.server import OfflineServer
 
-    server = OfflineServer(repo, host=host, port=port).start()
+    server = OfflineServer(repo, host=host, port=port, limits=limits).start()
     # The one line a script waits for, on stdout, with the port actually bound.
     print(f"flightlab serving {server.location}", flush=True)
     stop_requested = threading.Event()

@@ -49,6 +49,8 @@ class RemoteOfflineStoreConfig(FeastConfigBaseModel):
     port: StrictInt = 8815
     timeout: Optional[float] = None
     """Seconds a call may take; None waits as long as the server needs."""
+    compression: Optional[Literal["zstd", "lz4"]] = None
+    """Compress data on the wire both ways (worth it on slow networks only)."""
 
     @property
     def location(self) -> str:
@@ -58,7 +60,9 @@ class RemoteOfflineStoreConfig(FeastConfigBaseModel):
 def _client(config: RepoConfig) -> OfflineFlightClient:
     store_config = config.offline_store
     assert isinstance(store_config, RemoteOfflineStoreConfig)
-    return OfflineFlightClient(store_config.location, timeout=store_config.timeout)
+    return OfflineFlightClient(
+        store_config.location, timeout=store_config.timeout, compression=store_config.compression
+    )
 
 
 class RemoteRetrievalJob(RetrievalJob):

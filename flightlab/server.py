@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from flightlab import feast_protocol
+from flightlab import feast_protocol, streaming
 from flightlab import protocol as p
 from flightlab.errors import (
     CANCELLED,
@@ -37,14 +37,19 @@ from flightlab.errors import (
     encode_detail,
     error_detail,
 )
+from flightlab.limits import ServerLimits
 from flightlab.staging import CommandStaging
 from flightlab.stats import ServerStats, StatsSnapshot
+from flightlab.workers import ClientGoneError, WorkerPool
 
 logger = logging.getLogger("flightlab.server")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8815
-DEFAULT_BATCH_ROWS = 65_536
+# The header in which a client asks for compressed results ("zstd" or "lz4").
+COMPRESSION_HEADER = "x-flightlab-compression"
+COMPRESSIONS = ("zstd", "lz4")
+
 
 # Which Flight error class a failure of each kind becomes. Flight has no
 # "invalid argument" or "not found" class, so bad requests are server errors
@@ -82,6 +87,8 @@ def failure_status(exc: BaseException) -> str:
 
     if isinstance(exc, FlightlabError):
         return exc.status
+    if isinstance(exc, ClientGoneError):
+        return CANCELLED
     if isinstance(exc, FeastPermissionError):
         return PERMISSION_DENIED
     if isinstance(exc, FeastObjectNotFoundException):
@@ -110,6 +117,31 @@ def to_flight_error(exc: BaseException) -> flight.FlightError:
     return error_class(f"Flight error: {detail}", extra_info=detail.encode())
 
 
+class _HeadersMiddleware(flight.ServerMiddleware):
+    def __init__(self, headers: dict[str, list[str]]):
+        self.headers = headers
+
+
+class _HeadersMiddlewareFactory(flight.ServerMiddlewareFactory):
+    """Keeps each call's request headers where its handler can read them."""
+
+    def start_call(self, info, headers):
+        return _HeadersMiddleware(headers)
+
+
+def _requested_compression(context) -> str | None:
+    middleware = context.get_middleware("headers")
+    values = middleware.headers.get(COMPRESSION_HEADER, []) if middleware else []
+    if not values:
+        return None
+    if values[0] not in COMPRESSIONS:
+        raise ProtocolError(
+            f"unknown compression {values[0]!r} in header {COMPRESSION_HEADER}; "
+            f"use one of {', '.join(COMPRESSIONS)}"
+        )
+    return values[0]
+
+
 class _FlightService(flight.FlightServerBase):
     """The Flight RPCs: decode each call into a request of flightlab.protocol,
     run it through the owner, encode the answer.
@@ -129,7 +161,7 @@ class _FlightService(flight.FlightServerBase):
         with self._owner._handling("do_put", None) as call:
             feast_command = feast_protocol.parse_descriptor(descriptor)
             if feast_command is not None:
-                return self._feast_put(call, feast_command, reader)
+                return self._feast_put(context, call, feast_command, reader)
             command_id = p.command_id_from_descriptor(descriptor)
             call.command_id = command_id
             header = p.read_put_header(reader.schema, command_id)
@@ -138,7 +170,9 @@ class _FlightService(flight.FlightServerBase):
             call.rows_in = table.num_rows
             self._owner.staging.stage(command_id, header.api, header.param, table)
 
-    def _feast_put(self, call: _Call, command: feast_protocol.FeastCommand, reader) -> None:
+    def _feast_put(
+        self, context, call: _Call, command: feast_protocol.FeastCommand, reader
+    ) -> None:
         call.command_id, call.api = command.command_id, command.api
         request = feast_protocol.to_request(command, reader.read_all())
         if request.returns_data:
@@ -147,7 +181,7 @@ class _FlightService(flight.FlightServerBase):
             for name, table in p.encode_request(request).items():
                 self._owner.staging.stage(command.command_id, command.api, name, table)
         else:
-            self._owner._execute(call, request)
+            self._owner._execute(call, request, context)
 
     def get_flight_info(self, context, descriptor):
         with self._owner._handling("get_flight_info", None) as call:
@@ -189,8 +223,12 @@ class _FlightService(flight.FlightServerBase):
             request = p.decode_request(staged.api, staged.params)
             if not request.returns_data:
                 raise ProtocolError(f"{staged.api} returns no data: run it with do_action")
-            table = self._owner._execute(call, request)
-            return flight.RecordBatchStream(self._owner._batched(table))
+            compression = _requested_compression(context)
+            table = self._owner._execute(call, request, context)
+            batches = self._owner._result_batches(table, context)
+            return flight.GeneratorStream(
+                table.schema, batches, options=streaming.write_options(compression)
+            )
 
     def do_exchange(self, context, descriptor, reader, writer):
         with self._owner._handling("do_exchange", None) as call:
@@ -204,9 +242,9 @@ class _FlightService(flight.FlightServerBase):
             request = feast_protocol.to_request(command, reader.read_all())
             if not request.returns_data:
                 raise ProtocolError(f"{command.api} returns no data: send it with do_put")
-            result = self._owner._batched(self._owner._execute(call, request))
-            writer.begin(result.schema)
-            for batch in result:
+            table = self._owner._execute(call, request, context)
+            writer.begin(table.schema)
+            for batch, _totals in self._owner._result_batches(table, context):
                 writer.write_batch(batch)
 
     def do_action(self, context, action):
@@ -228,7 +266,7 @@ class _FlightService(flight.FlightServerBase):
                     f"not for action {action.type!r}"
                 )
             request = p.decode_request(staged.api, staged.params)
-            return [json.dumps(self._owner._execute(call, request)).encode()]
+            return [json.dumps(self._owner._execute(call, request, context)).encode()]
 
     def list_actions(self, context):
         return list(_ACTION_DESCRIPTIONS.items())
@@ -264,7 +302,7 @@ class OfflineServer:
         store: Any = None,
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
-        batch_rows: int = DEFAULT_BATCH_ROWS,
+        limits: ServerLimits | None = None,
     ):
         if (repo_path is None) == (store is None):
             raise ValueError("give exactly one of repo_path and store")
@@ -275,25 +313,34 @@ class OfflineServer:
         from flightlab.dispatcher import OfflineDispatcher
 
         self.store = store
+        self.limits = limits or ServerLimits()
         self.dispatcher = OfflineDispatcher(store)
-        self.staging = CommandStaging()
+        self.staging = CommandStaging(self.limits.staged_ttl, self.limits.max_staged_bytes)
         self.stats = ServerStats()
         self.host = host
         self._requested_port = port
-        self.batch_rows = batch_rows
+        self._pool: WorkerPool | None = None
         self._service: _FlightService | None = None
         self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
 
     # --- life cycle --------------------------------------------------------------
 
     def start(self) -> OfflineServer:
         if self._service is not None:
             raise RuntimeError("the server is already running")
-        self._service = _FlightService(self, f"grpc+tcp://{self.host}:{self._requested_port}")
+        self._pool = WorkerPool(self.limits.workers, self.limits.queue_timeout)
+        self._stopped.clear()
+        self._service = _FlightService(
+            self,
+            f"grpc+tcp://{self.host}:{self._requested_port}",
+            middleware={"headers": _HeadersMiddlewareFactory()},
+        )
         self._thread = threading.Thread(
             target=self._service.serve, name="flightlab-server", daemon=True
         )
         self._thread.start()
+        threading.Thread(target=self._sweep_expired, name="flightlab-sweeper", daemon=True).start()
         logger.info("flightlab offline server serving %s at %s", self.store.project, self.location)
         return self
 
@@ -301,9 +348,12 @@ class OfflineServer:
         service, self._service = self._service, None
         if service is None:
             return
+        self._stopped.set()
         service.shutdown()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._pool is not None:
+            self._pool.shutdown()
         logger.info("flightlab offline server stopped")
 
     def wait(self) -> None:
@@ -342,8 +392,17 @@ class OfflineServer:
         return {
             "staged_commands": len(staged),
             "staged_bytes": sum(s.nbytes for s in staged),
+            "workers": self._pool.load() if self._pool else None,
             **self.stats.snapshot().to_json(),
         }
+
+    def _sweep_expired(self) -> None:
+        # Frees the memory of abandoned commands even when no request comes.
+        period = min(self.limits.staged_ttl / 4, 30.0)
+        while not self._stopped.wait(period):
+            expired = self.staging.expire()
+            if expired:
+                logger.info("expired %d staged command(s) never run", expired)
 
     # --- helpers for the Flight service ------------------------------------------
 
@@ -357,10 +416,11 @@ class OfflineServer:
             raise to_flight_error(exc) from None
         self._record_success(call)
 
-    def _execute(self, call: _Call, request: p.Request) -> Any:
-        """Run a decoded request; note its rows for the log and the stats."""
+    def _execute(self, call: _Call, request: p.Request, context) -> Any:
+        """Run a decoded request on the worker pool; note its rows for the log."""
         call.rows_in = request.rows_in()
-        result = self.dispatcher.run(request)
+        assert self._pool is not None, "the server is not running"
+        result = self._pool.run(lambda: self.dispatcher.run(request), context.is_cancelled)
         if isinstance(result, pa.Table):
             call.rows_out, call.bytes_out = result.num_rows, result.nbytes
         call.executed = True
@@ -395,6 +455,7 @@ class OfflineServer:
             # Whatever failed, the command will not run: keep no state for it.
             self.staging.drop(call.command_id)
 
-    def _batched(self, table: pa.Table) -> pa.RecordBatchReader:
-        batches = table.to_batches(max_chunksize=self.batch_rows)
-        return pa.RecordBatchReader.from_batches(table.schema, batches)
+    def _result_batches(self, table: pa.Table, context):
+        return streaming.result_batches(
+            table, self.limits.batch_rows, self.limits.max_batch_bytes, context.is_cancelled
+        )

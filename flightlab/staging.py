@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from flightlab.errors import MalformedParameterError, UnknownCommandError
+from flightlab.errors import MalformedParameterError, ResourceExhaustedError, UnknownCommandError
+from flightlab.limits import DEFAULT_MAX_STAGED_BYTES, DEFAULT_STAGED_TTL
+
+# How many expired command ids are remembered, to say "expired" rather than
+# "unknown" when a late client asks for one.
+_EXPIRED_MEMORY = 1024
 
 
 @dataclass
@@ -36,41 +42,66 @@ class StagedSummary:
 
 class CommandStaging:
     """Staged commands by id. Every method is safe to call from many threads;
-    a command is handed out by :meth:`take` at most once."""
+    a command is handed out by :meth:`take` at most once.
 
-    def __init__(self) -> None:
+    A command not run within ``ttl_seconds`` of its first parameter expires;
+    the bytes staged by all clients together never exceed ``max_bytes``.
+    """
+
+    def __init__(
+        self, ttl_seconds: float = DEFAULT_STAGED_TTL, max_bytes: int = DEFAULT_MAX_STAGED_BYTES
+    ) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._commands: dict[str, StagedCommand] = {}
+        self._expired: OrderedDict[str, None] = OrderedDict()
+        self._bytes = 0
 
     def stage(self, command_id: str, api: str, param: str, table: pa.Table) -> None:
         with self._lock:
+            self._expire_locked()
             command = self._commands.get(command_id)
-            if command is None:
-                command = self._commands[command_id] = StagedCommand(command_id, api)
-            elif command.api != api:
+            if command is not None and command.api != api:
                 raise MalformedParameterError(
                     f"command {command_id} was staged for {command.api!r}, not for {api!r}"
                 )
-            if param in command.params:
+            if command is not None and param in command.params:
                 raise MalformedParameterError(
                     f"command {command_id} already has the parameter {param!r}"
                 )
+            if self._bytes + table.nbytes > self.max_bytes:
+                raise ResourceExhaustedError(
+                    f"staging {table.nbytes} more bytes would exceed the server's cap of "
+                    f"{self.max_bytes} staged bytes ({self._bytes} in use); "
+                    "retry later or send less at once"
+                )
+            if command is None:
+                command = self._commands[command_id] = StagedCommand(command_id, api)
             command.params[param] = table
+            self._bytes += table.nbytes
 
     def peek(self, command_id: str) -> StagedCommand:
         with self._lock:
+            self._expire_locked()
             return self._get(command_id)
 
     def take(self, command_id: str) -> StagedCommand:
         """Remove and return a command: the one call that may run it."""
         with self._lock:
+            self._expire_locked()
             command = self._get(command_id)
-            del self._commands[command_id]
+            self._remove_locked(command_id)
             return command
 
     def drop(self, command_id: str) -> bool:
         with self._lock:
-            return self._commands.pop(command_id, None) is not None
+            return self._remove_locked(command_id) is not None
+
+    def expire(self) -> int:
+        """Drop commands older than the TTL; return how many."""
+        with self._lock:
+            return self._expire_locked()
 
     def summaries(self) -> list[StagedSummary]:
         now = time.monotonic()
@@ -80,15 +111,42 @@ class CommandStaging:
                 for c in self._commands.values()
             ]
 
+    @property
+    def staged_bytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._commands)
+
+    def _remove_locked(self, command_id: str) -> StagedCommand | None:
+        command = self._commands.pop(command_id, None)
+        if command is not None:
+            self._bytes -= command.nbytes
+        return command
+
+    def _expire_locked(self) -> int:
+        deadline = time.monotonic() - self.ttl_seconds
+        stale = [cid for cid, c in self._commands.items() if c.staged_at < deadline]
+        for command_id in stale:
+            self._remove_locked(command_id)
+            self._expired[command_id] = None
+        while len(self._expired) > _EXPIRED_MEMORY:
+            self._expired.popitem(last=False)
+        return len(stale)
 
     def _get(self, command_id: str) -> StagedCommand:
         try:
             return self._commands[command_id]
         except KeyError:
+            pass
+        if command_id in self._expired:
             raise UnknownCommandError(
-                f"no staged command {command_id!r}: it was never staged, "
-                "has already run, or was dropped"
-            ) from None
+                f"command {command_id!r} expired: it was not run within "
+                f"{self.ttl_seconds:g} s of being staged"
+            )
+        raise UnknownCommandError(
+            f"no staged command {command_id!r}: it was never staged, "
+            "has already run, or was dropped"
+        )

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from flightlab import protocol as p
+from flightlab import streaming
 from flightlab.errors import (
     RemoteServerError,
     ServerBusyError,
@@ -25,16 +26,35 @@ from flightlab.errors import (
     exception_from_detail,
 )
 
+DEFAULT_UPLOAD_BATCH_ROWS = 65_536
+DEFAULT_UPLOAD_BATCH_BYTES = 64 * 1024**2
+COMPRESSION_HEADER = b"x-flightlab-compression"
+
 
 class OfflineFlightClient:
     """A connection to a flightlab server.
 
     ``timeout`` (seconds) bounds every call; ``None`` waits as long as it takes.
+    ``compression`` ("zstd" or "lz4") compresses uploads and asks the server to
+    compress results. Uploads go in batches within the two ``upload_batch_*``
+    bounds, so no single message nears gRPC's 2 GiB limit.
     """
 
-    def __init__(self, location: str, *, timeout: float | None = None, **client_kwargs: Any):
+    def __init__(
+        self,
+        location: str,
+        *,
+        timeout: float | None = None,
+        compression: str | None = None,
+        upload_batch_rows: int = DEFAULT_UPLOAD_BATCH_ROWS,
+        upload_batch_bytes: int = DEFAULT_UPLOAD_BATCH_BYTES,
+        **client_kwargs: Any,
+    ):
         self.location = location
         self.timeout = timeout
+        self.compression = compression
+        self.upload_batch_rows = upload_batch_rows
+        self.upload_batch_bytes = upload_batch_bytes
         self._client = flight.FlightClient(location, **client_kwargs)
 
     def close(self) -> None:
@@ -116,7 +136,11 @@ class OfflineFlightClient:
                     }
                 )
                 writer, _ = self._client.do_put(descriptor, schema, options or self._options(None))
-                writer.write_table(table.replace_schema_metadata(schema.metadata))
+                table = table.replace_schema_metadata(schema.metadata)
+                for batch in streaming.bounded_batches(
+                    table, self.upload_batch_rows, self.upload_batch_bytes
+                ):
+                    writer.write_batch(batch)
                 writer.close()
         return command_id
 
@@ -131,7 +155,13 @@ class OfflineFlightClient:
 
     def _options(self, timeout: float | None) -> flight.FlightCallOptions:
         timeout = self.timeout if timeout is None else timeout
-        return flight.FlightCallOptions(timeout=timeout)
+        if self.compression is None:
+            return flight.FlightCallOptions(timeout=timeout)
+        return flight.FlightCallOptions(
+            timeout=timeout,
+            headers=[(COMPRESSION_HEADER, self.compression.encode())],
+            write_options=streaming.write_options(self.compression),
+        )
 
 
 @dataclass(frozen=True)
@@ -141,6 +171,15 @@ class Progress:
     rows: int
     bytes: int
     batches: int
+    total_rows: int | None = None
+    total_bytes: int | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        """Share of the rows received, when the server told the total."""
+        if not self.total_rows:
+            return None if self.total_rows is None else 1.0
+        return self.rows / self.total_rows
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -150,17 +189,21 @@ def _read_batches(
     reader: flight.FlightStreamReader, progress: ProgressCallback | None
 ) -> Iterator[pa.RecordBatch]:
     rows = nbytes = count = 0
+    total_rows = total_bytes = None
     while True:
         with translated_errors():
             try:
                 chunk = reader.read_chunk()
             except StopIteration:
                 return
+        if count == 0:
+            total_rows, total_bytes = streaming.parse_totals(chunk.app_metadata)
         batch = chunk.data
         rows, nbytes, count = rows + batch.num_rows, nbytes + batch.nbytes, count + 1
         if progress is not None:
-            progress(Progress(rows=rows, bytes=nbytes, batches=count))
-        yield batch
+            progress(Progress(rows, nbytes, count, total_rows, total_bytes))
+        if batch.num_rows:
+            yield batch
 
 
 @contextmanager

@@ -1,0 +1,36 @@
+"""The tunables of a server: batch sizes, workers, queueing and staging bounds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_BATCH_ROWS = 65_536
+# A result batch never exceeds this many bytes (gRPC caps a message at 2 GiB;
+# smaller messages also keep both ends' memory flat while streaming).
+DEFAULT_MAX_BATCH_BYTES = 64 * 1024**2
+DEFAULT_WORKERS = 4
+DEFAULT_QUEUE_TIMEOUT = 60.0
+# A staged command never run is dropped after this long.
+DEFAULT_STAGED_TTL = 600.0
+# The bytes staged by all clients together stay under this cap.
+DEFAULT_MAX_STAGED_BYTES = 4 * 1024**3
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """How much a server does at once, and how long it keeps things."""
+
+    batch_rows: int = DEFAULT_BATCH_ROWS
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+    workers: int = DEFAULT_WORKERS
+    queue_timeout: float = DEFAULT_QUEUE_TIMEOUT
+    staged_ttl: float = DEFAULT_STAGED_TTL
+    max_staged_bytes: int = DEFAULT_MAX_STAGED_BYTES
+
+    def __post_init__(self) -> None:
+        for name in ("batch_rows", "max_batch_bytes", "workers", "max_staged_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("queue_timeout", "staged_ttl"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
