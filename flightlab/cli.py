@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "-p", "--port", type=int, default=8815, help="port (0 picks a free one and prints it)"
     )
+    serve.add_argument("-c", "--cert", help="TLS: PEM certificate chain of the server")
+    serve.add_argument("-k", "--key", help="TLS: PEM private key of the server")
+    serve.add_argument(
+        "--client-ca", metavar="CA", help="mTLS: PEM CA that client certificates must chain to"
+    )
     limits = ServerLimits()
     serve.add_argument(
         "--workers",
@@ -99,17 +104,29 @@ def main(argv: list[str] | None = None) -> int:
             max_staged_bytes=args.max_staged_bytes,
             batch_rows=args.batch_rows,
         )
-        return serve_offline(Path(args.chdir), args.host, args.port, limits)
+        return serve_offline(Path(args.chdir), args.host, args.port, limits, _tls(args))
     return 2
 
 
-def serve_offline(repo: Path, host: str, port: int, limits: ServerLimits) -> int:
+def _tls(args: argparse.Namespace):
+    if not (args.cert or args.key):
+        if args.client_ca:
+            raise SystemExit("flightlab: --client-ca needs --cert and --key (mTLS is over TLS)")
+        return None
+    if not (args.cert and args.key):
+        raise SystemExit("flightlab: TLS needs both --cert and --key")
+    from flightlab.server import ServerTls
+
+    return ServerTls.from_files(args.cert, args.key, args.client_ca)
+
+
+def serve_offline(repo: Path, host: str, port: int, limits: ServerLimits, tls=None) -> int:
     if not (repo / "feature_store.yaml").is_file():
         print(f"flightlab: no feature_store.yaml in {repo.resolve()}", file=sys.stderr)
         return 2
     from flightlab.server import OfflineServer
 
-    server = OfflineServer(repo, host=host, port=port, limits=limits).start()
+    server = OfflineServer(repo, host=host, port=port, limits=limits, tls=tls).start()
     # The one line a script waits for, on stdout, with the port actually bound.
     print(f"flightlab serving {server.location}", flush=True)
     stop_requested = threading.Event()

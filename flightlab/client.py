@@ -42,11 +42,19 @@ from flightlab.transport import OfflineFlightClient, ProgressCallback
 
 
 class RemoteOfflineStoreConfig(FeastConfigBaseModel):
-    """Where the flightlab server is, and how long a call may take."""
+    """Where the flightlab server is, how to reach it, how long a call may take."""
 
     type: Literal["flightlab.client.RemoteOfflineStore"] = "flightlab.client.RemoteOfflineStore"
     host: StrictStr = "localhost"
     port: StrictInt = 8815
+    scheme: Literal["http", "https"] = "http"
+    """https: connect over TLS (as Feast's remote offline store names it)."""
+    cert: StrictStr = ""
+    """PEM file of the CA that signed the server's certificate (TLS); empty: system CAs."""
+    client_cert: StrictStr = ""
+    """mTLS: PEM file of this client's certificate chain."""
+    client_key: StrictStr = ""
+    """mTLS: PEM file of this client's private key."""
     timeout: Optional[float] = None
     """Seconds a call may take; None waits as long as the server needs."""
     compression: Optional[Literal["zstd", "lz4"]] = None
@@ -54,15 +62,40 @@ class RemoteOfflineStoreConfig(FeastConfigBaseModel):
 
     @property
     def location(self) -> str:
-        return f"grpc+tcp://{self.host}:{self.port}"
+        transport = "grpc+tls" if self.scheme == "https" else "grpc+tcp"
+        return f"{transport}://{self.host}:{self.port}"
 
 
 def _client(config: RepoConfig) -> OfflineFlightClient:
     store_config = config.offline_store
     assert isinstance(store_config, RemoteOfflineStoreConfig)
     return OfflineFlightClient(
-        store_config.location, timeout=store_config.timeout, compression=store_config.compression
+        store_config.location,
+        timeout=store_config.timeout,
+        compression=store_config.compression,
+        **_connection_arguments(config, store_config),
     )
+
+
+def _connection_arguments(config: RepoConfig, store_config: RemoteOfflineStoreConfig) -> dict:
+    arguments: dict[str, Any] = {}
+    if config.auth_config.type != "no_auth":
+        # Feast's own interceptor: the token comes from the repo's `auth`
+        # config exactly as Feast's clients get it (static token, env var,
+        # client credentials...).
+        from feast.permissions.client.arrow_flight_auth_interceptor import (
+            FlightAuthInterceptorFactory,
+        )
+
+        arguments["middleware"] = [FlightAuthInterceptorFactory(config.auth_config)]
+    if store_config.cert:
+        arguments["tls_root_certs"] = Path(store_config.cert).read_bytes()
+    if store_config.client_cert or store_config.client_key:
+        if not (store_config.client_cert and store_config.client_key):
+            raise ValueError("mTLS needs both client_cert and client_key")
+        arguments["cert_chain"] = Path(store_config.client_cert).read_bytes()
+        arguments["private_key"] = Path(store_config.client_key).read_bytes()
+    return arguments
 
 
 class RemoteRetrievalJob(RetrievalJob):

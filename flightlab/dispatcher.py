@@ -20,6 +20,9 @@ from feast.errors import FeastError, FeatureViewNotFoundException
 from feast.feature_logging import FeatureServiceLoggingSource
 from feast.infra.offline_stores.offline_store import OfflineStore, RetrievalJob
 from feast.infra.offline_stores.offline_utils import get_offline_store_from_config
+from feast.permissions.action import AuthzedAction
+from feast.permissions.enforcer import enforce_policy
+from feast.permissions.user import User
 from feast.protos.feast.core.DataSource_pb2 import DataSource as DataSourceProto
 from feast.protos.feast.core.SavedDataset_pb2 import (
     SavedDatasetStorage as SavedDatasetStorageProto,
@@ -34,16 +37,23 @@ logger = logging.getLogger(__name__)
 
 
 class OfflineDispatcher:
-    """Runs requests against one Feast ``FeatureStore`` and its offline store."""
+    """Runs requests against one Feast ``FeatureStore`` and its offline store.
 
-    def __init__(self, store: FeatureStore):
+    With ``enforce_permissions`` (a server with ``oidc`` or ``kubernetes``
+    auth), every resource a request touches is checked against the registry's
+    Permission objects for the calling user, with Feast's own policy engine:
+    READ_OFFLINE to retrieve, WRITE_OFFLINE to write.
+    """
+
+    def __init__(self, store: FeatureStore, enforce_permissions: bool = False):
         self.store = store
+        self.enforce_permissions = enforce_permissions
         self.offline_store: OfflineStore = get_offline_store_from_config(store.config.offline_store)
         self._registry_lock = threading.Lock()
-        self._handlers: dict[type[p.Request], Callable[[Any], Any]] = {
-            p.GetHistoricalFeatures: lambda r: self._historical_job(r).to_arrow(),
-            p.PullLatestFromTableOrQuery: lambda r: self._pull_latest_job(r).to_arrow(),
-            p.PullAllFromTableOrQuery: lambda r: self._pull_all_job(r).to_arrow(),
+        self._handlers: dict[type[p.Request], Callable[[Any, Any], Any]] = {
+            p.GetHistoricalFeatures: lambda r, u: self._historical_job(r, u).to_arrow(),
+            p.PullLatestFromTableOrQuery: lambda r, u: self._pull_latest_job(r, u).to_arrow(),
+            p.PullAllFromTableOrQuery: lambda r, u: self._pull_all_job(r, u).to_arrow(),
             p.GetTableColumnNamesAndTypes: self._column_names_and_types,
             p.OfflineWriteBatch: self._offline_write_batch,
             p.WriteLoggedFeatures: self._write_logged_features,
@@ -51,15 +61,19 @@ class OfflineDispatcher:
             p.ValidateDataSource: self._validate_data_source,
         }
 
-    def run(self, request: p.Request) -> pa.Table | dict[str, Any]:
+    def run(self, request: p.Request, user: Any = None) -> pa.Table | dict[str, Any]:
+        """Run ``request`` for ``user`` (a Feast ``User``; None without auth)."""
         # Objects applied after the server started must be found: reload the
         # registry (a small read) before resolving any name.
         self._refresh_registry()
-        return self._handlers[type(request)](request)
+        return self._handlers[type(request)](request, user)
 
     # --- retrievals ----------------------------------------------------------
 
-    def _historical_job(self, request: p.GetHistoricalFeatures) -> RetrievalJob:
+    def _historical_job(self, request: p.GetHistoricalFeatures, user: Any) -> RetrievalJob:
+        if self.enforce_permissions:
+            for view in self._views_read_by(request.features):
+                self._authorize(user, view, AuthzedAction.READ_OFFLINE)
         entity_df: pd.DataFrame | str | None = request.entity_df_sql
         if request.entity_df is not None:
             entity_df = _entity_frame(request.entity_df)
@@ -71,10 +85,10 @@ class OfflineDispatcher:
             end_date=request.end_date,
         )
 
-    def _pull_latest_job(self, request: p.PullLatestFromTableOrQuery) -> RetrievalJob:
+    def _pull_latest_job(self, request: p.PullLatestFromTableOrQuery, user: Any) -> RetrievalJob:
         return self.offline_store.pull_latest_from_table_or_query(
             config=self.store.config,
-            data_source=self.store.get_data_source(request.data_source_name),
+            data_source=self._readable_source(request.data_source_name, user),
             join_key_columns=list(request.join_key_columns),
             feature_name_columns=list(request.feature_name_columns),
             timestamp_field=request.timestamp_field,
@@ -83,10 +97,10 @@ class OfflineDispatcher:
             end_date=request.end_date,
         )
 
-    def _pull_all_job(self, request: p.PullAllFromTableOrQuery) -> RetrievalJob:
+    def _pull_all_job(self, request: p.PullAllFromTableOrQuery, user: Any) -> RetrievalJob:
         return self.offline_store.pull_all_from_table_or_query(
             config=self.store.config,
-            data_source=self.store.get_data_source(request.data_source_name),
+            data_source=self._readable_source(request.data_source_name, user),
             join_key_columns=list(request.join_key_columns),
             feature_name_columns=list(request.feature_name_columns),
             timestamp_field=request.timestamp_field,
@@ -95,15 +109,18 @@ class OfflineDispatcher:
             end_date=request.end_date,
         )
 
-    def _retrieval_job(self, request: p.RetrievalRequest) -> RetrievalJob:
+    def _retrieval_job(self, request: p.RetrievalRequest, user: Any) -> RetrievalJob:
         if isinstance(request, p.GetHistoricalFeatures):
-            return self._historical_job(request)
+            return self._historical_job(request, user)
         if isinstance(request, p.PullLatestFromTableOrQuery):
-            return self._pull_latest_job(request)
-        return self._pull_all_job(request)
+            return self._pull_latest_job(request, user)
+        return self._pull_all_job(request, user)
 
-    def _column_names_and_types(self, request: p.GetTableColumnNamesAndTypes) -> pa.Table:
+    def _column_names_and_types(
+        self, request: p.GetTableColumnNamesAndTypes, user: Any
+    ) -> pa.Table:
         source = _data_source_from_bytes(request.data_source)
+        self._authorize(user, source, AuthzedAction.READ_OFFLINE)
         pairs = list(source.get_table_column_names_and_types(self.store.config))
         return pa.table(
             {
@@ -114,8 +131,9 @@ class OfflineDispatcher:
 
     # --- writes ----------------------------------------------------------------
 
-    def _offline_write_batch(self, request: p.OfflineWriteBatch) -> dict[str, Any]:
+    def _offline_write_batch(self, request: p.OfflineWriteBatch, user: Any) -> dict[str, Any]:
         feature_view = self._writable_feature_view(request.feature_view_name)
+        self._authorize(user, feature_view, AuthzedAction.WRITE_OFFLINE)
         self.offline_store.offline_write_batch(
             self.store.config, feature_view, request.table, progress=None
         )
@@ -131,8 +149,9 @@ class OfflineDispatcher:
             except FeastError:
                 raise FeatureViewNotFoundException(name, self.store.project) from None
 
-    def _write_logged_features(self, request: p.WriteLoggedFeatures) -> dict[str, Any]:
+    def _write_logged_features(self, request: p.WriteLoggedFeatures, user: Any) -> dict[str, Any]:
         service = self.store.get_feature_service(request.feature_service_name)
+        self._authorize(user, service, AuthzedAction.WRITE_OFFLINE)
         if service.logging_config is None:
             raise MalformedParameterError(
                 f"feature service {service.name!r} has no logging_config, "
@@ -147,20 +166,65 @@ class OfflineDispatcher:
         )
         return {"rows_written": request.data.num_rows}
 
-    def _persist(self, request: p.Persist) -> dict[str, Any]:
+    def _persist(self, request: p.Persist, user: Any) -> dict[str, Any]:
         if request.storage is not None:
             storage = _storage_from_bytes(request.storage)
+            destination = storage.to_data_source()
         else:
             destination = self.store.get_data_source(request.destination_name)
             storage = SavedDatasetStorage.from_data_source(destination)
-        job = self._retrieval_job(request.retrieval)
+        self._authorize(user, destination, AuthzedAction.WRITE_OFFLINE)
+        job = self._retrieval_job(request.retrieval, user)
         job.persist(storage, allow_overwrite=request.allow_overwrite)
         return {"persisted_to": str(storage.to_proto()).strip()}
 
-    def _validate_data_source(self, request: p.ValidateDataSource) -> dict[str, Any]:
+    def _validate_data_source(self, request: p.ValidateDataSource, user: Any) -> dict[str, Any]:
         source = _data_source_from_bytes(request.data_source)
+        self._authorize(user, source, AuthzedAction.READ_OFFLINE)
         self.offline_store.validate_data_source(self.store.config, source)
         return {"validated": source.name}
+
+    # --- permissions -------------------------------------------------------------
+
+    def _authorize(self, user: Any, resource: Any, action: AuthzedAction) -> None:
+        """Raise FeastPermissionError unless ``user`` may do ``action`` on ``resource``."""
+        if not self.enforce_permissions:
+            return
+        enforce_policy(
+            permissions=self.store.registry.list_permissions(project=self.store.project),
+            user=user if user is not None else User("", []),
+            resources=[resource],
+            actions=[action],
+        )
+
+    def _readable_source(self, name: str, user: Any) -> DataSource:
+        source = self.store.get_data_source(name)
+        self._authorize(user, source, AuthzedAction.READ_OFFLINE)
+        return source
+
+    def _views_read_by(self, feature_refs: tuple[str, ...]) -> list[Any]:
+        """The views a retrieval reads: those its references name and, for an
+        on-demand view, the feature views it computes from."""
+        views: dict[str, Any] = {}
+        for view_name in dict.fromkeys(ref.split(":", 1)[0] for ref in feature_refs):
+            view = self._view_by_name(view_name)
+            views[view_name] = view
+            for projection in getattr(view, "source_feature_view_projections", {}).values():
+                if projection.name not in views:
+                    views[projection.name] = self._view_by_name(projection.name)
+        return list(views.values())
+
+    def _view_by_name(self, name: str) -> Any:
+        for getter in (
+            self.store.get_feature_view,
+            self.store.get_on_demand_feature_view,
+            self.store.get_stream_feature_view,
+        ):
+            try:
+                return getter(name)
+            except FeastError:
+                continue
+        raise FeatureViewNotFoundException(name, self.store.project)
 
     def _refresh_registry(self) -> None:
         with self._registry_lock:

@@ -14,6 +14,9 @@ import importlib
 import json
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.flight as flight
+
 # Modules whose exception classes a client is willing to re-create from a
 # detail sent by a server: never import an arbitrary module named on the wire.
 _TRUSTED_MODULE_PREFIXES = ("feast.", "flightlab.", "builtins", "pyarrow.")
@@ -74,6 +77,12 @@ class UnknownCommandError(ProtocolError):
 
 class MalformedEntityDataError(ProtocolError):
     """Entity data the offline store cannot join on."""
+
+
+class AuthenticationFailedError(FlightlabError):
+    """No credentials, or credentials the server does not accept."""
+
+    status = UNAUTHENTICATED
 
 
 class ResourceExhaustedError(FlightlabError):
@@ -156,3 +165,60 @@ def _instantiate_without_init(cls: type, message: str) -> Exception:
     except AttributeError:
         pass
     return exc
+
+
+class ClientGoneError(Exception):
+    """The client cancelled the call, or its deadline passed."""
+
+
+# Which Flight error class a failure of each kind becomes. Flight has no
+# "invalid argument" or "not found" class, so bad requests are server errors
+# whose detail (module, class, message, status) says exactly what was wrong.
+_FLIGHT_ERROR_FOR_STATUS: dict[str, type[flight.FlightError]] = {
+    INVALID_ARGUMENT: flight.FlightServerError,
+    NOT_FOUND: flight.FlightServerError,
+    UNIMPLEMENTED: flight.FlightServerError,
+    RESOURCE_EXHAUSTED: flight.FlightUnavailableError,
+    UNAVAILABLE: flight.FlightUnavailableError,
+    UNAUTHENTICATED: flight.FlightUnauthenticatedError,
+    PERMISSION_DENIED: flight.FlightUnauthorizedError,
+    CANCELLED: flight.FlightCancelledError,
+    DEADLINE_EXCEEDED: flight.FlightTimedOutError,
+    INTERNAL: flight.FlightInternalError,
+}
+
+
+def failure_status(exc: BaseException) -> str:
+    """What kind of failure ``exc`` is, in the vocabulary of flightlab.errors."""
+    from feast.errors import FeastObjectNotFoundException, FeastPermissionError
+
+    if isinstance(exc, FlightlabError):
+        return exc.status
+    if isinstance(exc, ClientGoneError):
+        return CANCELLED
+    if isinstance(exc, FeastPermissionError):
+        return PERMISSION_DENIED
+    if isinstance(exc, FeastObjectNotFoundException):
+        return NOT_FOUND
+    if _is_input_error(exc):
+        return INVALID_ARGUMENT
+    return INTERNAL
+
+
+def _is_input_error(exc: BaseException) -> bool:
+    from feast.errors import FeastError
+
+    # Feast and pyarrow report bad input (an entity frame without a timestamp,
+    # a column of the wrong type, an unknown ref) with these classes.
+    return isinstance(exc, (FeastError, ValueError, KeyError, TypeError, pa.ArrowException))
+
+
+def to_flight_error(exc: BaseException) -> flight.FlightError:
+    """The Flight error a client receives for ``exc``: never a traceback."""
+    if isinstance(exc, flight.FlightError):
+        return exc
+    status = failure_status(exc)
+    detail = encode_detail(error_detail(exc, status))
+    error_class = _FLIGHT_ERROR_FOR_STATUS[status]
+    # "Flight error: <json>" is the form Feast's own remote client parses.
+    return error_class(f"Flight error: {detail}", extra_info=detail.encode())

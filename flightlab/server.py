@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,25 +23,12 @@ import pyarrow.flight as flight
 
 from flightlab import feast_protocol, streaming
 from flightlab import protocol as p
-from flightlab.errors import (
-    CANCELLED,
-    DEADLINE_EXCEEDED,
-    INTERNAL,
-    INVALID_ARGUMENT,
-    NOT_FOUND,
-    PERMISSION_DENIED,
-    RESOURCE_EXHAUSTED,
-    UNAUTHENTICATED,
-    UNAVAILABLE,
-    FlightlabError,
-    ProtocolError,
-    encode_detail,
-    error_detail,
-)
+from flightlab.auth import ANONYMOUS, Caller, CallMiddleware, CallMiddlewareFactory
+from flightlab.errors import INTERNAL, ProtocolError, failure_status, to_flight_error
 from flightlab.limits import ServerLimits
 from flightlab.staging import CommandStaging
 from flightlab.stats import ServerStats, StatsSnapshot
-from flightlab.workers import ClientGoneError, WorkerPool
+from flightlab.workers import WorkerPool
 
 logger = logging.getLogger("flightlab.server")
 
@@ -49,23 +37,7 @@ DEFAULT_PORT = 8815
 # The header in which a client asks for compressed results ("zstd" or "lz4").
 COMPRESSION_HEADER = "x-flightlab-compression"
 COMPRESSIONS = ("zstd", "lz4")
-
-
-# Which Flight error class a failure of each kind becomes. Flight has no
-# "invalid argument" or "not found" class, so bad requests are server errors
-# whose detail (module, class, message, status) says exactly what was wrong.
-_FLIGHT_ERROR_FOR_STATUS: dict[str, type[flight.FlightError]] = {
-    INVALID_ARGUMENT: flight.FlightServerError,
-    NOT_FOUND: flight.FlightServerError,
-    "unimplemented": flight.FlightServerError,
-    RESOURCE_EXHAUSTED: flight.FlightUnavailableError,
-    UNAVAILABLE: flight.FlightUnavailableError,
-    UNAUTHENTICATED: flight.FlightUnauthenticatedError,
-    PERMISSION_DENIED: flight.FlightUnauthorizedError,
-    CANCELLED: flight.FlightCancelledError,
-    DEADLINE_EXCEEDED: flight.FlightTimedOutError,
-    INTERNAL: flight.FlightInternalError,
-}
+_CALL_MIDDLEWARE = "call"
 
 _ACTION_DESCRIPTIONS = {
     "offline_write_batch": "Run a staged offline_write_batch: append the staged "
@@ -73,7 +45,7 @@ _ACTION_DESCRIPTIONS = {
     "write_logged_features": "Run a staged write_logged_features: write the staged "
     "'data' to the logging destination of feature service 'feature_service_name'.",
     "persist": "Run a staged persist: execute the staged retrieval and save its "
-    "result to the staged 'storage'.",
+    "result to the staged 'storage' or 'destination_name'.",
     "validate_data_source": "Run a staged validate_data_source: check that the "
     "staged 'data_source' exists and can be read by the offline store.",
     p.ACTION_DROP: "Drop a staged command without running it (body: the command id).",
@@ -81,56 +53,37 @@ _ACTION_DESCRIPTIONS = {
 }
 
 
-def failure_status(exc: BaseException) -> str:
-    """What kind of failure ``exc`` is, in the vocabulary of flightlab.errors."""
-    from feast.errors import FeastObjectNotFoundException, FeastPermissionError
+@dataclass(frozen=True)
+class ServerTls:
+    """TLS for the server: its certificate chain and key (PEM), and for mTLS
+    the CA that client certificates must chain to."""
 
-    if isinstance(exc, FlightlabError):
-        return exc.status
-    if isinstance(exc, ClientGoneError):
-        return CANCELLED
-    if isinstance(exc, FeastPermissionError):
-        return PERMISSION_DENIED
-    if isinstance(exc, FeastObjectNotFoundException):
-        return NOT_FOUND
-    if _is_input_error(exc):
-        return INVALID_ARGUMENT
-    return INTERNAL
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None = None
 
-
-def _is_input_error(exc: BaseException) -> bool:
-    from feast.errors import FeastError
-
-    # Feast and pyarrow report bad input (an entity frame without a timestamp,
-    # a column of the wrong type, an unknown ref) with these classes.
-    return isinstance(exc, (FeastError, ValueError, KeyError, TypeError, pa.ArrowException))
+    @classmethod
+    def from_files(
+        cls, cert: str | Path, key: str | Path, client_ca: str | Path | None = None
+    ) -> ServerTls:
+        return cls(
+            Path(cert).read_bytes(),
+            Path(key).read_bytes(),
+            Path(client_ca).read_bytes() if client_ca else None,
+        )
 
 
-def to_flight_error(exc: BaseException) -> flight.FlightError:
-    """The Flight error a client receives for ``exc``: never a traceback."""
-    if isinstance(exc, flight.FlightError):
-        return exc
-    status = failure_status(exc)
-    detail = encode_detail(error_detail(exc, status))
-    error_class = _FLIGHT_ERROR_FOR_STATUS[status]
-    # "Flight error: <json>" is the form Feast's own remote client parses.
-    return error_class(f"Flight error: {detail}", extra_info=detail.encode())
+def _call_middleware(context) -> CallMiddleware | None:
+    return context.get_middleware(_CALL_MIDDLEWARE)
 
 
-class _HeadersMiddleware(flight.ServerMiddleware):
-    def __init__(self, headers: dict[str, list[str]]):
-        self.headers = headers
-
-
-class _HeadersMiddlewareFactory(flight.ServerMiddlewareFactory):
-    """Keeps each call's request headers where its handler can read them."""
-
-    def start_call(self, info, headers):
-        return _HeadersMiddleware(headers)
+def _caller(context) -> Caller:
+    middleware = _call_middleware(context)
+    return middleware.caller if middleware is not None else ANONYMOUS
 
 
 def _requested_compression(context) -> str | None:
-    middleware = context.get_middleware("headers")
+    middleware = _call_middleware(context)
     values = middleware.headers.get(COMPRESSION_HEADER, []) if middleware else []
     if not values:
         return None
@@ -144,55 +97,55 @@ def _requested_compression(context) -> str | None:
 
 class _FlightService(flight.FlightServerBase):
     """The Flight RPCs: decode each call into a request of flightlab.protocol,
-    run it through the owner, encode the answer.
+    run it through the server, encode the answer.
 
     Two protocols arrive here, told apart by what they send: flightlab's
     (parameters in do_put schema metadata, a UUID descriptor) and that of
     Feast's own offline server (a JSON command in the descriptor).
     """
 
-    def __init__(self, owner: OfflineServer, location: str, **kwargs: Any):
+    def __init__(self, server: OfflineServer, location: str, **kwargs: Any):
         super().__init__(location, **kwargs)
-        self._owner = owner
+        self._server = server
 
     # --- staging -------------------------------------------------------------
 
     def do_put(self, context, descriptor, reader, writer):
-        with self._owner._handling("do_put", None) as call:
+        with self._server._handling("do_put", context) as call:
             feast_command = feast_protocol.parse_descriptor(descriptor)
             if feast_command is not None:
                 return self._feast_put(context, call, feast_command, reader)
-            command_id = p.command_id_from_descriptor(descriptor)
-            call.command_id = command_id
-            header = p.read_put_header(reader.schema, command_id)
+            call.command_id = p.command_id_from_descriptor(descriptor)
+            header = p.read_put_header(reader.schema, call.command_id)
             call.api = header.api
             table = p.strip_protocol_metadata(reader.read_all())
             call.rows_in = table.num_rows
-            self._owner.staging.stage(command_id, header.api, header.param, table)
+            self._server.staging.stage(
+                call.command_id, header.api, header.param, table, call.caller.name
+            )
 
-    def _feast_put(
-        self, context, call: _Call, command: feast_protocol.FeastCommand, reader
-    ) -> None:
+    def _feast_put(self, context, call, command: feast_protocol.FeastCommand, reader) -> None:
         call.command_id, call.api = command.command_id, command.api
         request = feast_protocol.to_request(command, reader.read_all())
-        if request.returns_data:
-            # Older Feast clients read with get_flight_info + do_get: stage the
-            # request as flightlab parameters so the usual path serves it.
-            for name, table in p.encode_request(request).items():
-                self._owner.staging.stage(command.command_id, command.api, name, table)
-        else:
-            self._owner._execute(call, request, context)
+        if not request.returns_data:
+            self._server._execute(call, request, context)  # Feast writes run on arrival
+            return
+        # Older Feast clients read with get_flight_info + do_get: stage the
+        # request as flightlab parameters so the usual path serves it.
+        for name, table in p.encode_request(request).items():
+            self._server.staging.stage(
+                command.command_id, command.api, name, table, call.caller.name
+            )
 
     def get_flight_info(self, context, descriptor):
-        with self._owner._handling("get_flight_info", None) as call:
+        with self._server._handling("get_flight_info", context) as call:
             feast_command = feast_protocol.parse_descriptor(descriptor)
-            command_id = (
+            call.command_id = (
                 feast_command.command_id
                 if feast_command is not None
                 else p.command_id_from_descriptor(descriptor)
             )
-            call.command_id = command_id
-            staged = self._owner.staging.peek(command_id)
+            staged = self._server.staging.peek(call.command_id, call.caller.name)
             call.api = staged.api
             p.decode_request(staged.api, staged.params)  # fail early on bad input
             if not p.api_type(staged.api).returns_data:
@@ -200,11 +153,12 @@ class _FlightService(flight.FlightServerBase):
                     f"{staged.api} returns no data: run it with do_action"
                     f"({staged.api!r}, body=<command id>), not do_get"
                 )
-            endpoint = flight.FlightEndpoint(p.ticket_bytes(command_id), [])
+            endpoint = flight.FlightEndpoint(p.ticket_bytes(call.command_id), [])
             return flight.FlightInfo(pa.schema([]), descriptor, [endpoint], -1, -1)
 
     def list_flights(self, context, criteria):
-        for staged in self._owner.staging.summaries():
+        # Each caller sees only the commands it staged.
+        for staged in self._server.staging.summaries(_caller(context).name):
             yield flight.FlightInfo(
                 pa.schema([]),
                 p.command_descriptor(staged.command_id),
@@ -216,22 +170,23 @@ class _FlightService(flight.FlightServerBase):
     # --- running ---------------------------------------------------------------
 
     def do_get(self, context, ticket):
-        with self._owner._handling("do_get", None) as call:
+        with self._server._handling("do_get", context) as call:
             call.command_id = p.command_id_from_ticket(ticket.ticket)
-            staged = self._owner.staging.take(call.command_id)
+            staged = self._server.staging.take(call.command_id, call.caller.name)
             call.api = staged.api
             request = p.decode_request(staged.api, staged.params)
             if not request.returns_data:
                 raise ProtocolError(f"{staged.api} returns no data: run it with do_action")
             compression = _requested_compression(context)
-            table = self._owner._execute(call, request, context)
-            batches = self._owner._result_batches(table, context)
+            table = self._server._execute(call, request, context)
             return flight.GeneratorStream(
-                table.schema, batches, options=streaming.write_options(compression)
+                table.schema,
+                self._server._result_batches(table, context),
+                options=streaming.write_options(compression),
             )
 
     def do_exchange(self, context, descriptor, reader, writer):
-        with self._owner._handling("do_exchange", None) as call:
+        with self._server._handling("do_exchange", context) as call:
             command = feast_protocol.parse_descriptor(descriptor)
             if command is None:
                 raise ProtocolError(
@@ -242,41 +197,42 @@ class _FlightService(flight.FlightServerBase):
             request = feast_protocol.to_request(command, reader.read_all())
             if not request.returns_data:
                 raise ProtocolError(f"{command.api} returns no data: send it with do_put")
-            table = self._owner._execute(call, request, context)
+            table = self._server._execute(call, request, context)
             writer.begin(table.schema)
-            for batch, _totals in self._owner._result_batches(table, context):
+            for batch, _totals in self._server._result_batches(table, context):
                 writer.write_batch(batch)
 
     def do_action(self, context, action):
-        if action.type == p.ACTION_STATS:
-            return [json.dumps(self._owner.stats_json()).encode()]
-        with self._owner._handling("do_action", action.type) as call:
+        with self._server._handling("do_action", context, action.type) as call:
+            if action.type == p.ACTION_STATS:
+                return [json.dumps(self._server.stats_json()).encode()]
             call.command_id = p.command_id_from_ticket(action.body.to_pybytes())
             if action.type == p.ACTION_DROP:
-                dropped = self._owner.staging.drop(call.command_id)
+                dropped = self._server.staging.drop(call.command_id, call.caller.name)
                 return [json.dumps({"dropped": dropped}).encode()]
             if p.api_type(action.type).returns_data:
                 raise ProtocolError(
                     f"{action.type} returns data: fetch it with get_flight_info and do_get"
                 )
-            staged = self._owner.staging.take(call.command_id)
+            staged = self._server.staging.take(call.command_id, call.caller.name)
             if staged.api != action.type:
                 raise ProtocolError(
                     f"command {call.command_id} was staged for {staged.api!r}, "
                     f"not for action {action.type!r}"
                 )
             request = p.decode_request(staged.api, staged.params)
-            return [json.dumps(self._owner._execute(call, request, context)).encode()]
+            return [json.dumps(self._server._execute(call, request, context)).encode()]
 
     def list_actions(self, context):
         return list(_ACTION_DESCRIPTIONS.items())
 
 
 class _Call:
-    """What is logged about one RPC."""
+    """What is known and logged about one RPC."""
 
-    def __init__(self, rpc: str, api: str | None):
+    def __init__(self, rpc: str, caller: Caller, api: str | None):
         self.rpc = rpc
+        self.caller = caller
         self.api = api
         self.command_id: str | None = None
         self.rows_in = 0
@@ -292,7 +248,8 @@ class OfflineServer:
     ``OfflineServer(repo_path)`` or ``OfflineServer(store=feature_store)``;
     ``start()`` serves from a background thread, ``stop()`` ends it, and the
     server is a context manager. ``port=0`` picks a free port: read
-    :attr:`port` or :attr:`location` once started.
+    :attr:`port` or :attr:`location` once started. Authentication follows the
+    repo's ``auth`` config; ``tls`` serves over TLS (and mTLS with a client CA).
     """
 
     def __init__(
@@ -303,6 +260,7 @@ class OfflineServer:
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         limits: ServerLimits | None = None,
+        tls: ServerTls | None = None,
     ):
         if (repo_path is None) == (store is None):
             raise ValueError("give exactly one of repo_path and store")
@@ -310,11 +268,16 @@ class OfflineServer:
             from feast import FeatureStore
 
             store = FeatureStore(repo_path=str(repo_path))
+        from flightlab.auth import authenticator_for
         from flightlab.dispatcher import OfflineDispatcher
 
         self.store = store
         self.limits = limits or ServerLimits()
-        self.dispatcher = OfflineDispatcher(store)
+        self.tls = tls
+        self.authenticator = authenticator_for(store.config.auth_config)
+        self.dispatcher = OfflineDispatcher(
+            store, enforce_permissions=self.authenticator.enforces_permissions
+        )
         self.staging = CommandStaging(self.limits.staged_ttl, self.limits.max_staged_bytes)
         self.stats = ServerStats()
         self.host = host
@@ -333,15 +296,21 @@ class OfflineServer:
         self._stopped.clear()
         self._service = _FlightService(
             self,
-            f"grpc+tcp://{self.host}:{self._requested_port}",
-            middleware={"headers": _HeadersMiddlewareFactory()},
+            f"{self.scheme}://{self.host}:{self._requested_port}",
+            middleware={_CALL_MIDDLEWARE: CallMiddlewareFactory(self.authenticator)},
+            **self._tls_arguments(),
         )
         self._thread = threading.Thread(
             target=self._service.serve, name="flightlab-server", daemon=True
         )
         self._thread.start()
         threading.Thread(target=self._sweep_expired, name="flightlab-sweeper", daemon=True).start()
-        logger.info("flightlab offline server serving %s at %s", self.store.project, self.location)
+        logger.info(
+            "flightlab offline server serving project %s at %s (auth: %s)",
+            self.store.project,
+            self.location,
+            self.store.config.auth_config.type,
+        )
         return self
 
     def stop(self) -> None:
@@ -372,6 +341,10 @@ class OfflineServer:
         return self._service is not None
 
     @property
+    def scheme(self) -> str:
+        return "grpc+tls" if self.tls is not None else "grpc+tcp"
+
+    @property
     def port(self) -> int:
         if self._service is None:
             raise RuntimeError("the server is not running")
@@ -380,7 +353,17 @@ class OfflineServer:
     @property
     def location(self) -> str:
         host = "localhost" if self.host in ("0.0.0.0", "::") else self.host
-        return f"grpc+tcp://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
+
+    def _tls_arguments(self) -> dict[str, Any]:
+        if self.tls is None:
+            return {}
+        arguments: dict[str, Any] = {
+            "tls_certificates": [(self.tls.cert_chain, self.tls.private_key)]
+        }
+        if self.tls.client_ca is not None:
+            arguments.update(verify_client=True, root_certificates=self.tls.client_ca)
+        return arguments
 
     # --- introspection -------------------------------------------------------------
 
@@ -388,7 +371,8 @@ class OfflineServer:
         return self.stats.snapshot()
 
     def stats_json(self) -> dict[str, Any]:
-        staged = self.staging.summaries()
+        """Server-wide figures (counts only: no command of any caller is named)."""
+        staged = self.staging.summaries(everyone=True)
         return {
             "staged_commands": len(staged),
             "staged_bytes": sum(s.nbytes for s in staged),
@@ -407,8 +391,8 @@ class OfflineServer:
     # --- helpers for the Flight service ------------------------------------------
 
     @contextmanager
-    def _handling(self, rpc: str, api: str | None) -> Iterator[_Call]:
-        call = _Call(rpc, api)
+    def _handling(self, rpc: str, context, api: str | None = None) -> Iterator[_Call]:
+        call = _Call(rpc, _caller(context), api)
         try:
             yield call
         except Exception as exc:
@@ -420,7 +404,8 @@ class OfflineServer:
         """Run a decoded request on the worker pool; note its rows for the log."""
         call.rows_in = request.rows_in()
         assert self._pool is not None, "the server is not running"
-        result = self._pool.run(lambda: self.dispatcher.run(request), context.is_cancelled)
+        user = call.caller.user
+        result = self._pool.run(lambda: self.dispatcher.run(request, user), context.is_cancelled)
         if isinstance(result, pa.Table):
             call.rows_out, call.bytes_out = result.num_rows, result.nbytes
         call.executed = True
@@ -428,19 +413,20 @@ class OfflineServer:
 
     def _record_success(self, call: _Call) -> None:
         seconds = time.perf_counter() - call.started
-        if call.executed:
-            self.stats.record_success(call.api or "?", call.rows_in, call.rows_out, call.bytes_out)
-            logger.info(
-                "%s command=%s rows_in=%d rows_out=%d bytes_out=%d %.3fs",
-                call.api,
-                call.command_id,
-                call.rows_in,
-                call.rows_out,
-                call.bytes_out,
-                seconds,
-            )
-        else:
+        if not call.executed:
             logger.debug("%s %s command=%s %.3fs", call.rpc, call.api, call.command_id, seconds)
+            return
+        self.stats.record_success(call.api or "?", call.rows_in, call.rows_out, call.bytes_out)
+        logger.info(
+            "%s command=%s user=%s rows_in=%d rows_out=%d bytes_out=%d %.3fs",
+            call.api,
+            call.command_id,
+            call.caller.name or "-",
+            call.rows_in,
+            call.rows_out,
+            call.bytes_out,
+            seconds,
+        )
 
     def _record_failure(self, call: _Call, exc: Exception) -> None:
         api = call.api or call.rpc
@@ -453,7 +439,7 @@ class OfflineServer:
             )
         if call.command_id is not None:
             # Whatever failed, the command will not run: keep no state for it.
-            self.staging.drop(call.command_id)
+            self.staging.drop(call.command_id, call.caller.name)
 
     def _result_batches(self, table: pa.Table, context):
         return streaming.result_batches(

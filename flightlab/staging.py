@@ -21,6 +21,7 @@ _EXPIRED_MEMORY = 1024
 class StagedCommand:
     command_id: str
     api: str
+    owner: str | None = None  # who staged it; None when the server has no auth
     params: dict[str, pa.Table] = field(default_factory=dict)
     staged_at: float = field(default_factory=time.monotonic)
 
@@ -44,6 +45,9 @@ class CommandStaging:
     """Staged commands by id. Every method is safe to call from many threads;
     a command is handed out by :meth:`take` at most once.
 
+    A command belongs to the caller who staged it: for anyone else it does not
+    exist (they can neither see, run nor drop it).
+
     A command not run within ``ttl_seconds`` of its first parameter expires;
     the bytes staged by all clients together never exceed ``max_bytes``.
     """
@@ -58,10 +62,16 @@ class CommandStaging:
         self._expired: OrderedDict[str, None] = OrderedDict()
         self._bytes = 0
 
-    def stage(self, command_id: str, api: str, param: str, table: pa.Table) -> None:
+    def stage(
+        self, command_id: str, api: str, param: str, table: pa.Table, owner: str | None = None
+    ) -> None:
         with self._lock:
             self._expire_locked()
             command = self._commands.get(command_id)
+            if command is not None and command.owner != owner:
+                raise MalformedParameterError(
+                    f"command id {command_id} is taken: make a new UUID for each command"
+                )
             if command is not None and command.api != api:
                 raise MalformedParameterError(
                     f"command {command_id} was staged for {command.api!r}, not for {api!r}"
@@ -77,25 +87,28 @@ class CommandStaging:
                     "retry later or send less at once"
                 )
             if command is None:
-                command = self._commands[command_id] = StagedCommand(command_id, api)
+                command = self._commands[command_id] = StagedCommand(command_id, api, owner)
             command.params[param] = table
             self._bytes += table.nbytes
 
-    def peek(self, command_id: str) -> StagedCommand:
+    def peek(self, command_id: str, owner: str | None = None) -> StagedCommand:
         with self._lock:
             self._expire_locked()
-            return self._get(command_id)
+            return self._get(command_id, owner)
 
-    def take(self, command_id: str) -> StagedCommand:
+    def take(self, command_id: str, owner: str | None = None) -> StagedCommand:
         """Remove and return a command: the one call that may run it."""
         with self._lock:
             self._expire_locked()
-            command = self._get(command_id)
+            command = self._get(command_id, owner)
             self._remove_locked(command_id)
             return command
 
-    def drop(self, command_id: str) -> bool:
+    def drop(self, command_id: str, owner: str | None = None) -> bool:
         with self._lock:
+            command = self._commands.get(command_id)
+            if command is None or command.owner != owner:
+                return False
             return self._remove_locked(command_id) is not None
 
     def expire(self) -> int:
@@ -103,12 +116,14 @@ class CommandStaging:
         with self._lock:
             return self._expire_locked()
 
-    def summaries(self) -> list[StagedSummary]:
+    def summaries(self, owner: str | None = None, everyone: bool = False) -> list[StagedSummary]:
+        """The staged commands of ``owner`` (of all callers with ``everyone``)."""
         now = time.monotonic()
         with self._lock:
             return [
                 StagedSummary(c.command_id, c.api, tuple(c.params), c.nbytes, now - c.staged_at)
                 for c in self._commands.values()
+                if everyone or c.owner == owner
             ]
 
     @property
@@ -136,12 +151,11 @@ class CommandStaging:
             self._expired.popitem(last=False)
         return len(stale)
 
-    def _get(self, command_id: str) -> StagedCommand:
-        try:
-            return self._commands[command_id]
-        except KeyError:
-            pass
-        if command_id in self._expired:
+    def _get(self, command_id: str, owner: str | None) -> StagedCommand:
+        command = self._commands.get(command_id)
+        if command is not None and command.owner == owner:
+            return command
+        if command is None and command_id in self._expired:
             raise UnknownCommandError(
                 f"command {command_id!r} expired: it was not run within "
                 f"{self.ttl_seconds:g} s of being staged"

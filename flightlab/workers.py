@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
-from flightlab.errors import ServerBusyError
+from flightlab.errors import ClientGoneError, ServerBusyError
 
 T = TypeVar("T")
 
 # How often a waiting RPC thread checks whether its client is still there.
 _POLL_SECONDS = 0.05
 
-
-class ClientGoneError(Exception):
-    """The client cancelled the call or its deadline passed."""
+_GONE_WHILE_QUEUED = "the client went away while the request was queued"
 
 
 class WorkerPool:
@@ -42,10 +40,17 @@ class WorkerPool:
         started = threading.Event()
 
         def job() -> T:
+            # A worker can free up between two polls of the waiting RPC thread,
+            # after the client left: do not start a join nobody will read.
+            # Checked before ``started`` is set, so the RPC (and its context)
+            # is certainly still alive, waiting in _wait_for_start.
+            gone = is_cancelled()
             with self._lock:
                 self._queued -= 1
-                self._running += 1
+                self._running += 0 if gone else 1
             started.set()
+            if gone:
+                raise ClientGoneError(_GONE_WHILE_QUEUED)
             try:
                 return fn()
             finally:
@@ -69,23 +74,25 @@ class WorkerPool:
                 with self._lock:
                     self._queued -= 1
                 if gone:
-                    raise ClientGoneError("the client went away while the request was queued")
+                    raise ClientGoneError(_GONE_WHILE_QUEUED)
                 raise ServerBusyError(
                     f"the server is busy: all {self.workers} workers stayed occupied for "
                     f"{self.queue_timeout:g} s; retry later"
                 )
 
     def _wait_for_result(self, future: Future, is_cancelled: Callable[[], bool]) -> T:
-        while True:
-            try:
-                return future.result(timeout=_POLL_SECONDS)
-            except TimeoutError:
-                if is_cancelled():
-                    raise ClientGoneError(
-                        "the client went away; the running join's result will be discarded"
-                    ) from None
-            except CancelledError:
-                raise ClientGoneError("the request was cancelled") from None
+        # Wait with futures.wait, not future.result(timeout): a TimeoutError
+        # that ``fn`` itself raised (a database timeout, socket.timeout) would
+        # be taken for the end of a poll and the call would spin forever.
+        while not wait((future,), timeout=_POLL_SECONDS).done:
+            if is_cancelled():
+                raise ClientGoneError(
+                    "the client went away; the running join's result will be discarded"
+                )
+        try:
+            return future.result()
+        except CancelledError:
+            raise ClientGoneError("the request was cancelled") from None
 
     def load(self) -> dict[str, int]:
         with self._lock:
