@@ -58,9 +58,21 @@ def parse_descriptor(descriptor: Any) -> FeastCommand | None:
     return FeastCommand(command_id=command_id, api=document["api"], params=params)
 
 
+_PLACEHOLDER_TEXT = "mock_key"
+
+
 def is_placeholder_table(table: pa.Table | None) -> bool:
-    """Feast uploads a one-column ``key`` table when a call has no table."""
-    return table is None or (table.column_names == ["key"] and table.num_rows <= 1)
+    """Feast uploads a one-column ``key`` table when a call has no table.
+
+    Feast builds it with ``pa.Table.from_pydict({"key": "mock_key"})``, which
+    splits the string into one row per character: eight rows, not one.
+    """
+    if table is None:
+        return True
+    if table.column_names != ["key"] or not pa.types.is_string(table.schema.field("key").type):
+        return False
+    values = table.column("key").to_pylist()
+    return len(values) <= 1 or "".join(v or "" for v in values) == _PLACEHOLDER_TEXT
 
 
 def to_request(command: FeastCommand, table: pa.Table | None) -> p.Request:
