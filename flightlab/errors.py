@@ -38,12 +38,14 @@ class FlightlabError(Exception):
 
     status: str = INTERNAL
 
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
     def __str__(self) -> str:
-        return self.message
+        # Feast's client re-creates a remote error without __init__ and hands
+        # it the text in this attribute: honour it, as FeastError does.
+        return getattr(self, "__overridden_message__", None) or super().__str__()
+
+    @property
+    def message(self) -> str:
+        return str(self)
 
 
 class ProtocolError(FlightlabError):
@@ -157,8 +159,6 @@ def _instantiate_without_init(cls: type, message: str) -> Exception:
     # a message, so build the instance without __init__ and give it the text.
     exc = cls.__new__(cls)
     exc.args = (message,)
-    if isinstance(exc, FlightlabError):
-        exc.message = message
     # FeastError.__str__ prefers this attribute (Feast's own convention).
     try:
         exc.__overridden_message__ = message
@@ -209,8 +209,11 @@ def _is_input_error(exc: BaseException) -> bool:
     from feast.errors import FeastError
 
     # Feast and pyarrow report bad input (an entity frame without a timestamp,
-    # a column of the wrong type, an unknown ref) with these classes.
-    return isinstance(exc, (FeastError, ValueError, KeyError, TypeError, pa.ArrowException))
+    # a column of the wrong type, an unknown ref, a data source whose file
+    # does not exist) with these classes.
+    return isinstance(
+        exc, (FeastError, ValueError, KeyError, TypeError, FileNotFoundError, pa.ArrowException)
+    )
 
 
 def to_flight_error(exc: BaseException) -> flight.FlightError:

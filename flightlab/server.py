@@ -187,6 +187,9 @@ class _FlightService(flight.FlightServerBase):
 
     def do_exchange(self, context, descriptor, reader, writer):
         with self._server._handling("do_exchange", context) as call:
+            # Read the upload before any check: a client still writing when the
+            # call fails would see a broken stream instead of the error.
+            uploaded = reader.read_all()
             command = feast_protocol.parse_descriptor(descriptor)
             if command is None:
                 raise ProtocolError(
@@ -194,7 +197,7 @@ class _FlightService(flight.FlightServerBase):
                     "protocol reads with get_flight_info and do_get"
                 )
             call.command_id, call.api = command.command_id, command.api
-            request = feast_protocol.to_request(command, reader.read_all())
+            request = feast_protocol.to_request(command, uploaded)
             if not request.returns_data:
                 raise ProtocolError(f"{command.api} returns no data: send it with do_put")
             table = self._server._execute(call, request, context)

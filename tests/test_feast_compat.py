@@ -26,7 +26,6 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.flight as flight
 import pyarrow.parquet as pq
 import pytest
 from feast import FeatureStore
@@ -258,16 +257,6 @@ def outcome(call: Callable[[], pd.DataFrame]) -> tuple[pd.DataFrame | None, Exce
         return call(), None
     except Exception as exc:  # the test compares what local and remote raise
         return None, exc
-
-
-def server_message(exc: Exception) -> str:
-    """The server's message, as Feast's client keeps it on the re-raised error.
-
-    Feast re-creates the server's exception class without calling __init__
-    and stores the text in ``__overridden_message__`` (FeastError.__str__
-    reads it). See test_a_flightlab_error_raised_by_the_stock_client_prints.
-    """
-    return getattr(exc, "__overridden_message__", "")
 
 
 def assert_still_serving(server: OfflineServer, client: FeatureStore, local: FeatureStore) -> None:
@@ -619,7 +608,7 @@ def test_persist_of_a_pull_is_refused_with_a_clear_message(
     target = tmp_path / "pulled.parquet"
     with pytest.raises(MalformedParameterError) as refused:
         job.persist(SavedDatasetFileStorage(path=str(target)))
-    message = server_message(refused.value)
+    message = str(refused.value)
     assert f"persist of {api} is ambiguous" in message
     assert "data_source_name" in message
     assert not target.exists()
@@ -638,24 +627,13 @@ def test_an_unknown_api_in_a_json_command_gets_a_clear_error(rpc, local, remote,
             send("get_online_features", params, client, None, None)
     finally:
         client.close()
-    # Over do_exchange the error sometimes arrives unmapped (see the next test).
-    message = server_message(refused.value) or str(refused.value)
+    message = str(refused.value)
     assert "unknown API 'get_online_features'" in message
     assert "get_historical_features" in message  # it says what is offered
     assert_still_serving(read_server, remote, local)
 
 
-EARLY_EXCHANGE_REFUSAL = pytest.mark.xfail(
-    raises=flight.FlightServerError,
-    reason="server.py's do_exchange refuses an unknown API before it reads the upload, "
-    "so the stock client's writer.begin/write_table (not wrapped by Feast's error "
-    "mapping) often fails first, with a bare FlightServerError (about 1 call in 3)",
-)
-
-
-@pytest.mark.parametrize(
-    "rpc", [pytest.param("do_exchange", marks=EARLY_EXCHANGE_REFUSAL), "do_put"]
-)
+@pytest.mark.parametrize("rpc", ["do_exchange", "do_put"])
 def test_an_unknown_api_is_raised_as_flightlabs_error_class(rpc, remote, read_server):
     send = _call_exchange if rpc == "do_exchange" else _call_put
     client = flight_client(read_server, remote)
@@ -678,12 +656,6 @@ def test_a_legacy_read_that_fails_on_do_get_leaves_nothing_staged(local, remote,
     assert_still_serving(read_server, remote, local)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="flightlab.errors.FlightlabError.__str__ reads self.message, which Feast's "
-    "FeastError.from_error_detail never sets (it builds the instance without __init__)",
-)
 def test_a_flightlab_error_raised_by_the_stock_client_prints(local, remote, read_server):
     client = build_arrow_flight_client(
         "http", "127.0.0.1", read_server.port, remote.config.auth_config
