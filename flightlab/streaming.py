@@ -19,17 +19,18 @@ TOTALS_BYTES_KEY = "total_bytes"
 
 
 def bounded_batches(table: pa.Table, max_rows: int, max_bytes: int) -> Iterator[pa.RecordBatch]:
-    """The table's rows, in order, as batches within both bounds.
+    """The table's rows, in order, as batches within both bounds; never an
+    empty batch (a table's empty chunks are skipped).
 
     A single row larger than ``max_bytes`` still goes alone in its batch.
     """
     if table.num_rows == 0:
-        yield from (b for b in table.to_batches() if b.num_rows)
         return
     row_bytes = max(1, table.nbytes // table.num_rows)
     rows_per_batch = max(1, min(max_rows, max_bytes // row_bytes))
     for batch in table.to_batches(max_chunksize=rows_per_batch):
-        yield from _split_oversized(batch, max_bytes)
+        if batch.num_rows:
+            yield from _split_oversized(batch, max_bytes)
 
 
 def _split_oversized(batch: pa.RecordBatch, max_bytes: int) -> Iterator[pa.RecordBatch]:

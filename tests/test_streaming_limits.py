@@ -1,0 +1,768 @@
+"""Streaming and limits of a flightlab server: bounded batches both ways,
+progress, compression, the worker pool's queue, staged-command expiry and the
+staging cap, and what cancelled or timed-out calls leave behind.
+
+Four real servers on one real sample repo (built with ``feast apply``), each
+with the limits its tests need:
+
+- *server*: small result batches (``batch_rows=64``, ``max_batch_bytes=2048``);
+- *busy_server*: one worker and a 0.5 s queue timeout;
+- *capped_server*: at most 20 kB staged;
+- *ttl_server*: staged commands expire after 0.5 s.
+
+The worker pool, the staging and the batching are also tested as objects.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+from feast import FeatureStore
+
+from flightlab import protocol as p
+from flightlab import streaming
+from flightlab.errors import (
+    ClientGoneError,
+    ResourceExhaustedError,
+    ServerBusyError,
+    UnknownCommandError,
+)
+from flightlab.limits import ServerLimits
+from flightlab.sample_repo import client_repo_yaml, create_sample_repo, entity_frame
+from flightlab.server import OfflineServer
+from flightlab.staging import CommandStaging
+from flightlab.transport import OfflineFlightClient, Progress, exception_for_flight_error
+from flightlab.workers import WorkerPool
+
+FEATURES = ("driver_stats:conv_rate", "driver_stats:acc_rate", "customer_stats:avg_rating")
+BATCH_ROWS = 64
+MAX_BATCH_BYTES = 2048
+QUEUE_TIMEOUT = 0.5
+MAX_STAGED_BYTES = 20_000
+STAGED_TTL = 0.5
+# Rows of the join that keeps busy_server's only worker occupied: several
+# seconds of real work, far longer than the queue waits it must outlast.
+BLOCKER_ROWS = 120_000
+
+
+# --- helpers ---------------------------------------------------------------------
+
+
+def historical(rows: int, seed: int = 3, features: tuple[str, ...] = FEATURES):
+    entity_df = pa.Table.from_pandas(entity_frame(rows, seed=seed), preserve_index=False)
+    return p.GetHistoricalFeatures(features=features, entity_df=entity_df)
+
+
+def pull_all_conv_rate() -> p.PullAllFromTableOrQuery:
+    return p.PullAllFromTableOrQuery(
+        data_source_name="driver_stats_source",
+        join_key_columns=("driver_id",),
+        feature_name_columns=("conv_rate",),
+        timestamp_field="event_timestamp",
+    )
+
+
+def canonical(table: pa.Table) -> pa.Table:
+    """The rows in a fixed order: the server's join does not promise one."""
+    return table.sort_by([(name, "ascending") for name in table.column_names]).combine_chunks()
+
+
+def sorted_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    columns = sorted(frame.columns)
+    return frame[columns].sort_values(columns).reset_index(drop=True)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """Poll ``predicate`` until it holds; a bound on liveness, not on speed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def capture(fn: Callable[[], Any]) -> Any:
+    """``fn()``'s result, or the exception it raised."""
+    try:
+        return fn()
+    except Exception as exc:
+        return exc
+
+
+def raw_client(server: OfflineServer) -> flight.FlightClient:
+    return flight.FlightClient(server.location)
+
+
+def raw_stats(raw: flight.FlightClient) -> dict[str, Any]:
+    results = list(raw.do_action(flight.Action(p.ACTION_STATS, b"")))
+    return json.loads(results[0].body.to_pybytes())
+
+
+def raw_drop(raw: flight.FlightClient, command_id: str) -> dict[str, Any]:
+    results = list(raw.do_action(flight.Action(p.ACTION_DROP, p.ticket_bytes(command_id))))
+    return json.loads(results[0].body.to_pybytes())
+
+
+def raw_stage(raw: flight.FlightClient, request: p.Request) -> str:
+    """Stage every parameter of ``request`` with plain pyarrow.flight do_puts."""
+    command_id = p.new_command_id()
+    for name, table in p.encode_request(request).items():
+        metadata = {
+            **(table.schema.metadata or {}),
+            **p.put_metadata(command_id, request.api, name),
+        }
+        table = table.replace_schema_metadata(metadata)
+        writer, _ = raw.do_put(p.command_descriptor(command_id), table.schema)
+        writer.write_table(table)
+        writer.close()
+    return command_id
+
+
+def raw_fetch(raw: flight.FlightClient, command_id: str) -> pa.Table:
+    info = raw.get_flight_info(p.command_descriptor(command_id))
+    return raw.do_get(info.endpoints[0].ticket).read_all()
+
+
+def detail_of(exc: flight.FlightError) -> dict[str, str]:
+    return json.loads(exc.extra_info)
+
+
+def idle(server: OfflineServer) -> bool:
+    """No staged state and no join running or queued."""
+    stats = server.stats_json()
+    workers = stats["workers"]
+    return (
+        stats["staged_commands"] == 0
+        and stats["staged_bytes"] == 0
+        and workers["running"] == 0
+        and workers["queued"] == 0
+    )
+
+
+def remote_store(
+    directory: Path, server: OfflineServer, repo: Path, **options: str
+) -> FeatureStore:
+    """A client repo whose offline store is ``server`` (flightlab's client)."""
+    yaml = client_repo_yaml("127.0.0.1", server.port, registry=repo / "data" / "registry.db")
+    port_line = f"  port: {server.port}\n"
+    extra = "".join(f"  {key}: {value}\n" for key, value in options.items())
+    (directory / "feature_store.yaml").write_text(yaml.replace(port_line, port_line + extra))
+    return FeatureStore(repo_path=str(directory))
+
+
+# --- fixtures ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sample_repo(tmp_path_factory) -> Path:
+    return create_sample_repo(tmp_path_factory.mktemp("streaming_limits").resolve() / "server")
+
+
+def _serve(repo: Path, **limits: Any) -> Iterator[OfflineServer]:
+    with OfflineServer(repo, port=0, limits=ServerLimits(**limits)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def server(sample_repo) -> Iterator[OfflineServer]:
+    yield from _serve(sample_repo, batch_rows=BATCH_ROWS, max_batch_bytes=MAX_BATCH_BYTES)
+
+
+@pytest.fixture(scope="module")
+def busy_server(sample_repo) -> Iterator[OfflineServer]:
+    yield from _serve(sample_repo, workers=1, queue_timeout=QUEUE_TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def capped_server(sample_repo) -> Iterator[OfflineServer]:
+    yield from _serve(sample_repo, max_staged_bytes=MAX_STAGED_BYTES)
+
+
+@pytest.fixture(scope="module")
+def ttl_server(sample_repo) -> Iterator[OfflineServer]:
+    yield from _serve(sample_repo, staged_ttl=STAGED_TTL)
+
+
+@pytest.fixture(scope="module")
+def client(server) -> Iterator[OfflineFlightClient]:
+    with OfflineFlightClient(server.location) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def remote(server, sample_repo, tmp_path_factory) -> FeatureStore:
+    return remote_store(tmp_path_factory.mktemp("streaming_client"), server, sample_repo)
+
+
+@pytest.fixture(scope="module")
+def reference(client) -> pa.Table:
+    """historical(2000) fetched plainly: what every other path must return."""
+    table = canonical(client.fetch(historical(2000)))
+    assert table.num_rows == 2000
+    return table
+
+
+# --- bounded result batches, iteration and progress ----------------------------------
+
+
+def test_result_batches_stay_within_the_row_and_byte_bounds(server, client):
+    # 44-byte rows: the byte bound binds; 20-byte rows: the row bound binds.
+    for request, rows in ((historical(2000), 2000), (pull_all_conv_rate(), 1200)):
+        batches = list(client.iter_batches(request))
+        assert sum(b.num_rows for b in batches) == rows
+        assert len(batches) >= rows // BATCH_ROWS
+        for batch in batches:
+            assert 0 < batch.num_rows <= BATCH_ROWS
+            assert batch.nbytes <= MAX_BATCH_BYTES
+
+
+def test_to_arrow_batches_returns_the_rows_of_to_df(server, remote):
+    job = remote.get_historical_features(entity_df=entity_frame(1000), features=list(FEATURES))
+    batches = list(job.to_arrow_batches())
+    assert len(batches) > 1
+    assert all(b.num_rows <= BATCH_ROWS and b.nbytes <= MAX_BATCH_BYTES for b in batches)
+    iterated = pa.Table.from_batches(batches).to_pandas()
+    frame = job.to_df()
+    assert len(frame) == len(iterated) == 1000
+    pd.testing.assert_frame_equal(sorted_frame(iterated), sorted_frame(frame))
+
+
+def test_progress_callback_sums_to_the_total(server, remote):
+    job = remote.get_historical_features(entity_df=entity_frame(1000), features=list(FEATURES))
+    seen: list[Progress] = []
+    table = job.to_arrow_with_progress(seen.append)
+    assert table.num_rows == 1000
+    assert len(seen) > 1
+    assert [s.batches for s in seen] == list(range(1, len(seen) + 1))
+    assert all(s.total_rows == 1000 and s.total_bytes for s in seen)
+    steps = [b.rows - a.rows for a, b in zip([Progress(0, 0, 0), *seen], seen, strict=False)]
+    assert all(0 < step <= BATCH_ROWS for step in steps)
+    assert seen[-1].rows == seen[-1].total_rows == table.num_rows
+    assert seen[-1].fraction == 1.0
+    assert seen[-1].bytes == table.nbytes
+    assert canonical(table).equals(canonical(job.to_arrow()))
+
+
+# --- compression -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compression", ["zstd", "lz4"])
+def test_compressed_results_equal_uncompressed(server, reference, compression):
+    with OfflineFlightClient(server.location, compression=compression) as compressed:
+        assert canonical(compressed.fetch(historical(2000))).equals(reference)
+        batches = list(compressed.iter_batches(historical(2000)))
+    assert len(batches) > 1
+    assert canonical(pa.Table.from_batches(batches)).equals(reference)
+
+
+def test_compression_in_the_client_config_gives_the_same_frame(
+    server, sample_repo, remote, tmp_path_factory
+):
+    compressed = remote_store(
+        tmp_path_factory.mktemp("zstd_client"), server, sample_repo, compression="zstd"
+    )
+    assert compressed.config.offline_store.compression == "zstd"
+    entities = entity_frame(500)
+    plain = remote.get_historical_features(entity_df=entities, features=list(FEATURES)).to_df()
+    zstd = compressed.get_historical_features(entity_df=entities, features=list(FEATURES)).to_df()
+    pd.testing.assert_frame_equal(sorted_frame(zstd), sorted_frame(plain))
+
+
+def test_unknown_compression_is_refused_with_a_clear_error(server):
+    raw = raw_client(server)
+    command_id = raw_stage(raw, historical(20))
+    options = flight.FlightCallOptions(headers=[(b"x-flightlab-compression", b"gzip")])
+    info = raw.get_flight_info(p.command_descriptor(command_id))
+    with pytest.raises(flight.FlightServerError) as caught:
+        raw.do_get(info.endpoints[0].ticket, options).read_all()
+    detail = detail_of(caught.value)
+    assert detail["class"] == "ProtocolError"
+    assert "gzip" in detail["message"]
+    assert wait_until(lambda: idle(server))
+
+
+# --- chunked uploads -----------------------------------------------------------------
+
+
+def test_a_large_upload_arrives_in_bounded_batches(server):
+    request = historical(2000)
+    sent = p.encode_request(request)["entity_df"]
+    for bounds, check in (
+        ({"upload_batch_bytes": 4096}, lambda b: b.nbytes <= 4096),
+        ({"upload_batch_rows": 100}, lambda b: b.num_rows <= 100),
+    ):
+        with OfflineFlightClient(server.location, **bounds) as uploader:
+            command_id = uploader.stage(request)
+        try:
+            # What the server's do_put read: one chunk per batch received.
+            staged = server.staging.peek(command_id).params["entity_df"]
+            batches = [b for b in staged.to_batches() if b.num_rows]
+            assert len(batches) >= 16
+            assert all(check(b) for b in batches)
+            assert staged.equals(sent)
+        finally:
+            assert raw_drop(raw_client(server), command_id) == {"dropped": True}
+    assert idle(server)
+
+
+def test_a_chunked_upload_gives_the_same_answer(server, reference):
+    with OfflineFlightClient(server.location, upload_batch_bytes=1024) as uploader:
+        assert canonical(uploader.fetch(historical(2000))).equals(reference)
+
+
+# --- the stats action ------------------------------------------------------------------
+
+
+def test_stats_action_reports_staging_requests_and_errors(server, client):
+    raw = raw_client(server)
+    api = p.GetHistoricalFeatures.api
+    before = raw_stats(raw)
+    assert before["workers"] == {"workers": 4, "running": 0, "queued": 0}
+
+    request = historical(500)
+    command_id = client.stage(request)
+    staged = raw_stats(raw)
+    assert staged["staged_commands"] == before["staged_commands"] + 1
+    added = staged["staged_bytes"] - before["staged_bytes"]
+    assert added == server.staging.peek(command_id).nbytes
+    assert added >= request.entity_df.nbytes
+    assert raw_drop(raw, command_id) == {"dropped": True}
+    assert raw_stats(raw)["staged_bytes"] == before["staged_bytes"]
+
+    assert client.fetch(request).num_rows == 500
+    served = raw_stats(raw)
+    assert served["requests_by_api"][api] == before["requests_by_api"].get(api, 0) + 1
+    assert served["errors_by_api"].get(api, 0) == before["errors_by_api"].get(api, 0)
+    assert served["rows_in"] - before["rows_in"] == 500
+    assert served["rows_out"] - before["rows_out"] == 500
+
+    with pytest.raises(Exception, match="no_such_view"):
+        client.fetch(historical(20, features=("no_such_view:x",)))
+    failed = raw_stats(raw)
+    assert failed["requests_by_api"][api] == served["requests_by_api"][api] + 1
+    assert failed["errors_by_api"][api] == served["errors_by_api"].get(api, 0) + 1
+    assert failed["last_error"]["api"] == api
+    assert "no_such_view" in failed["last_error"]["message"]
+    assert failed["staged_commands"] == before["staged_commands"]
+
+
+# --- cancelled and timed-out calls ---------------------------------------------------------
+
+
+def test_closing_to_arrow_batches_early_leaves_the_server_serving(server, remote, reference):
+    job = remote.get_historical_features(entity_df=entity_frame(2000), features=list(FEATURES))
+    batches = job.to_arrow_batches()
+    first = next(batches)
+    assert 0 < first.num_rows <= BATCH_ROWS
+    batches.close()
+    assert wait_until(lambda: idle(server))
+    with OfflineFlightClient(server.location) as again:
+        assert canonical(again.fetch(historical(2000))).equals(reference)
+
+
+def test_a_raw_reader_cancelled_mid_stream_leaves_no_state(server, reference):
+    raw = raw_client(server)
+    reader = raw.do_get(
+        raw.get_flight_info(p.command_descriptor(raw_stage(raw, historical(2000))))
+        .endpoints[0]
+        .ticket
+    )
+    assert reader.read_chunk().data.num_rows > 0
+    reader.cancel()
+    assert wait_until(lambda: idle(server))
+    assert canonical(raw_fetch(raw, raw_stage(raw, historical(2000)))).equals(reference)
+
+
+def test_a_call_timing_out_mid_stream_leaves_no_state(server, reference):
+    with OfflineFlightClient(server.location, timeout=2.0) as impatient:
+        with pytest.raises(flight.FlightTimedOutError):
+            for index, _batch in enumerate(impatient.iter_batches(historical(2000))):
+                if index == 0:
+                    time.sleep(2.5)  # the call's deadline passes while it streams
+    assert wait_until(lambda: idle(server))
+    with OfflineFlightClient(server.location) as again:
+        assert canonical(again.fetch(historical(2000))).equals(reference)
+
+
+def test_queue_overflow_and_a_call_timing_out_in_the_queue(busy_server):
+    """One slow real join holds the only worker; meanwhile a request waits out
+    the queue timeout (busy, raw and through the client), and one whose
+    deadline passes in the queue is dropped as gone, not reported busy."""
+    raw = raw_client(busy_server)
+    small = historical(20)
+    blocker: dict[str, Any] = {}
+
+    def run_blocker() -> None:
+        with OfflineFlightClient(busy_server.location) as slow:
+            blocker["result"] = capture(lambda: slow.fetch(historical(BLOCKER_ROWS, seed=5)))
+
+    thread = threading.Thread(target=run_blocker)
+    thread.start()
+    try:
+        assert wait_until(lambda: busy_server.stats_json()["workers"]["running"] == 1, 60)
+        staged_for_raw = OfflineFlightClient(busy_server.location).stage(small)
+        with ThreadPoolExecutor(2) as executor:
+            through_client = executor.submit(
+                capture, lambda: OfflineFlightClient(busy_server.location).fetch(small)
+            )
+            through_raw = executor.submit(capture, lambda: raw_fetch(raw, staged_for_raw))
+            busy_client, busy_raw = through_client.result(), through_raw.result()
+        errors_before = raw_stats(raw)["errors_by_api"]["get_historical_features"]
+        timed_out = capture(
+            lambda: OfflineFlightClient(busy_server.location, timeout=0.2).fetch(small)
+        )
+        assert wait_until(
+            lambda: raw_stats(raw)["errors_by_api"]["get_historical_features"] > errors_before
+        )
+        stats = raw_stats(raw)
+        blocker_was_still_running = stats["workers"]["running"] == 1
+    finally:
+        thread.join(120)
+
+    assert blocker_was_still_running, "the blocking join ended too soon to test the queue"
+    assert isinstance(busy_client, ServerBusyError), busy_client
+    assert "busy" in str(busy_client)
+    assert isinstance(busy_raw, flight.FlightUnavailableError), busy_raw
+    assert detail_of(busy_raw)["class"] == "ServerBusyError"
+    assert detail_of(busy_raw)["status"] == "unavailable"
+    assert isinstance(timed_out, flight.FlightTimedOutError), timed_out
+    # The server noticed the deadline while the call was queued (well before
+    # its 0.5 s queue timeout), so it was dropped as gone rather than "busy".
+    assert stats["last_error"]["class"] == "ClientGoneError"
+    assert "queued" in stats["last_error"]["message"]
+
+    assert isinstance(blocker["result"], pa.Table), blocker["result"]
+    assert blocker["result"].num_rows == BLOCKER_ROWS
+    assert wait_until(lambda: idle(busy_server))
+    assert OfflineFlightClient(busy_server.location).fetch(small).num_rows == 20
+
+
+# --- the staging cap and expiry, end to end --------------------------------------------------
+
+
+def test_staging_cap_on_the_wire_and_through_the_client(capped_server):
+    raw = raw_client(capped_server)
+    big = historical(2000)  # 64 kB of entity rows; the cap is 20 kB
+    with pytest.raises(flight.FlightUnavailableError) as caught:
+        raw_stage(raw, big)
+    detail = detail_of(caught.value)
+    assert detail["class"] == "ResourceExhaustedError"
+    assert detail["module"] == "flightlab.errors"
+    assert detail["status"] == "resource_exhausted"
+    assert str(MAX_STAGED_BYTES) in detail["message"]
+    # The parameters staged before the one refused are dropped with it.
+    assert wait_until(lambda: idle(capped_server))
+
+    with OfflineFlightClient(capped_server.location) as client:
+        with pytest.raises(ResourceExhaustedError, match="cap"):
+            client.fetch(big)
+        assert idle(capped_server)
+        assert client.fetch(historical(20)).num_rows == 20
+    assert idle(capped_server)
+
+
+def test_the_sweeper_frees_an_abandoned_command_without_any_request(ttl_server):
+    with OfflineFlightClient(ttl_server.location) as client:
+        client.stage(historical(20))
+    stats = ttl_server.stats_json()  # in-process: no request reaches the server
+    assert stats["staged_commands"] == 1 and stats["staged_bytes"] > 0
+    assert wait_until(lambda: ttl_server.stats_json()["staged_commands"] == 0)
+    assert ttl_server.stats_json()["staged_bytes"] == 0
+    assert ttl_server.staging.staged_bytes == 0
+
+
+def test_an_expired_command_is_gone_and_its_ticket_says_so(ttl_server):
+    raw = raw_client(ttl_server)
+    command_id = raw_stage(raw, historical(20))
+    assert wait_until(lambda: len(ttl_server.staging) == 0)
+
+    with pytest.raises(flight.FlightServerError) as by_descriptor:
+        raw.get_flight_info(p.command_descriptor(command_id))
+    with pytest.raises(flight.FlightServerError) as by_ticket:
+        raw.do_get(flight.Ticket(p.ticket_bytes(command_id))).read_all()
+    for caught in (by_descriptor, by_ticket):
+        detail = detail_of(caught.value)
+        assert detail["class"] == "UnknownCommandError"
+        assert detail["status"] == "not_found"
+        assert "expired" in detail["message"] and command_id in detail["message"]
+        on_client = exception_for_flight_error(caught.value)
+        assert isinstance(on_client, UnknownCommandError)
+        assert "expired" in str(on_client)
+
+    never = p.new_command_id()
+    with pytest.raises(flight.FlightServerError) as unknown:
+        raw.get_flight_info(p.command_descriptor(never))
+    assert "expired" not in detail_of(unknown.value)["message"]
+
+    assert raw_fetch(raw, raw_stage(raw, historical(20))).num_rows == 20
+    assert idle(ttl_server)
+
+
+# --- the worker pool as an object ------------------------------------------------------------
+
+
+def _occupy(pool: WorkerPool, release: threading.Event) -> tuple[threading.Thread, list]:
+    """Hold one of ``pool``'s workers until ``release`` is set."""
+    results: list = []
+    thread = threading.Thread(
+        target=lambda: results.append(pool.run(lambda: release.wait(30) and "released"))
+    )
+    thread.start()
+    assert wait_until(lambda: pool.load()["running"] >= 1)
+    return thread, results
+
+
+def test_pool_returns_results_and_raises_errors():
+    pool = WorkerPool(2, queue_timeout=5)
+
+    def bad_input() -> None:
+        raise ValueError("bad input")
+
+    try:
+        assert pool.run(lambda: 42) == 42
+        with pytest.raises(ValueError, match="bad input"):
+            pool.run(bad_input)
+        assert pool.load() == {"workers": 2, "running": 0, "queued": 0}
+    finally:
+        pool.shutdown()
+
+
+def test_pool_runs_at_most_workers_jobs_at_once():
+    pool = WorkerPool(2, queue_timeout=30)
+    lock = threading.Lock()
+    now = peak = 0
+
+    def job() -> int:
+        nonlocal now, peak
+        with lock:
+            now += 1
+            peak = max(peak, now)
+        time.sleep(0.1)
+        with lock:
+            now -= 1
+        return 1
+
+    try:
+        with ThreadPoolExecutor(5) as callers:
+            assert sum(callers.map(lambda _: pool.run(job), range(5))) == 5
+        assert peak <= 2
+    finally:
+        pool.shutdown()
+
+
+def test_pool_queue_overflow_raises_server_busy():
+    pool = WorkerPool(1, queue_timeout=0.2)
+    release = threading.Event()
+    thread, results = _occupy(pool, release)
+    ran: list[str] = []
+    try:
+        with pytest.raises(ServerBusyError, match="busy"):
+            pool.run(lambda: ran.append("ran"))
+        assert pool.load() == {"workers": 1, "running": 1, "queued": 0}
+    finally:
+        release.set()
+        thread.join(10)
+        pool.shutdown()
+    assert results == ["released"]
+    assert ran == []
+
+
+def test_pool_drops_a_queued_request_whose_client_left():
+    pool = WorkerPool(1, queue_timeout=30)
+    release = threading.Event()
+    thread, _ = _occupy(pool, release)
+    ran: list[str] = []
+    try:
+        with pytest.raises(ClientGoneError, match="queued"):
+            pool.run(lambda: ran.append("ran"), is_cancelled=lambda: True)
+        assert pool.load()["queued"] == 0
+    finally:
+        release.set()
+        thread.join(10)
+        pool.shutdown()
+    assert ran == []
+
+
+def test_pool_does_not_start_a_join_whose_client_left_as_a_worker_freed_up():
+    """The smoke3 oddity: the only worker frees up just after the client's
+    deadline, before the waiting RPC thread polls again. The join must not
+    start for a client that has gone."""
+    pool = WorkerPool(1, queue_timeout=30)
+    release, gone = threading.Event(), threading.Event()
+
+    def blocker() -> None:
+        release.wait(30)
+        gone.set()  # the client leaves just as the worker frees up
+
+    occupier = threading.Thread(target=pool.run, args=(blocker,))
+    occupier.start()
+    assert wait_until(lambda: pool.load()["running"] == 1)
+    ran: list[str] = []
+    outcome: list[Any] = []
+    waiter = threading.Thread(
+        target=lambda: outcome.append(
+            capture(lambda: pool.run(lambda: ran.append("ran"), gone.is_set))
+        )
+    )
+    waiter.start()
+    try:
+        assert wait_until(lambda: pool.load()["queued"] == 1)
+        release.set()
+        waiter.join(10)
+        occupier.join(10)
+    finally:
+        release.set()
+        pool.shutdown()
+    assert ran == []
+    assert isinstance(outcome[0], ClientGoneError) and "queued" in str(outcome[0])
+    assert pool.load() == {"workers": 1, "running": 0, "queued": 0}
+
+
+def test_pool_discards_a_running_join_whose_client_left():
+    pool = WorkerPool(1, queue_timeout=30)
+    started, release = threading.Event(), threading.Event()
+
+    def join() -> str:
+        started.set()
+        release.wait(30)
+        return "done"
+
+    try:
+        with pytest.raises(ClientGoneError, match="discarded"):
+            pool.run(join, is_cancelled=started.is_set)
+        assert pool.load()["running"] == 1  # the join itself runs on
+        release.set()
+        assert wait_until(lambda: pool.load()["running"] == 0)
+        assert pool.run(lambda: "next") == "next"
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_pool_passes_on_a_timeout_error_raised_by_the_job():
+    """A TimeoutError from the job itself (a database timeout) is its error,
+    not the end of a poll: it must reach the caller at once."""
+    pool = WorkerPool(1, queue_timeout=5)
+    start = time.monotonic()
+
+    def database_call() -> None:
+        raise TimeoutError("the database query timed out")
+
+    try:
+        # The client "leaves" after 3 s, so a pool that swallowed the
+        # TimeoutError fails this test with ClientGoneError instead of hanging.
+        with pytest.raises(TimeoutError, match="database"):
+            pool.run(database_call, is_cancelled=lambda: time.monotonic() - start > 3)
+    finally:
+        pool.shutdown()
+
+
+# --- the staging as an object --------------------------------------------------------------
+
+
+def _ints(count: int) -> pa.Table:
+    return pa.table({"x": pa.array(range(count), pa.int64())})  # 8 bytes a row
+
+
+def test_staging_cap_counts_every_command_and_frees_on_drop():
+    staging = CommandStaging(ttl_seconds=600, max_bytes=1000)
+    staging.stage("a", "api", "p", _ints(100))  # 800 bytes
+    with pytest.raises(ResourceExhaustedError, match="cap of 1000"):
+        staging.stage("b", "api", "p", _ints(50))  # 400 more
+    assert len(staging) == 1 and staging.staged_bytes == 800
+    staging.stage("b", "api", "p", _ints(25))  # exactly at the cap
+    assert staging.staged_bytes == 1000
+    assert staging.drop("a") and not staging.drop("a")
+    staging.stage("c", "api", "p", _ints(50))
+    assert staging.staged_bytes == 600
+    assert staging.take("b").nbytes == 200
+    assert staging.staged_bytes == 400
+
+
+def test_staging_hands_a_command_out_once():
+    staging = CommandStaging()
+    staging.stage("a", "api", "p", _ints(3))
+    assert staging.take("a").params["p"].num_rows == 3
+    with pytest.raises(UnknownCommandError, match="already run"):
+        staging.take("a")
+    assert staging.staged_bytes == 0
+
+
+def test_staging_expires_old_commands_with_an_expired_message():
+    staging = CommandStaging(ttl_seconds=0.1, max_bytes=1000)
+    staging.stage("old", "api", "p", _ints(10))
+    staging.stage("older", "api", "p", _ints(10))
+    time.sleep(0.25)
+    assert staging.staged_bytes == 160  # nothing expires by itself
+    assert staging.expire() == 2
+    assert staging.staged_bytes == 0 and len(staging) == 0
+    for method in (staging.peek, staging.take):
+        with pytest.raises(UnknownCommandError, match="expired"):
+            method("old")
+    with pytest.raises(UnknownCommandError, match="never staged") as never:
+        staging.peek("never")
+    assert "expired" not in str(never.value)
+
+
+# --- bounded batches as a function -----------------------------------------------------------
+
+
+def test_bounded_batches_keep_both_bounds_and_the_rows_in_order():
+    table = pa.table(
+        {"x": pa.array(range(1000), pa.int64()), "y": [f"r{i:04d}" for i in range(1000)]}
+    )
+    for max_rows, max_bytes in ((100, 1 << 20), (1 << 20, 2000), (30, 2000)):
+        batches = list(streaming.bounded_batches(table, max_rows, max_bytes))
+        assert all(0 < b.num_rows <= max_rows and b.nbytes <= max_bytes for b in batches)
+        assert pa.Table.from_batches(batches).equals(table)
+    assert len(list(streaming.bounded_batches(table, 100, 1 << 20))) == 10
+
+
+def test_bounded_batches_split_uneven_rows_and_isolate_oversized_ones():
+    sizes = [1] * 50 + [300] * 50 + [5000] + [1] * 10
+    table = pa.table({"s": ["x" * n for n in sizes]})
+    batches = list(streaming.bounded_batches(table, 1000, 1000))
+    assert pa.Table.from_batches(batches).equals(table)
+    for batch in batches:
+        assert batch.nbytes <= 1000 or batch.num_rows == 1
+    assert any(b.num_rows == 1 and b.nbytes > 5000 for b in batches)
+
+
+def test_bounded_batches_never_yield_an_empty_batch():
+    empty = pa.table({"x": pa.array([], pa.int64())})
+    table = pa.concat_tables([empty, _ints(3), empty, _ints(1), empty])
+    batches = list(streaming.bounded_batches(table, 2, 1000))
+    assert [b.num_rows for b in batches] == [2, 1, 1]
+    assert list(streaming.bounded_batches(empty, 2, 1000)) == []
+
+
+def test_result_batches_carry_totals_on_the_first_batch_only():
+    table = _ints(10)
+    pairs = list(streaming.result_batches(table, 3, 1000, lambda: False))
+    assert [b.num_rows for b, _ in pairs] == [3, 3, 3, 1]
+    assert streaming.parse_totals(pairs[0][1]) == (10, table.nbytes)
+    assert all(metadata is None for _, metadata in pairs[1:])
+
+    empty = pa.table({"x": pa.array([], pa.int64())})
+    [(batch, metadata)] = streaming.result_batches(empty, 3, 1000, lambda: False)
+    assert batch.num_rows == 0 and batch.schema == empty.schema
+    assert streaming.parse_totals(metadata) == (0, 0)
+
+
+def test_result_batches_stop_when_the_client_goes():
+    sent: list[int] = []
+    with pytest.raises(flight.FlightCancelledError):
+        for batch, _ in streaming.result_batches(_ints(10), 3, 1000, lambda: len(sent) >= 2):
+            sent.append(batch.num_rows)
+    assert sent == [3, 3]
