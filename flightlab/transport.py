@@ -166,7 +166,13 @@ class OfflineFlightClient:
 
 @dataclass(frozen=True)
 class Progress:
-    """How much of a result has arrived."""
+    """How much of a result has arrived.
+
+    ``total_rows`` is exact. ``total_bytes`` is the result's size in the
+    server's memory, which may exceed the sum of ``bytes`` received (Arrow
+    leaves out validity bitmaps of columns without nulls on the wire): use it
+    as an estimate, and ``fraction`` (by rows) for progress.
+    """
 
     rows: int
     bytes: int
