@@ -60,7 +60,7 @@ SPAN = timedelta(days=366)
 CORRECTION_DELAY = timedelta(days=30)
 INGEST_DELAY = timedelta(minutes=1)  # created = event time + this
 AS_OF = datetime(2025, 3, 1, tzinfo=UTC)
-CORRECTED_EVERY = 1000  # images 0, 1000, 2000, ... had a wrong first label
+CORRECTED_EVERY = 1000  # images 1000, 2000, ... 69000 had a wrong first label
 DEFAULT_SEED = 2024
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -125,7 +125,7 @@ def collected_at(image_ids: np.ndarray, seed: int = DEFAULT_SEED) -> pd.Datetime
 def corrected_ids(image_ids: np.ndarray) -> np.ndarray:
     """The images whose first label was wrong and was corrected later."""
     image_ids = np.asarray(image_ids)
-    return image_ids[image_ids % CORRECTED_EVERY == 0]
+    return image_ids[(image_ids % CORRECTED_EVERY == 0) & (image_ids > 0)]
 
 
 def wrong_label(label: np.ndarray | int) -> np.ndarray | int:
@@ -305,11 +305,59 @@ def write_source_data(repo: str | Path, table: pa.Table) -> Path:
     return path
 
 
-def apply(repo: str | Path) -> None:
-    """``feast apply`` the repo (in a child process, see sample_repo.apply_repo)."""
-    from flightlab.sample_repo import apply_repo
+def require_source_data(repo: str | Path) -> Path:
+    """The mnist parquet of ``repo``; a FileNotFoundError naming the notebook
+    that writes it if it is missing."""
+    path = data_dir(repo) / SOURCE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path}: run 01_prepare_mnist.ipynb first")
+    return path
 
-    apply_repo(repo)
+
+def apply(repo: str | Path) -> str:
+    """``feast apply`` the repo; returns what Feast printed.
+
+    In a child process, as :func:`flightlab.sample_repo.apply_repo` does: Feast
+    imports a repo's definition files as modules, once per process.
+    """
+    import subprocess
+    import sys
+
+    repo = Path(repo).resolve()
+    done = subprocess.run(
+        [sys.executable, "-m", "feast.cli.cli", "-c", str(repo), "apply"],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"feast apply failed in {repo}:\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def registry_summary(store: Any) -> pd.DataFrame:
+    """The objects a repo's registry holds, one row each."""
+    rows = []
+    for entity in store.list_entities():
+        rows.append(("entity", entity.name, f"join key {entity.join_key}"))
+    for source in store.list_data_sources():
+        rows.append(("data source", source.name, getattr(source, "path", "")))
+    for view in store.list_feature_views():
+        types = sorted({str(f.dtype) for f in view.features})
+        rows.append(
+            (
+                "feature view",
+                view.name,
+                f"{len(view.features)} features ({', '.join(types)}), "
+                f"entities {view.entities}, source {view.batch_source.name}",
+            )
+        )
+    for service in store.list_feature_services():
+        views = [p.name for p in service.feature_view_projections]
+        logging = "with" if service.logging_config else "without"
+        rows.append(("feature service", service.name, f"views {views}, {logging} logging"))
+    for dataset in store.list_saved_datasets():
+        rows.append(("saved dataset", dataset.name, str(dataset.storage.to_proto()).strip()))
+    return pd.DataFrame(rows, columns=["kind", "name", "details"])
 
 
 def create_feature_repo(
@@ -379,41 +427,96 @@ class PointInTimeCase:
     def check(self, retrieved: pd.DataFrame) -> pd.DataFrame:
         """The retrieved labels next to the expected ones, in time order.
 
-        Raises AssertionError if any label differs from the expected one.
+        Raises AssertionError if a label differs from the expected one or an
+        entity row did not come back (Feast returns every entity row, with
+        nulls where there is no value yet).
         """
-        got = retrieved.sort_values("event_timestamp").reset_index(drop=True)
-        table = pd.DataFrame(
+        utc = "datetime64[ns, UTC]"
+        asked = pd.DataFrame(
             {
-                "as of": got["event_timestamp"],
+                "as of": self.entity_df["event_timestamp"].astype(utc),
                 "moment": ["before collection", "after collection", "after correction"],
-                "label": got["label"].astype("Int64"),
                 "expected": pd.array(self.expected_labels, dtype="Int64"),
             }
         )
-        if not table["label"].equals(table["expected"]):
+        got = pd.DataFrame(
+            {
+                "as of": pd.to_datetime(retrieved["event_timestamp"], utc=True).astype(utc),
+                "label": retrieved["label"].astype("Int64"),
+            }
+        )
+        table = asked.merge(got, on="as of", how="left", indicator="returned")
+        table["returned"] = table["returned"] == "both"
+        table = table[["as of", "moment", "label", "expected", "returned"]]
+        table = table.sort_values("as of").reset_index(drop=True)
+        if (
+            len(retrieved) != len(asked)
+            or not table["returned"].all()
+            or not table["label"].equals(table["expected"])
+        ):
             raise AssertionError(f"point-in-time retrieval is wrong:\n{table}")
         return table
 
 
 def point_in_time_case(
-    data: MnistData, image_id: int = CORRECTED_EVERY, seed: int = DEFAULT_SEED
+    data: MnistData | pa.Table,
+    image_id: int = CORRECTED_EVERY,
+    seed: int = DEFAULT_SEED,
 ) -> PointInTimeCase:
     """Entity rows for a corrected image: a day before it was collected (no
     value), a day after (the older, wrong label) and a day after the
-    correction (the right label)."""
-    if image_id % CORRECTED_EVERY:
+    correction (the right label).
+
+    ``data`` gives the right label: the shipped MNIST, or features retrieved
+    as of :data:`AS_OF`.
+    """
+    if image_id % CORRECTED_EVERY or image_id <= 0:
         raise ValueError(f"image {image_id} was never corrected (try {CORRECTED_EVERY})")
     collected = collected_at(np.array([image_id]), seed)[0]
     corrected = collected + pd.Timedelta(CORRECTION_DELAY)
     day = pd.Timedelta(days=1)
     moments = [collected - day, collected + day, corrected + day]
-    label = int(data.take([image_id]).labels[0])
+    if isinstance(data, MnistData):
+        label = int(data.take([image_id]).labels[0])
+    else:
+        rows = data.filter(pc.equal(data.column(JOIN_KEY), image_id))
+        if rows.num_rows != 1:
+            raise ValueError(f"the rows hold image {image_id} {rows.num_rows} times, not once")
+        label = rows.column("label")[0].as_py()
     return PointInTimeCase(
         image_id=image_id,
         collected=collected,
         corrected=corrected,
         entity_df=entity_frame([image_id] * 3, at=pd.DatetimeIndex(moments)),
         expected_labels=(None, int(wrong_label(label)), label),
+    )
+
+
+def rows_for(table: pa.Table, image_id: int, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """The rows of one image (every version of it, in time order)."""
+    columns = list(columns or (JOIN_KEY, "label", "split", "event_timestamp", "created"))
+    rows = table.filter(pc.equal(table.column(JOIN_KEY), image_id)).select(columns)
+    return rows.sort_by("event_timestamp").to_pandas()
+
+
+def sample_rows(table: pa.Table, n: int, seed: int = 0) -> pa.Table:
+    """``n`` rows picked at random (seeded), in image order."""
+    rng = np.random.default_rng(seed)
+    index = np.sort(rng.choice(table.num_rows, size=min(n, table.num_rows), replace=False))
+    return table.take(pa.array(index))
+
+
+def matches_data(rows: pa.Table | pd.DataFrame, data: MnistData) -> bool:
+    """True if retrieved rows (as of AS_OF) give back the shipped images and
+    labels exactly."""
+    table = sort_by_image(as_table(rows))
+    ids = table.column(JOIN_KEY).to_numpy()
+    expected = data.take(ids)
+    if not np.array_equal(expected.image_ids, ids):
+        return False
+    pixels = np.rint(images_from_features(table) * 255).astype(np.uint8)
+    return np.array_equal(pixels, expected.images) and np.array_equal(
+        table.column("label").to_numpy(), expected.labels
     )
 
 
@@ -490,6 +593,12 @@ def compare_retrievals(
         if not np.array_equal(images_from_features(a), images_from_features(b)):
             differences.append("pixel features differ")
     return Comparison(rows=a.num_rows, equal=not differences, differences=tuple(differences))
+
+
+def split_ids(rows: pa.Table | pd.DataFrame, split: str) -> np.ndarray:
+    """The image ids of one split, in row order."""
+    table = as_table(rows)
+    return table.filter(pc.equal(table.column("split"), split)).column(JOIN_KEY).to_numpy()
 
 
 def split_arrays(rows: pa.Table | pd.DataFrame, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -615,6 +724,12 @@ def pull_all(
 ) -> Any:
     """``pull_all_from_table_or_query``: every row in [start, end]."""
     return _pull("pull_all_from_table_or_query", store, start, end, source, features)
+
+
+def validate_source(store: Any, source: str = SOURCE) -> str:
+    """``validate_data_source``: check the offline store can read ``source``."""
+    offline_store_of(store).validate_data_source(store.config, store.get_data_source(source))
+    return source
 
 
 def write_predictions(store: Any, predictions: pd.DataFrame) -> None:

@@ -23,6 +23,26 @@ import pandas as pd
 
 from flightlab.transport import Progress
 
+# --- notebook set-up -----------------------------------------------------------------
+
+
+def setup(log_level: str | None = None) -> None:
+    """Quiet, readable notebook output: wide pandas columns, no deprecation
+    noise from the libraries under Feast, and (with ``log_level``) flightlab's
+    own log lines (one per request on a server) without Feast's chatter."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    pd.set_option("display.max_colwidth", 120)
+    if log_level is not None:
+        logging.basicConfig(
+            level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        logging.getLogger("flightlab").setLevel(log_level.upper())
+
+
 # --- is a server there? ------------------------------------------------------------
 
 
@@ -137,6 +157,12 @@ class Connection:
         with OfflineFlightClient(self.location) as client:
             return client.stats()
 
+    def panel_state(self) -> PanelState:
+        """The server's figures, as the server panel shows them."""
+        if self.server is not None:
+            return PanelState.of(self.server)
+        return PanelState(self.location, True, self.stats())
+
     def close(self) -> None:
         """Stop the server if this notebook started it."""
         if self.server is not None:
@@ -177,10 +203,11 @@ class PanelState:
     updated: float = field(default_factory=time.time)
 
     @classmethod
-    def of(cls, server: Any) -> PanelState:
+    def of(cls, server: Any, location: str | None = None) -> PanelState:
+        """Read ``server``; ``location`` names it once it has stopped."""
         running = bool(server.running)
         return cls(
-            location=server.location if running else "(stopped)",
+            location=server.location if running else (location or "(not serving)"),
             running=running,
             stats=server.stats_json(),
             staged=tuple(_staged_commands(server)),
@@ -254,6 +281,9 @@ class PanelState:
             f"{staged_table}</div>"
         )
 
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
     def to_text(self) -> str:
         s = self.stats
         lines = [
@@ -314,7 +344,7 @@ class ServerPanel:
         self.refresh()
 
     def refresh(self) -> PanelState:
-        self.state = PanelState.of(self.server)
+        self.state = PanelState.of(self.server, self.state.location if self.state else None)
         self.html.value = self.state.to_html()
         return self.state
 
@@ -485,15 +515,16 @@ def timing_chart(
     colors = ["#607d8b", "#1e88e5", "#43a047", "#fb8c00"][: len(names)]
     bars = ax.bar(names, best, color=colors, yerr=[np.zeros_like(best), worst - best], capsize=6)
     for bar, value in zip(bars, best, strict=True):
-        ax.annotate(
+        ax.text(
+            bar.get_x() + bar.get_width() / 2,
+            value / 2,
             f"{value:.2f} s",
-            (bar.get_x() + bar.get_width() / 2, value),
-            xytext=(0, 3),
-            textcoords="offset points",
             ha="center",
-            va="bottom",
+            va="center",
+            color="white",
+            fontweight="bold",
         )
-    ax.set_ylabel("seconds (best of runs)")
+    ax.set_ylabel("seconds (best run; whisker: slowest)")
     ax.set_title(title)
     ax.set_ylim(0, max(worst.max(), best.max()) * 1.25)
     ax.spines[["top", "right"]].set_visible(False)

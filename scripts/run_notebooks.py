@@ -1,0 +1,221 @@
+#!/usr/bin/env python
+"""Execute every flightlab notebook headless, in order, with papermill.
+
+1. ``notebooks/mnist_demo/01_prepare_mnist.ipynb`` and ``02_setup_feast.ipynb``;
+2. ``notebooks/ArrowServer.ipynb`` in the background, on a free port;
+3. once that server answers, ``notebooks/ArrowClient.ipynb`` against it
+   (``start_server=False``);
+4. then the server notebook is told to stop (its ``stop_file`` appears) and
+   must end cleanly.
+
+The executed copies go to ``--output`` (default ``out/notebooks``). Any cell
+error, a server that never answers or an executed client notebook without its
+results (the equality check, the accuracy, the plots) makes the exit code
+non-zero.
+
+    python scripts/run_notebooks.py                 # the demo
+    python scripts/run_notebooks.py --output out/ci-notebooks --ci
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+DEMO = NOTEBOOKS / "mnist_demo"
+HOST = "127.0.0.1"
+KERNEL = "python3"
+SERVE_SECONDS = 1800  # the server notebook's upper bound; the stop file ends it sooner
+CELL_TIMEOUT = 1200
+
+sys.path.insert(0, str(ROOT))
+
+
+class RunFailed(Exception):
+    pass
+
+
+def log(message: str) -> None:
+    print(f"[run_notebooks {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def execute(notebook: Path, output: Path, parameters: dict, cwd: Path) -> float:
+    """Run one notebook in the foreground; returns the seconds it took."""
+    import papermill
+
+    log(f"running {notebook.relative_to(ROOT)} -> {output}")
+    started = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters=parameters,
+            cwd=str(cwd),
+            kernel_name=KERNEL,
+            progress_bar=False,
+            execution_timeout=CELL_TIMEOUT,
+        )
+    except Exception as exc:  # PapermillExecutionError names the cell and the error
+        raise RunFailed(f"{notebook.name} failed: {exc}") from exc
+    seconds = time.perf_counter() - started
+    log(f"ok {notebook.name} ({seconds:.0f} s)")
+    return seconds
+
+
+def start_background(notebook: Path, output: Path, parameters: dict, cwd: Path, log_path: Path):
+    """Start papermill on ``notebook`` in a child process; returns it."""
+    command = [sys.executable, "-m", "papermill", str(notebook), str(output)]
+    for name, value in parameters.items():
+        command += ["-p", name, str(value)]
+    command += [
+        "--cwd",
+        str(cwd),
+        "-k",
+        KERNEL,
+        "--no-progress-bar",
+        "--log-output",
+        "--execution-timeout",
+        str(SERVE_SECONDS + CELL_TIMEOUT),
+    ]
+    log(f"starting {notebook.relative_to(ROOT)} in the background (log: {log_path})")
+    handle = open(log_path, "w")  # closed by stop_background
+    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+    process.log_handle = handle  # type: ignore[attr-defined]
+    return process
+
+
+def stop_background(process, stop_file: Path, timeout: float = 120) -> int:
+    """Ask the server notebook to stop; wait for it; kill it if it will not."""
+    stop_file.touch()
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log(f"the server notebook did not stop within {timeout:.0f} s: terminating it")
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        return -1
+    finally:
+        process.log_handle.close()
+
+
+def outputs_text(path: Path) -> tuple[str, int]:
+    """All text outputs of an executed notebook, and how many images it shows."""
+    notebook = json.loads(path.read_text())
+    texts, images = [], 0
+    for cell in notebook["cells"]:
+        for output in cell.get("outputs", []):
+            if "text" in output:
+                texts.append("".join(output["text"]))
+            data = output.get("data", {})
+            if "image/png" in data:
+                images += 1
+            for kind in ("text/plain", "text/html"):
+                if kind in data:
+                    texts.append("".join(data[kind]))
+    return "\n".join(texts), images
+
+
+def check_client_results(path: Path) -> str:
+    """The executed client notebook must show its results; returns the accuracy line."""
+    text, images = outputs_text(path)
+    problems = []
+    if "remote features == local features: PASSED" not in text:
+        problems.append("the remote == local check did not pass")
+    accuracy = next((line for line in text.splitlines() if "test accuracy" in line), None)
+    if accuracy is None:
+        problems.append("no test accuracy")
+    if images < 3:  # digit grid, predictions grid, timing chart
+        problems.append(f"only {images} plots")
+    if problems:
+        raise RunFailed(f"{path.name} lacks its results: {'; '.join(problems)}")
+    return f"{accuracy.strip()}; {images} plots"
+
+
+def run(output: Path, ci: bool) -> None:
+    from flightlab.notebook import free_port, server_answers, wait_for_server
+
+    output.mkdir(parents=True, exist_ok=True)
+    total = time.perf_counter()
+    execute(DEMO / "01_prepare_mnist.ipynb", output / "01_prepare_mnist.ipynb", {}, DEMO)
+    execute(DEMO / "02_setup_feast.ipynb", output / "02_setup_feast.ipynb", {}, DEMO)
+
+    port = free_port(HOST)
+    stop_file = output / ".arrow_server.stop"
+    stop_file.unlink(missing_ok=True)
+    server = start_background(
+        NOTEBOOKS / "ArrowServer.ipynb",
+        output / "ArrowServer.ipynb",
+        {"host": HOST, "port": port, "serve_seconds": SERVE_SECONDS, "stop_file": stop_file},
+        NOTEBOOKS,
+        output / "ArrowServer.log",
+    )
+    client_error: BaseException | None = None
+    try:
+        log(f"waiting for the server at {HOST}:{port}")
+        if not wait_for_server(HOST, port, timeout=300, alive=lambda: server.poll() is None):
+            raise RunFailed(
+                f"the ArrowServer notebook never answered on port {port} "
+                f"(see {output / 'ArrowServer.log'})"
+            )
+        log(f"server answers at {HOST}:{port}")
+        execute(
+            NOTEBOOKS / "ArrowClient.ipynb",
+            output / "ArrowClient.ipynb",
+            {"host": HOST, "port": port, "start_server": False, "timing_runs": 2 if ci else 3},
+            NOTEBOOKS,
+        )
+    except BaseException as exc:
+        client_error = exc
+    finally:
+        log("stopping the server notebook")
+        code = stop_background(server, stop_file)
+        stop_file.unlink(missing_ok=True)
+    if client_error is not None:
+        raise client_error
+    if code != 0:
+        raise RunFailed(f"ArrowServer.ipynb failed (exit {code}; see {output / 'ArrowServer.log'})")
+    if server_answers(HOST, port, timeout=2):
+        raise RunFailed(f"something still answers on port {port} after the server stopped")
+    log("ok ArrowServer.ipynb (served, then shut down cleanly)")
+    log(f"ArrowClient results: {check_client_results(output / 'ArrowClient.ipynb')}")
+    log(f"all notebooks ran in {time.perf_counter() - total:.0f} s; executed copies in {output}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("out/notebooks"),
+        help="folder for the executed notebooks (default: out/notebooks)",
+    )
+    parser.add_argument(
+        "--ci", action="store_true", help="CI run: fewer timing repeats, same checks"
+    )
+    args = parser.parse_args(argv)
+    output = args.output if args.output.is_absolute() else ROOT / args.output
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # quieter kernels
+    try:
+        run(output, args.ci)
+    except RunFailed as exc:
+        log(f"FAILED: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""The notebook helpers (flightlab.notebook) against a real server: no mocks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from flightlab import notebook as nb  # noqa: E402
+from flightlab.sample_repo import client_repo_yaml, create_sample_repo, entity_frame  # noqa: E402
+
+FEATURES = ["driver_stats:conv_rate", "driver_stats:avg_daily_trips"]
+
+
+@pytest.fixture(scope="module")
+def tools_repo(tmp_path_factory) -> Path:
+    return create_sample_repo(tmp_path_factory.mktemp("tools") / "repo", "duckdb")
+
+
+@pytest.fixture(scope="module")
+def tools_server(tools_repo):
+    server = nb.start_server(tools_repo, batch_rows=7)
+    yield server
+    server.stop()
+
+
+def client_store(server, repo: Path, path: Path):
+    from feast import FeatureStore
+
+    (path / "data").mkdir(parents=True, exist_ok=True)
+    (path / "feature_store.yaml").write_text(
+        client_repo_yaml("127.0.0.1", server.port, registry=repo / "data" / "registry.db")
+    )
+    return FeatureStore(repo_path=str(path))
+
+
+@pytest.fixture(scope="module")
+def tools_client(tools_server, tools_repo, tmp_path_factory):
+    return client_store(tools_server, tools_repo, tmp_path_factory.mktemp("client"))
+
+
+# --- is a server there? -------------------------------------------------------------
+
+
+def test_nothing_answers_on_a_free_port():
+    port = nb.free_port()
+    assert not nb.server_answers("127.0.0.1", port, timeout=2)
+    assert not nb.wait_for_server("127.0.0.1", port, timeout=0.6, interval=0.2)
+    assert not nb.wait_for_server("127.0.0.1", port, timeout=30, alive=lambda: False)
+
+
+def test_a_running_server_answers(tools_server):
+    assert nb.server_answers("127.0.0.1", tools_server.port)
+    assert nb.wait_for_server("127.0.0.1", tools_server.port, timeout=5)
+
+
+def test_a_listener_that_is_not_a_flight_server_does_not_count():
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert not nb.server_answers("127.0.0.1", port, timeout=1.5)
+
+
+def test_connect_uses_a_running_server_or_starts_one(tools_server, tools_repo):
+    existing = nb.connect_or_start(tools_repo, "127.0.0.1", tools_server.port)
+    assert not existing.started_here and existing.port == tools_server.port
+    assert "already running" in existing.describe()
+    assert "requests_by_api" in existing.stats()
+    existing.close()  # not ours: leaves it running
+    assert tools_server.running
+
+    nobody = nb.free_port()
+    started = nb.connect_or_start(tools_repo, "127.0.0.1", nobody)
+    try:
+        assert started.started_here and started.server.running
+        assert nb.server_answers(started.host, started.port)
+        assert "started in this kernel" in started.describe()
+        assert started.panel_state().running
+    finally:
+        started.close()
+    assert started.server is None
+    forced = nb.connect_or_start(tools_repo, "127.0.0.1", tools_server.port, start=True)
+    try:
+        assert forced.started_here and forced.port != tools_server.port
+    finally:
+        forced.close()
+
+
+def test_an_unapplied_repo_is_refused_with_a_hint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="02_setup_feast"):
+        nb.start_server(tmp_path)
+
+
+# --- the server panel ----------------------------------------------------------------------
+
+
+def test_the_panel_reflects_real_server_stats(tools_repo, tmp_path):
+    from feast.errors import FeatureViewNotFoundException
+
+    from flightlab.server import OfflineServer
+    from flightlab.transport import OfflineFlightClient
+
+    server = OfflineServer(tools_repo, port=0).start()
+    try:
+        panel = nb.ServerPanel(server)
+        state = panel.state
+        assert state.running and state.location == server.location
+        assert "no requests yet" in state.to_html()
+        assert state.stats["rows_out"] == 0
+
+        store = client_store(server, tools_repo, tmp_path)
+        rows = store.get_historical_features(entity_frame(20), FEATURES).to_arrow()
+        state = panel.refresh()
+        assert state.stats["requests_by_api"] == {"get_historical_features": 1}
+        assert state.stats["rows_out"] == rows.num_rows == 20
+        assert state.stats["bytes_out"] > 0
+        frame = state.requests_frame()
+        assert frame.to_dict("records") == [
+            {"api": "get_historical_features", "requests": 1, "errors": 0}
+        ]
+        html = panel.html.value
+        assert server.location in html and "get_historical_features" in html
+        assert "rows sent" in html and "<td>20</td>" in html
+
+        # A request the server refuses (a client that skips Feast's own checks).
+        from flightlab import protocol as p
+
+        bad = p.GetHistoricalFeatures(
+            features=("no_such_view:x",), entity_df=_arrow(entity_frame(5))
+        )
+        with OfflineFlightClient(server.location) as client:
+            with pytest.raises(FeatureViewNotFoundException):
+                client.fetch(bad)
+        state = panel.refresh()
+        assert state.stats["errors_by_api"] == {"get_historical_features": 1}
+        assert "no_such_view" in panel.html.value
+        assert "no_such_view" in state.to_text()
+
+        # A command staged but never run shows as staged.
+        with OfflineFlightClient(server.location) as client:
+            client.stage(
+                p.GetHistoricalFeatures(features=tuple(FEATURES), entity_df=_arrow(entity_frame(3)))
+            )
+        state = panel.refresh()
+        assert state.stats["staged_commands"] == 1
+        assert len(state.staged) == 1 and state.staged[0].api == "get_historical_features"
+        assert "entity_df" in panel.html.value
+        assert "none staged" not in panel.html.value
+    finally:
+        server.stop()
+    state = panel.refresh()
+    assert not state.running and state.location.startswith("grpc+tcp://")
+    assert "stopped" in panel.html.value
+    assert state.to_html() in panel.snapshot().data
+
+
+def _arrow(frame):
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def test_serve_for_stops_on_time_on_a_stop_file_and_ticks(tmp_path):
+    ticks = []
+    started = time.monotonic()
+    assert nb.serve_for(0.3, interval=0.05, on_tick=lambda: ticks.append(1)) == "time is up"
+    assert 0.25 < time.monotonic() - started < 5
+    assert len(ticks) >= 3
+
+    stop = tmp_path / "stop"
+    threading.Timer(0.2, stop.touch).start()
+    assert nb.serve_for(0, stop_file=stop, interval=0.05) == "stop file"
+
+
+def test_serve_for_ends_on_an_interrupt():
+    import _thread
+
+    threading.Timer(0.2, _thread.interrupt_main).start()
+    assert nb.serve_for(0, interval=0.05) == "interrupted"
+
+
+# --- progress --------------------------------------------------------------------------------
+
+
+def test_a_progress_bar_follows_a_real_remote_retrieval(tools_client):
+    job = tools_client.get_historical_features(entity_frame(50), FEATURES)
+    with nb.ProgressBar(50, desc="test", disable=False) as bar:
+        table = job.to_arrow_with_progress(bar)
+        assert bar.bar.n == table.num_rows == 50
+        assert bar.last is not None and bar.last.batches == 8  # batches of 7 rows
+        assert bar.last.bytes == sum(b.nbytes for b in table.to_batches())
+
+    table = nb.fetch_with_progress(
+        tools_client.get_historical_features(entity_frame(30), FEATURES), total=30
+    )
+    assert table.num_rows == 30
+
+
+# --- timing and plots -------------------------------------------------------------------
+
+
+def test_time_calls_and_the_timing_frame():
+    timings = nb.time_calls({"fast": lambda: None, "slow": lambda: time.sleep(0.02)}, repeat=2)
+    assert [len(v) for v in timings.values()] == [2, 2]
+    assert min(timings["slow"]) >= 0.02 > max(timings["fast"])
+    frame = nb.timing_frame(timings)
+    assert frame["retrieval"].tolist() == ["fast", "slow"]
+    assert frame["best (s)"].iloc[1] == min(timings["slow"])
+
+
+def test_timing_chart_bars_are_the_best_runs():
+    fig = nb.timing_chart({"local": [1.5, 1.2], "remote": [1.4, 1.6]})
+    heights = [bar.get_height() for bar in fig.axes[0].patches]
+    assert heights == [1.2, 1.4]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["local", "remote"]
+    plt.close(fig)
+
+
+def test_digit_grid_shows_every_image_with_its_label():
+    images = np.random.default_rng(0).random((12, 28, 28))
+    fig = nb.digit_grid(images, labels=list(range(12)), ncols=5, title="t")
+    shown = [ax for ax in fig.axes if ax.images]
+    assert len(shown) == 12 and len(fig.axes) == 15
+    assert [ax.get_title() for ax in shown] == [str(i) for i in range(12)]
+    assert shown[0].images[0].get_array().shape == (28, 28)
+    plt.close(fig)
+    with pytest.raises(ValueError):
+        nb.digit_grid(np.empty((0, 28, 28)))
+
+
+def test_human_bytes():
+    assert nb.human_bytes(512) == "512 B"
+    assert nb.human_bytes(236_800_032) == "236.8 MB"
+    assert nb.human_bytes(3e12) == "3000.0 GB"
+
+
+def test_setup_keeps_flightlab_logs():
+    import logging
+
+    flightlab_logger = logging.getLogger("flightlab")
+    level = flightlab_logger.level
+    try:
+        nb.setup(log_level="info")
+        assert flightlab_logger.getEffectiveLevel() == logging.INFO
+    finally:
+        flightlab_logger.setLevel(level)
+
+
+def test_environment_yml_covers_what_the_notebooks_need():
+    import re
+    import tomllib
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    # The core dependencies come with flightlab itself (-e .); the notebook
+    # extra is listed one by one.
+    wanted = project["optional-dependencies"]["notebooks"]
+    env = yaml.safe_load((root / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    listed = {re.split(r"[<>=\[ ]", spec, maxsplit=1)[0].lower() for spec in pip}
+    for requirement in wanted:
+        name = re.split(r"[<>=\[ ]", requirement, maxsplit=1)[0].lower()
+        assert name in listed, f"environment.yml lacks {name}"
+    assert any(spec.startswith("-e .[notebooks") for spec in pip)
