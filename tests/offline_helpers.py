@@ -1,0 +1,127 @@
+"""What the flightlab core tests share: feature lists, client repos, comparisons."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.flight as flight
+from feast import FeatureStore
+
+from flightlab.client import RemoteOfflineStore
+from flightlab.errors import decode_detail
+from flightlab.sample_repo import client_repo_yaml, entity_frame
+from flightlab.server import OfflineServer
+
+FEATURES = [
+    "driver_stats:conv_rate",
+    "driver_stats:acc_rate",
+    "driver_stats:avg_daily_trips",
+    "customer_stats:avg_rating",
+    "conv_rate_plus_val:conv_rate_plus_val",
+]
+ENTITY_KEYS = ["driver_id", "customer_id", "event_timestamp"]
+DRIVER_KEYS = ["driver_id", "event_timestamp"]
+# The shared server sends results in batches this small, so that every answer
+# streams in several batches and every comparison exercises their reassembly.
+SHARED_SERVER_BATCH_ROWS = 16
+PULL_COLUMNS = {
+    "join_key_columns": ["driver_id"],
+    "feature_name_columns": ["conv_rate", "acc_rate", "avg_daily_trips"],
+    "timestamp_field": "event_timestamp",
+    "created_timestamp_column": "created",
+}
+
+
+def registry_of(repo: Path) -> Path:
+    return repo / "data" / "registry.db"
+
+
+def make_client_store(
+    client_repo: Path, server: OfflineServer, server_repo: Path | None = None
+) -> FeatureStore:
+    """A client repo whose offline store is flightlab's RemoteOfflineStore.
+
+    With ``server_repo`` it reads that repo's registry; without, its own.
+    """
+    (client_repo / "data").mkdir(parents=True, exist_ok=True)
+    registry = registry_of(server_repo) if server_repo is not None else "data/registry.db"
+    (client_repo / "feature_store.yaml").write_text(
+        client_repo_yaml("127.0.0.1", server.port, registry=registry)
+    )
+    store = FeatureStore(repo_path=str(client_repo))
+    assert isinstance(offline_store_of(store), RemoteOfflineStore)
+    return store
+
+
+def offline_store_of(store: FeatureStore):
+    """The offline store a FeatureStore's provider calls (remote or local)."""
+    return store._get_provider().offline_store
+
+
+def pull(store: FeatureStore, api: str, source: str = "driver_stats_source", **window: Any):
+    """A pull_* retrieval job, as Feast's materialization makes one."""
+    method = getattr(offline_store_of(store), api)
+    return method(
+        config=store.config, data_source=store.get_data_source(source), **PULL_COLUMNS, **window
+    )
+
+
+def assert_same_rows(expected: pd.DataFrame, got: pd.DataFrame, keys: list[str]) -> None:
+    """Same columns (in any order), same rows (in any order), same values and dtypes."""
+    assert sorted(got.columns) == sorted(expected.columns)
+    columns = list(expected.columns)
+    order = keys + [c for c in columns if c not in keys]
+
+    def tidy(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[columns].sort_values(order).reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(tidy(got), tidy(expected))
+
+
+def server_stats(server: OfflineServer) -> dict[str, Any]:
+    """The server's figures as any client reads them: the ``stats`` action."""
+    client = flight.FlightClient(server.location)
+    try:
+        [result] = list(client.do_action(flight.Action("stats", b"")))
+    finally:
+        client.close()
+    return json.loads(result.body.to_pybytes())
+
+
+def requests_served(server: OfflineServer, api: str) -> int:
+    return server_stats(server)["requests_by_api"].get(api, 0)
+
+
+def assert_serving_and_clean(
+    server: OfflineServer, client_store: FeatureStore, local_store: FeatureStore
+) -> None:
+    """No staged state left behind, and a good request still gets the local answer."""
+    assert len(server.staging) == 0
+    assert server_stats(server)["staged_commands"] == 0
+    entities = entity_frame(12, seed=99)
+    refs = ["driver_stats:conv_rate", "customer_stats:avg_rating"]
+    assert_same_rows(
+        local_store.get_historical_features(entities, refs).to_df(),
+        client_store.get_historical_features(entities, refs).to_df(),
+        ENTITY_KEYS,
+    )
+
+
+def flight_error_detail(exc: flight.FlightError) -> dict[str, str]:
+    """The JSON detail a flightlab server attaches to every error."""
+    detail = decode_detail(exc.extra_info) or decode_detail(str(exc))
+    assert detail is not None, f"no flightlab error detail in {exc!r}"
+    return detail
+
+
+def assert_no_traceback(text: str) -> None:
+    for tell in ("Traceback (most recent call last)", 'File "', '.py", line'):
+        assert tell not in text, f"server internals leaked to the client: {text}"
+
+
+def arrow(frame: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(frame, preserve_index=False)
