@@ -1,0 +1,263 @@
+"""Real security fixtures for the tests: a loopback OIDC provider and a small PKI.
+
+Nothing here is mocked. :class:`OidcProvider` is an HTTP server on a loopback
+port that serves an OpenID discovery document and a JWKS, and signs RS256 JWTs
+with its key, exactly what Feast's ``OidcTokenParser`` fetches and checks.
+:func:`make_pki` writes PEM files for a CA, a server certificate for
+127.0.0.1/localhost, a client certificate, and a second, unrelated CA (with a
+client certificate of its own), generated with ``cryptography``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pyarrow.flight as flight
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from jwt.algorithms import RSAAlgorithm
+
+KEY_ID = "flightlab-test-key"
+
+
+# --- OIDC ------------------------------------------------------------------------
+
+
+class OidcProvider:
+    """A loopback OpenID provider: discovery document, JWKS and token signing."""
+
+    def __init__(self) -> None:
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        # Same kid, another key: what a forged token signed elsewhere looks like.
+        self.foreign_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        jwk = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
+        jwk.update(kid=KEY_ID, use="sig", alg="RS256")
+        self.requests: list[str] = []
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                provider.requests.append(self.path)
+                base = provider.base_url
+                documents = {
+                    "/.well-known/openid-configuration": {
+                        "issuer": base,
+                        "authorization_endpoint": f"{base}/auth",
+                        "token_endpoint": f"{base}/token",
+                        "jwks_uri": f"{base}/jwks",
+                    },
+                    "/jwks": {"keys": [jwk]},
+                }
+                document = documents.get(self.path)
+                body = json.dumps(document if document is not None else {}).encode()
+                self.send_response(200 if document is not None else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_port}"
+
+    @property
+    def discovery_url(self) -> str:
+        return f"{self.base_url}/.well-known/openid-configuration"
+
+    def token(
+        self,
+        user: str,
+        roles: Sequence[str] = (),
+        groups: Sequence[str] = (),
+        expires_in: float = 600,
+        foreign: bool = False,
+    ) -> str:
+        """A signed JWT for ``user``; ``foreign`` signs it with a key not in the JWKS."""
+        now = int(time.time())
+        claims = {
+            "preferred_username": user,
+            "sub": user,
+            "roles": list(roles),
+            "groups": list(groups),
+            "iat": now,
+            "exp": int(now + expires_in),
+        }
+        key = self.foreign_key if foreign else self.key
+        return jwt.encode(claims, key, algorithm="RS256", headers={"kid": KEY_ID})
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+class BearerToken(flight.ClientMiddlewareFactory):
+    """Sends ``authorization: Bearer <token>`` on every call of a FlightClient."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+
+    def start_call(self, info: Any) -> flight.ClientMiddleware:
+        return _BearerMiddleware(self.token)
+
+
+class _BearerMiddleware(flight.ClientMiddleware):
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+
+    def sending_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token}"}
+
+
+# --- certificates ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pki:
+    """PEM files of the test certificates."""
+
+    ca: Path  # the CA that signs the server's and the good client's certificates
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path  # an unrelated CA
+    other_client_cert: Path  # a client certificate signed by the unrelated CA
+    other_client_key: Path
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _validity(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
+    now = datetime.datetime.now(datetime.UTC)
+    return builder.not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(
+        now + datetime.timedelta(days=1)
+    )
+
+
+def _make_ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = _key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    return _validity(builder).sign(key, hashes.SHA256()), key
+
+
+def _make_leaf(
+    common_name: str,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    usage: x509.ObjectIdentifier,
+    san: list[x509.GeneralName] | None = None,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = _key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+    )
+    if san:
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    return _validity(builder).sign(ca_key, hashes.SHA256()), key
+
+
+def _write(path: Path, cert: x509.Certificate) -> Path:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> Path:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return path
+
+
+def make_pki(folder: Path) -> Pki:
+    """Generate every certificate the TLS tests need, as PEM files in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = _make_ca("flightlab test CA")
+    server, server_key = _make_leaf(
+        "localhost",
+        ca,
+        ca_key,
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        san=[
+            x509.DNSName("localhost"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        ],
+    )
+    client, client_key = _make_leaf("alice", ca, ca_key, ExtendedKeyUsageOID.CLIENT_AUTH)
+    other_ca, other_ca_key = _make_ca("unrelated test CA")
+    other_client, other_client_key = _make_leaf(
+        "mallory", other_ca, other_ca_key, ExtendedKeyUsageOID.CLIENT_AUTH
+    )
+    return Pki(
+        ca=_write(folder / "ca.pem", ca),
+        server_cert=_write(folder / "server.pem", server),
+        server_key=_write_key(folder / "server.key", server_key),
+        client_cert=_write(folder / "client.pem", client),
+        client_key=_write_key(folder / "client.key", client_key),
+        other_ca=_write(folder / "other_ca.pem", other_ca),
+        other_client_cert=_write(folder / "other_client.pem", other_client),
+        other_client_key=_write_key(folder / "other_client.key", other_client_key),
+    )
