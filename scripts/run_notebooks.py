@@ -46,11 +46,15 @@ def log(message: str) -> None:
     print(f"[run_notebooks {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def execute(notebook: Path, output: Path, parameters: dict, cwd: Path) -> float:
     """Run one notebook in the foreground; returns the seconds it took."""
     import papermill
 
-    log(f"running {notebook.relative_to(ROOT)} -> {output}")
+    log(f"running {_shown(notebook)} -> {output}")
     started = time.perf_counter()
     try:
         papermill.execute_notebook(
@@ -84,7 +88,7 @@ def start_background(notebook: Path, output: Path, parameters: dict, cwd: Path, 
         "--execution-timeout",
         str(SERVE_SECONDS + CELL_TIMEOUT),
     ]
-    log(f"starting {notebook.relative_to(ROOT)} in the background (log: {log_path})")
+    log(f"starting {_shown(notebook)} in the background (log: {log_path})")
     handle = open(log_path, "w")  # closed by stop_background
     process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
     process.log_handle = handle  # type: ignore[attr-defined]

@@ -275,3 +275,38 @@ def test_environment_yml_covers_what_the_notebooks_need():
         name = re.split(r"[<>=\[ ]", requirement, maxsplit=1)[0].lower()
         assert name in listed, f"environment.yml lacks {name}"
     assert any(spec.startswith("-e .[notebooks") for spec in pip)
+
+
+def _run_notebooks_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "run_notebooks.py"
+    spec = importlib.util.spec_from_file_location("run_notebooks", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_runner_checks_the_client_notebook_shows_its_results(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    runner = _run_notebooks_script()
+    png = {"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"}
+    cells = [
+        new_code_cell(
+            outputs=[new_output("stream", text="remote features == local features: PASSED\n")]
+        ),
+        new_code_cell(
+            outputs=[new_output("stream", text="test accuracy on 10,000 images: 0.9710\n")]
+        ),
+        *[new_code_cell(outputs=[new_output("display_data", data=png)]) for _ in range(3)],
+    ]
+    good = tmp_path / "good.ipynb"
+    nbformat.write(new_notebook(cells=cells), good)
+    assert "0.9710" in runner.check_client_results(good)
+
+    bad = tmp_path / "bad.ipynb"
+    nbformat.write(new_notebook(cells=cells[1:3]), bad)
+    with pytest.raises(runner.RunFailed, match="remote == local.*only 1 plots"):
+        runner.check_client_results(bad)
