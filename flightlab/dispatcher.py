@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 from feast import FeatureStore
 from feast.data_source import DataSource
-from feast.errors import FeastError, FeatureViewNotFoundException
+from feast.errors import FeastError, FeastPermissionError, FeatureViewNotFoundException
 from feast.feature_logging import FeatureServiceLoggingSource
 from feast.infra.offline_stores.offline_store import OfflineStore, RetrievalJob
 from feast.infra.offline_stores.offline_utils import get_offline_store_from_config
@@ -50,6 +51,11 @@ class OfflineDispatcher:
         self.enforce_permissions = enforce_permissions
         self.offline_store: OfflineStore = get_offline_store_from_config(store.config.offline_store)
         self._registry_lock = threading.Lock()
+        # Feast's duckdb store runs every query on ibis's one process-wide
+        # duckdb connection, which is not thread-safe: concurrent calls fail
+        # with "Attempting to execute an unsuccessful or closed pending query
+        # result". Such a store is called by one worker at a time.
+        self._store_lock = threading.Lock() if _single_threaded(self.offline_store) else None
         self._handlers: dict[type[p.Request], Callable[[Any, Any], Any]] = {
             p.GetHistoricalFeatures: lambda r, u: self._historical_job(r, u).to_arrow(),
             p.PullLatestFromTableOrQuery: lambda r, u: self._pull_latest_job(r, u).to_arrow(),
@@ -66,12 +72,20 @@ class OfflineDispatcher:
         # Objects applied after the server started must be found: reload the
         # registry (a small read) before resolving any name.
         self._refresh_registry()
-        return self._handlers[type(request)](request, user)
+        with self._store_lock or nullcontext():
+            return self._handlers[type(request)](request, user)
 
     # --- retrievals ----------------------------------------------------------
 
     def _historical_job(self, request: p.GetHistoricalFeatures, user: Any) -> RetrievalJob:
         if self.enforce_permissions:
+            if request.entity_df_sql is not None:
+                # The store would run the client's SQL with the server's
+                # credentials, past every feature-view permission.
+                raise FeastPermissionError(
+                    "entity_df_sql is refused on a server with authentication: "
+                    "send the entity rows as a table"
+                )
             for view in self._views_read_by(request.features):
                 self._authorize(user, view, AuthzedAction.READ_OFFLINE)
         entity_df: pd.DataFrame | str | None = request.entity_df_sql
@@ -167,16 +181,39 @@ class OfflineDispatcher:
         return {"rows_written": request.data.num_rows}
 
     def _persist(self, request: p.Persist, user: Any) -> dict[str, Any]:
-        if request.storage is not None:
-            storage = _storage_from_bytes(request.storage)
-            destination = storage.to_data_source()
-        else:
-            destination = self.store.get_data_source(request.destination_name)
-            storage = SavedDatasetStorage.from_data_source(destination)
+        destination, storage = self._persist_destination(request)
         self._authorize(user, destination, AuthzedAction.WRITE_OFFLINE)
         job = self._retrieval_job(request.retrieval, user)
         job.persist(storage, allow_overwrite=request.allow_overwrite)
         return {"persisted_to": str(storage.to_proto()).strip()}
+
+    def _persist_destination(self, request: p.Persist) -> tuple[DataSource, SavedDatasetStorage]:
+        if request.destination_name is not None:
+            destination = self.store.get_data_source(request.destination_name)
+            return destination, SavedDatasetStorage.from_data_source(destination)
+        storage = _storage_from_bytes(request.storage)
+        if not self.enforce_permissions:
+            return storage.to_data_source(), storage
+        # With permissions, a destination must be a registered data source, so
+        # that the check is made against its real name and tags: a storage the
+        # client makes up could name any file the server can write.
+        registered = self._registered_source_for(storage)
+        if registered is None:
+            raise FeastPermissionError(
+                "persist may only write to a registered data source on a server with "
+                f"authentication; {str(storage.to_proto()).strip()!r} is not one"
+            )
+        return registered, storage
+
+    def _registered_source_for(self, storage: SavedDatasetStorage) -> DataSource | None:
+        wanted = storage.to_proto()
+        for source in self.store.list_data_sources():
+            try:
+                if SavedDatasetStorage.from_data_source(source).to_proto() == wanted:
+                    return source
+            except (ValueError, AttributeError):
+                continue  # a source kind that cannot be a saved-dataset destination
+        return None
 
     def _validate_data_source(self, request: p.ValidateDataSource, user: Any) -> dict[str, Any]:
         source = _data_source_from_bytes(request.data_source)
@@ -229,6 +266,13 @@ class OfflineDispatcher:
     def _refresh_registry(self) -> None:
         with self._registry_lock:
             self.store.refresh_registry()
+
+
+def _single_threaded(offline_store: OfflineStore) -> bool:
+    """Whether ``offline_store`` must not be called from two threads at once."""
+    from feast.infra.offline_stores.duckdb import DuckDBOfflineStore
+
+    return isinstance(offline_store, DuckDBOfflineStore)
 
 
 def _entity_frame(table: pa.Table) -> pd.DataFrame:

@@ -95,6 +95,12 @@ class ServerBusyError(FlightlabError):
     status = UNAVAILABLE
 
 
+class ConnectionFailedError(FlightlabError):
+    """The client could not reach the server, or the TLS handshake failed."""
+
+    status = UNAVAILABLE
+
+
 class RemoteServerError(FlightlabError):
     """An error from the server that the client cannot map to a known class."""
 

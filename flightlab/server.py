@@ -208,7 +208,7 @@ class _FlightService(flight.FlightServerBase):
     def do_action(self, context, action):
         with self._server._handling("do_action", context, action.type) as call:
             if action.type == p.ACTION_STATS:
-                return [json.dumps(self._server.stats_json()).encode()]
+                return [json.dumps(self._server.stats_json(for_caller=True)).encode()]
             call.command_id = p.command_id_from_ticket(action.body.to_pybytes())
             if action.type == p.ACTION_DROP:
                 dropped = self._server.staging.drop(call.command_id, call.caller.name)
@@ -373,15 +373,20 @@ class OfflineServer:
     def stats_snapshot(self) -> StatsSnapshot:
         return self.stats.snapshot()
 
-    def stats_json(self) -> dict[str, Any]:
-        """Server-wide figures (counts only: no command of any caller is named)."""
+    def stats_json(self, for_caller: bool = False) -> dict[str, Any]:
+        """Server-wide figures. ``for_caller``: what any caller of the ``stats``
+        action may see; on a server with authentication that leaves out the
+        last error's text, which names other users' resources and commands."""
         staged = self.staging.summaries(everyone=True)
-        return {
+        figures = {
             "staged_commands": len(staged),
             "staged_bytes": sum(s.nbytes for s in staged),
             "workers": self._pool.load() if self._pool else None,
             **self.stats.snapshot().to_json(),
         }
+        if for_caller and self.authenticator.enforces_permissions:
+            figures["last_error"] = None
+        return figures
 
     def _sweep_expired(self) -> None:
         # Frees the memory of abandoned commands even when no request comes.

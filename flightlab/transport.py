@@ -20,8 +20,8 @@ import pyarrow.flight as flight
 from flightlab import protocol as p
 from flightlab import streaming
 from flightlab.errors import (
+    ConnectionFailedError,
     RemoteServerError,
-    ServerBusyError,
     decode_detail,
     exception_from_detail,
 )
@@ -221,12 +221,23 @@ def translated_errors() -> Iterator[None]:
         raise exception_for_flight_error(exc) from exc
 
 
+def _connection_failure(exc: flight.FlightError) -> str:
+    text = str(exc)
+    if "handshake" in text.lower() or "certificate" in text.lower():
+        return (
+            "TLS handshake with the flightlab server failed: check that the client "
+            f"trusts the server's CA (cert), and its certificate for mTLS. {text}"
+        )
+    return f"cannot reach the flightlab server: {text}"
+
+
 def exception_for_flight_error(exc: flight.FlightError) -> Exception:
     detail = decode_detail(getattr(exc, "extra_info", None)) or decode_detail(str(exc))
     if detail is not None:
         return exception_from_detail(detail)
     if isinstance(exc, flight.FlightUnavailableError):
-        return ServerBusyError(f"the flightlab server is unavailable: {exc}")
+        # A busy server says so in a detail; without one, nothing answered.
+        return ConnectionFailedError(_connection_failure(exc))
     if isinstance(exc, (flight.FlightTimedOutError, flight.FlightCancelledError)):
         return exc
     return RemoteServerError(str(exc))
