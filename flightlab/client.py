@@ -204,6 +204,7 @@ class RemoteOfflineStore(OfflineStore):
     ) -> RemoteRetrievalJob:
         request = p.PullLatestFromTableOrQuery(
             data_source_name=data_source.name,
+            data_source=data_source.to_proto().SerializeToString(),
             join_key_columns=tuple(join_key_columns),
             feature_name_columns=tuple(feature_name_columns),
             timestamp_field=timestamp_field,
@@ -226,6 +227,7 @@ class RemoteOfflineStore(OfflineStore):
     ) -> RemoteRetrievalJob:
         request = p.PullAllFromTableOrQuery(
             data_source_name=data_source.name,
+            data_source=data_source.to_proto().SerializeToString(),
             join_key_columns=tuple(join_key_columns),
             feature_name_columns=tuple(feature_name_columns),
             timestamp_field=timestamp_field,

@@ -17,7 +17,12 @@ import pandas as pd
 import pyarrow as pa
 from feast import FeatureStore
 from feast.data_source import DataSource
-from feast.errors import FeastError, FeastPermissionError, FeatureViewNotFoundException
+from feast.errors import (
+    DataSourceObjectNotFoundException,
+    FeastError,
+    FeastPermissionError,
+    FeatureViewNotFoundException,
+)
 from feast.feature_logging import FeatureServiceLoggingSource
 from feast.infra.offline_stores.offline_store import OfflineStore, RetrievalJob
 from feast.infra.offline_stores.offline_utils import get_offline_store_from_config
@@ -102,7 +107,7 @@ class OfflineDispatcher:
     def _pull_latest_job(self, request: p.PullLatestFromTableOrQuery, user: Any) -> RetrievalJob:
         return self.offline_store.pull_latest_from_table_or_query(
             config=self.store.config,
-            data_source=self._readable_source(request.data_source_name, user),
+            data_source=self._readable_source(request, user),
             join_key_columns=list(request.join_key_columns),
             feature_name_columns=list(request.feature_name_columns),
             timestamp_field=request.timestamp_field,
@@ -114,7 +119,7 @@ class OfflineDispatcher:
     def _pull_all_job(self, request: p.PullAllFromTableOrQuery, user: Any) -> RetrievalJob:
         return self.offline_store.pull_all_from_table_or_query(
             config=self.store.config,
-            data_source=self._readable_source(request.data_source_name, user),
+            data_source=self._readable_source(request, user),
             join_key_columns=list(request.join_key_columns),
             feature_name_columns=list(request.feature_name_columns),
             timestamp_field=request.timestamp_field,
@@ -207,13 +212,9 @@ class OfflineDispatcher:
 
     def _registered_source_for(self, storage: SavedDatasetStorage) -> DataSource | None:
         wanted = storage.to_proto()
-        for source in self.store.list_data_sources():
-            try:
-                if SavedDatasetStorage.from_data_source(source).to_proto() == wanted:
-                    return source
-            except (ValueError, AttributeError):
-                continue  # a source kind that cannot be a saved-dataset destination
-        return None
+        return next(
+            (s for s in self.store.list_data_sources() if _storage_proto(s) == wanted), None
+        )
 
     def _validate_data_source(self, request: p.ValidateDataSource, user: Any) -> dict[str, Any]:
         source = _data_source_from_bytes(request.data_source)
@@ -234,10 +235,37 @@ class OfflineDispatcher:
             actions=[action],
         )
 
-    def _readable_source(self, name: str, user: Any) -> DataSource:
-        source = self.store.get_data_source(name)
-        self._authorize(user, source, AuthzedAction.READ_OFFLINE)
+    def _readable_source(self, request: p.PullRequest, user: Any) -> DataSource:
+        try:
+            source = self.store.get_data_source(request.data_source_name)
+            resource = source
+        except DataSourceObjectNotFoundException:
+            if request.data_source is None:
+                raise
+            # Not in the registry by name (a saved dataset's storage, say):
+            # use the source the client sent.
+            source = _data_source_from_bytes(request.data_source)
+            resource = self._registered_object_for(source) if self.enforce_permissions else source
+        self._authorize(user, resource, AuthzedAction.READ_OFFLINE)
         return source
+
+    def _registered_object_for(self, source: DataSource) -> Any:
+        """The registered data source or saved dataset that stores where
+        ``source`` points: what permissions are checked against. A source the
+        client makes up could point at any file the server can read."""
+        wanted = _storage_proto(source)
+        if wanted is not None:
+            for candidate in self.store.list_data_sources():
+                if _storage_proto(candidate) == wanted:
+                    return candidate
+            for dataset in self.store.list_saved_datasets():
+                if dataset.storage.to_proto() == wanted:
+                    return dataset
+        raise FeastPermissionError(
+            f"data source {source.name or '(unnamed)'} is neither registered nor the "
+            "storage of a registered saved dataset: a server with authentication "
+            "reads only those"
+        )
 
     def _views_read_by(self, feature_refs: tuple[str, ...]) -> list[Any]:
         """The views a retrieval reads: those its references name and, for an
@@ -300,6 +328,14 @@ def _data_source_from_bytes(raw: bytes) -> DataSource:
         raise MalformedParameterError(
             f"'data_source' is not a serialized Feast DataSource: {exc}"
         ) from None
+
+
+def _storage_proto(source: DataSource) -> SavedDatasetStorageProto | None:
+    """Where a data source stores its rows, comparable across sources."""
+    try:
+        return SavedDatasetStorage.from_data_source(source).to_proto()
+    except (ValueError, AttributeError):
+        return None  # a source kind that cannot be a saved-dataset storage
 
 
 def _storage_from_bytes(raw: bytes) -> SavedDatasetStorage:

@@ -138,6 +138,9 @@ class PullLatestFromTableOrQuery(Request):
     start_date: datetime = param(Kind.TIMESTAMP)
     end_date: datetime = param(Kind.TIMESTAMP)
     created_timestamp_column: str | None = param(Kind.STRING, required=False)
+    # The source itself (a serialized Feast DataSource proto), for one the
+    # registry does not list, such as a saved dataset's storage.
+    data_source: bytes | None = param(Kind.BYTES, required=False)
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,9 @@ class PullAllFromTableOrQuery(Request):
     created_timestamp_column: str | None = param(Kind.STRING, required=False)
     start_date: datetime | None = param(Kind.TIMESTAMP, required=False)
     end_date: datetime | None = param(Kind.TIMESTAMP, required=False)
+    # The source itself (a serialized Feast DataSource proto), for one the
+    # registry does not list, such as a saved dataset's storage.
+    data_source: bytes | None = param(Kind.BYTES, required=False)
 
 
 @dataclass(frozen=True)
@@ -188,6 +194,7 @@ class ValidateDataSource(Request):
     data_source: bytes = param(Kind.BYTES)  # a serialized Feast DataSource proto
 
 
+PullRequest = Union[PullLatestFromTableOrQuery, PullAllFromTableOrQuery]
 RetrievalRequest = Union[GetHistoricalFeatures, PullLatestFromTableOrQuery, PullAllFromTableOrQuery]
 
 

@@ -144,9 +144,10 @@ class OfflineFlightClient:
                 writer.close()
         return command_id
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, timeout: float | None = None) -> dict[str, Any]:
         with translated_errors():
-            results = list(self._client.do_action(flight.Action(p.ACTION_STATS, b"")))
+            action = flight.Action(p.ACTION_STATS, b"")
+            results = list(self._client.do_action(action, self._options(timeout)))
         return json.loads(results[0].body.to_pybytes())
 
     def list_actions(self) -> list[tuple[str, str]]:

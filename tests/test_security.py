@@ -41,7 +41,7 @@ import pyarrow.flight as flight
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from feast import FeatureStore
+from feast import FeatureStore, FileSource
 from feast.errors import FeastPermissionError
 from feast.feature_logging import FeatureServiceLoggingSource
 from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
@@ -514,6 +514,40 @@ def test_persist_writes_only_to_registered_destinations_it_is_granted(
     assert str(destination) in by_storage["persisted_to"]
     assert str(destination) in by_name["persisted_to"]
     assert pq.read_metadata(destination).num_rows == 8
+    assert_clean_and_serving(server, tokens)
+
+
+def test_a_pull_of_an_unregistered_source_is_checked_against_what_it_points_at(
+    server, local, tokens, tmp_path
+):
+    """A pull may carry the source itself (for a saved dataset's storage). On a
+    server with auth, it must point where a registered object stores its rows,
+    and it is that object's permissions that count."""
+    registered = local.get_data_source("driver_stats_source")
+
+    def pull_of(source: FileSource) -> p.Request:
+        return p.PullAllFromTableOrQuery(
+            data_source_name="",
+            data_source=source.to_proto().SerializeToString(),
+            join_key_columns=("driver_id",),
+            feature_name_columns=("conv_rate",),
+            timestamp_field="event_timestamp",
+        )
+
+    same_file = FileSource(path=registered.path, timestamp_field="event_timestamp")
+    with client(server, tokens["rita"]) as c:
+        assert c.fetch(pull_of(same_file)).num_rows > 0
+    with client(server, tokens["nobody"]) as c, pytest.raises(FeastPermissionError) as denied:
+        c.fetch(pull_of(same_file))
+    assert_denied(denied.value, "READ_OFFLINE", "FileSource:driver_stats_source")
+
+    elsewhere = tmp_path / "elsewhere.parquet"
+    pq.write_table(pa.table({"driver_id": [1], "conv_rate": [0.5]}), elsewhere)
+    made_up = FileSource(path=str(elsewhere), timestamp_field="event_timestamp")
+    with client(server, tokens["ada"]) as c, pytest.raises(FeastPermissionError) as refused:
+        c.fetch(pull_of(made_up))
+    assert "neither registered nor the storage of a registered saved dataset" in str(refused.value)
+    no_traceback(refused.value)
     assert_clean_and_serving(server, tokens)
 
 
