@@ -1,0 +1,548 @@
+"""The flightlab benchmark: one command, every mode, both offline stores.
+
+    .venv/bin/python benchmarks/run.py            # the full run (see README.md)
+    .venv/bin/python benchmarks/run.py --quick    # 1k/10k rows, 1 repeat, no MNIST
+
+On one generated repo and data set (benchmarks/datagen.py), for each offline
+store (duckdb, file) and each case (10k, 100k, 1M entity rows; the full MNIST
+retrieval), it times ``get_historical_features(...)`` in these modes:
+
+- ``local``: in-process, the repo's own offline store;
+- ``flightlab``: ``flightlab serve_offline`` + flightlab's client (``to_arrow``);
+- ``flightlab-stream``: the same, consuming ``to_arrow_batches`` batch by batch;
+- ``feast``: ``feast serve_offline`` + Feast's stock ``type: remote`` client;
+- ``flightlab+feast-client``: ``flightlab serve_offline`` + Feast's stock client;
+
+then 4 concurrent clients on each server, and the raw Arrow Flight loopback
+ceiling (a trivial server streaming an in-memory table of the result's size).
+Every server and client is its own process, started fresh for each
+measurement, so peak RSS (VmHWM) is that of the request. It prints a table and
+writes ``out/benchmark/results.json`` and ``out/benchmark/results.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import queue
+import shlex
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import datagen  # noqa: E402
+import report  # noqa: E402
+from procs import Server  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).resolve().with_name("worker.py")
+
+# mode -> (description, server kind or None, worker client mode)
+MODES: dict[str, tuple[str, str | None, str]] = {
+    "local": ("local in-process get_historical_features", None, "local"),
+    "flightlab": ("flightlab server + flightlab client (to_arrow)", "flightlab", "flightlab"),
+    "flightlab-stream": (
+        "flightlab server + flightlab client (to_arrow_batches, streamed)",
+        "flightlab",
+        "flightlab-stream",
+    ),
+    "feast": ("feast serve_offline + Feast's stock remote client", "feast", "feast-client"),
+    "flightlab+feast-client": (
+        "flightlab server + Feast's stock remote client",
+        "flightlab",
+        "feast-client",
+    ),
+}
+# The servers 4 concurrent clients are run against: mode -> (server, client).
+CONCURRENT_MODES = ("flightlab", "feast", "flightlab+feast-client")
+DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
+QUICK_SIZES = (1_000, 10_000)
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().lower().replace("_", "")
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
+    number = text[:-1] if scale != 1 else text
+    return int(float(number) * scale)
+
+
+def size_label(rows: int) -> str:
+    if rows >= 1_000_000 and rows % 1_000_000 == 0:
+        return f"{rows // 1_000_000}M"
+    if rows >= 1_000 and rows % 1_000 == 0:
+        return f"{rows // 1_000}k"
+    return str(rows)
+
+
+def case_label(case: str) -> str:
+    return "MNIST" if case == "mnist" else size_label(int(case.split(":")[1]))
+
+
+class LineReader:
+    """A child's stdout, line by line, with a timeout."""
+
+    def __init__(self, stream: IO[str]):
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def expect(self, prefix: str, timeout: float) -> str:
+        """The next line starting with ``prefix`` (other lines are skipped)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"no {prefix!r} line after {timeout:.0f}s") from None
+            if line is None:
+                raise RuntimeError(f"the worker exited before printing {prefix!r}")
+            if line.startswith(prefix):
+                return line[len(prefix) :].strip()
+
+
+class Benchmark:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.out = Path(args.out).resolve()
+        self.logs = self.out / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.started = time.perf_counter()
+        self.repos: dict[tuple[str, str], Path] = {}
+        self.results: list[dict[str, Any]] = []
+        self.concurrency: list[dict[str, Any]] = []
+        self.loopback: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+        self.repos_root = self.out / "work"
+
+    # --- logging -------------------------------------------------------------
+
+    def log(self, message: str) -> None:
+        elapsed = time.perf_counter() - self.started
+        print(
+            f"[{int(elapsed // 60):3d}m{elapsed % 60:04.1f}s] {message}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+        self.log("note: " + message)
+
+    # --- children --------------------------------------------------------------
+
+    def _worker(self, argv: list[str], log_name: str) -> tuple[subprocess.Popen, LineReader]:
+        log = open(self.logs / log_name, "a")  # noqa: SIM115 - the child owns it
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, str(WORKER), *argv],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                stdin=subprocess.PIPE,
+                text=True,
+            )
+        finally:
+            log.close()
+        return proc, LineReader(proc.stdout)
+
+    def _result(self, reader: LineReader, log_name: str) -> dict[str, Any]:
+        try:
+            return json.loads(reader.expect("RESULT", self.args.timeout))
+        except RuntimeError as exc:  # the worker died: say of what
+            raise RuntimeError(f"{exc}: {_last_error(self.logs / log_name)}") from None
+
+    def _client_argv(self, worker_mode: str, store: str, case: str, repeats: int) -> list[str]:
+        return [
+            "client",
+            *("--mode", worker_mode, "--case", case, "--repo", str(self.repo(store, case))),
+            *("--repeats", str(repeats)),
+        ]
+
+    # --- measurements ------------------------------------------------------------
+
+    def run_mode(self, store: str, case: str, mode: str, repeats: int) -> dict[str, Any]:
+        description, server_kind, worker_mode = MODES[mode]
+        tag = f"{store}-{case.replace(':', '')}-{mode}"
+        record: dict[str, Any] = {
+            "store": store,
+            "case": case,
+            "case_label": case_label(case),
+            "mode": mode,
+            "description": description,
+            "repeats": repeats,
+        }
+        self.log(f"{store} {case_label(case)}: {description}, {repeats} run(s)")
+        # The client starts first and imports Feast while the server starts;
+        # it waits for the server's port on stdin before its first call.
+        log_name = tag + ".log"
+        proc, reader = self._worker(self._client_argv(worker_mode, store, case, repeats), log_name)
+        try:
+            if server_kind is None:
+                _send(proc, "0")
+                answer = self._result(reader, log_name)
+            else:
+                with self.server(server_kind, store, case, tag) as srv:
+                    _send(proc, str(srv.port))
+                    answer = self._result(reader, log_name)
+                    record["server_peak_rss"] = srv.peak_rss()
+                    record["server_idle_rss"] = srv.idle_rss
+                    record["server_start_seconds"] = srv.started_in
+        except Exception as exc:  # one failed case must not end the run
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            self.log(f"  FAILED: {record['error']} (logs in {self.logs})")
+            return record
+        finally:
+            _finish(proc)
+        calls = answer["calls"]
+        times = [c["seconds"] for c in calls]
+        record.update(
+            times=times,
+            median=statistics.median(times),
+            result_rows=calls[-1]["rows"],
+            result_bytes=calls[-1]["bytes"],
+            client_peak_rss=max(c["peak_rss"] or 0 for c in calls),
+            client_call_rss=max((c["peak_rss"] or 0) - (c["rss_before"] or 0) for c in calls),
+        )
+        self.log(
+            f"  median {record['median']:.3f}s of {[round(t, 3) for t in times]}, "
+            f"{record['result_rows']:,} rows, {record['result_bytes'] / 1e6:.1f} MB"
+        )
+        return record
+
+    def run_concurrent(self, store: str, case: str, mode: str, repeats: int) -> dict[str, Any]:
+        _, server_kind, worker_mode = MODES[mode]
+        clients = self.args.clients
+        tag = f"{store}-{case.replace(':', '')}-concurrent-{mode}"
+        record: dict[str, Any] = {
+            "store": store,
+            "case": case,
+            "case_label": case_label(case),
+            "mode": mode,
+            "clients": clients,
+            "repeats": repeats,
+        }
+        self.log(f"{store} {case_label(case)}: {clients} concurrent clients, {MODES[mode][0]}")
+        workers = []
+        for i in range(clients):
+            argv = self._client_argv(worker_mode, store, case, repeats)
+            argv += ["--seed", str(11 + i), "--sync"]
+            workers.append(self._worker(argv, f"{tag}-client{i}.log"))
+        try:
+            with self.server(server_kind, store, case, tag) as srv:
+                for proc, reader in workers:
+                    # Warm up one at a time: only the timed calls overlap.
+                    _send(proc, str(srv.port))
+                    reader.expect("READY", self.args.timeout)
+                totals, per_client, errors = [], [], []
+                for repeat in range(repeats):
+                    if repeat:
+                        for _, reader in workers:
+                            reader.expect("READY", self.args.timeout)
+                    for proc, _ in workers:
+                        _send(proc, "go")
+                    # A hung server must not hang the run: it gets a shorter limit.
+                    timeout = self.args.concurrency_timeout
+                    calls = [json.loads(r.expect("RESULT", timeout)) for _, r in workers]
+                    totals.append(max(c["end"] for c in calls) - min(c["start"] for c in calls))
+                    per_client.append([c["seconds"] for c in calls])
+                    errors += [c["error"] for c in calls if "error" in c]
+                record["server_peak_rss"] = srv.peak_rss()
+        except Exception as exc:
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, RuntimeError):  # a client died: say of what
+                record["error"] += ": " + _last_error(self.logs / f"{tag}-client0.log")
+            if isinstance(exc, TimeoutError):
+                record["error"] += " (the server hung: no answer to the concurrent calls)"
+            self.log(f"  FAILED: {record['error']} (logs in {self.logs})")
+            return record
+        finally:
+            for proc, _ in workers:
+                _finish(proc)
+        if "error" in record:
+            return record
+        record.update(
+            totals=totals,
+            median_total=statistics.median(totals),
+            per_client_seconds=per_client,
+            median_client=statistics.median(t for run in per_client for t in run),
+            failed_calls=len(errors),
+            calls=clients * repeats,
+            call_errors=sorted(set(errors))[:5],
+        )
+        self.log(f"  median total {record['median_total']:.3f}s of {[round(t, 3) for t in totals]}")
+        if errors:
+            self.log(f"  {len(errors)} of {clients * repeats} calls FAILED: {errors[0]}")
+        return record
+
+    def run_loopback(self, case: str, repeats: int) -> dict[str, Any]:
+        record: dict[str, Any] = {"case": case, "case_label": case_label(case), "repeats": repeats}
+        self.log(f"Flight loopback ceiling, a {case_label(case)} result")
+        repo = self.repo(self.args.stores[0], case)
+        tag = f"loopback-{case.replace(':', '')}"
+        try:
+            with Server(
+                "loopback",
+                None,
+                self.logs / f"{tag}-server.log",
+                ["--case", case, "--repo", str(repo)],
+            ) as srv:
+                argv = ["loopback-client", "--port", str(srv.port), "--repeats", str(repeats)]
+                proc, reader = self._worker(argv, tag + ".log")
+                try:
+                    answer = self._result(reader, tag + ".log")
+                finally:
+                    _finish(proc)
+                record["server_peak_rss"] = srv.peak_rss()
+        except Exception as exc:
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            self.log(f"  FAILED: {record['error']}")
+            return record
+        times = [c["seconds"] for c in answer["calls"]]
+        record.update(
+            times=times,
+            median=statistics.median(times),
+            result_rows=answer["calls"][-1]["rows"],
+            result_bytes=answer["calls"][-1]["bytes"],
+        )
+        record["gb_per_second"] = record["result_bytes"] / record["median"] / 1e9
+        self.log(f"  median {record['median']:.3f}s, {record['gb_per_second']:.2f} GB/s")
+        return record
+
+    # --- the run -------------------------------------------------------------------
+
+    def server(self, kind: str, store: str, case: str, tag: str) -> Server:
+        extra = self.args.flightlab_args if kind == "flightlab" else []
+        log = self.logs / f"{tag}-server.log"
+        return Server(kind, self.repo(store, case), log, extra_args=extra)
+
+    def repo(self, store: str, case: str) -> Path:
+        return self.repos[store, "mnist" if case == "mnist" else "rows"]
+
+    def cases_for(self, store: str) -> list[str]:
+        cases = [f"rows:{n}" for n in self.args.sizes]
+        if self.args.mnist:
+            if store != "file" or self.args.mnist_file:
+                cases.append("mnist")
+        return cases
+
+    def run(self) -> dict[str, Any]:
+        args = self.args
+        load_before = os.getloadavg()
+        self.log(f"preparing the data and repos under {self.repos_root}")
+        self.repos = datagen.build_repos(
+            self.repos_root, tuple(args.stores), mnist=args.mnist, log=self.log
+        )
+        if args.mnist:
+            self.note(f"the MNIST repo is built by {datagen.mnist_builder()}")
+        if args.mnist and "file" in args.stores and not args.mnist_file:
+            self.note(
+                "MNIST on the file (dask) store is skipped: one retrieval takes ~14 min there "
+                "(~2 s on duckdb); pass --mnist-file to include it (it then runs 1 repeat)"
+            )
+        for store in args.stores:
+            for case in self.cases_for(store):
+                repeats = 1 if (case == "mnist" and store == "file") else args.repeats
+                for mode in args.modes:
+                    self.results.append(self.run_mode(store, case, mode, repeats))
+            if args.clients > 0:
+                case = f"rows:{args.concurrency_rows}"
+                for mode in CONCURRENT_MODES:
+                    self.concurrency.append(self.run_concurrent(store, case, mode, args.repeats))
+        if args.loopback:
+            cases = {case for store in args.stores for case in self.cases_for(store)}
+            for case in sorted(cases, key=_case_order):
+                self.loopback.append(self.run_loopback(case, args.repeats))
+        report.add_ratios(self.results)
+        duration = time.perf_counter() - self.started
+        document = {
+            "meta": {
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "duration_seconds": duration,
+                "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                "args": {k: v for k, v in vars(args).items()},
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+                    "platform": platform.platform(),
+                    "python": platform.python_version(),
+                    "load_average_before": load_before,
+                    "load_average_after": os.getloadavg(),
+                },
+                "versions": {
+                    name: _version(name)
+                    for name in ("feast", "pyarrow", "duckdb", "dask", "pandas", "flightlab")
+                },
+                "data": {
+                    "user_stats_rows": datagen.USERS * datagen.ROWS_PER_USER,
+                    "users": datagen.USERS,
+                    "features": list(datagen.FEATURES),
+                    "mnist_images": 70_000,
+                    "mnist_features": len(datagen.MNIST_REFS),
+                },
+                "modes": {mode: MODES[mode][0] for mode in MODES},
+            },
+            "results": self.results,
+            "concurrency": self.concurrency,
+            "loopback": self.loopback,
+            "notes": self.notes,
+        }
+        document["targets"] = report.evaluate_targets(document)
+        return document
+
+
+def _last_error(log: Path) -> str:
+    """The last line of a child's log (its exception, when it died of one)."""
+    try:
+        lines = [line for line in log.read_text().splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1][:300] if lines else "empty log"
+
+
+def _send(worker: subprocess.Popen, line: str) -> None:
+    worker.stdin.write(line + "\n")
+    worker.stdin.flush()
+
+
+def _finish(worker: subprocess.Popen) -> None:
+    """Close a worker's stdin (which ends it if it waits there) and reap it."""
+    try:
+        worker.stdin.close()
+    except OSError:
+        pass
+    try:
+        worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+
+
+def _case_order(case: str) -> tuple[int, int]:
+    return (1, 0) if case == "mnist" else (0, int(case.split(":")[1]))
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/run.py",
+        description="Benchmark flightlab against local retrieval and Feast's own offline server.",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 1k and 10k rows, 1 repeat, no MNIST, 10k-row concurrent clients",
+    )
+    parser.add_argument("--sizes", help="entity rows, comma-separated (default 10k,100k,1M)")
+    parser.add_argument(
+        "--stores", default="duckdb,file", help="offline stores (default duckdb,file)"
+    )
+    parser.add_argument("--repeats", type=int, help="timed calls per measurement (default 3)")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"modes to run (default {','.join(MODES)})"
+    )
+    parser.add_argument(
+        "--mnist",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="include the full MNIST retrieval (default: yes, except with --quick)",
+    )
+    parser.add_argument(
+        "--mnist-file",
+        action="store_true",
+        help="also run MNIST on the file (dask) store: ~14 min per retrieval, 1 repeat",
+    )
+    parser.add_argument(
+        "--clients", type=int, default=4, help="concurrent clients per server (0: skip)"
+    )
+    parser.add_argument(
+        "--concurrency-rows", help="entity rows per concurrent client (default 100k)"
+    )
+    parser.add_argument(
+        "--loopback",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure the raw Flight loopback ceiling (default: yes)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=7200, help="seconds one worker may take (default 7200)"
+    )
+    parser.add_argument(
+        "--concurrency-timeout",
+        type=float,
+        default=300,
+        help="seconds the concurrent clients' calls may take before the case is "
+        "recorded as hung (default 300)",
+    )
+    parser.add_argument(
+        "--flightlab-args",
+        default="",
+        help="extra arguments for `flightlab serve_offline`, e.g. '--workers 1'",
+    )
+    parser.add_argument(
+        "--out",
+        default=str(ROOT / "out" / "benchmark"),
+        help="output folder (default out/benchmark)",
+    )
+    args = parser.parse_args(argv)
+    if args.sizes:
+        args.sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    else:
+        args.sizes = list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if args.mnist is None:
+        args.mnist = not args.quick
+    if args.concurrency_rows:
+        args.concurrency_rows = parse_size(args.concurrency_rows)
+    else:
+        args.concurrency_rows = 10_000 if args.quick else 100_000
+    args.flightlab_args = shlex.split(args.flightlab_args)
+    args.stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for store in args.stores:
+        if store not in datagen.STORES:
+            parser.error(f"unknown store {store!r}; choose from {', '.join(datagen.STORES)}")
+    for mode in args.modes:
+        if mode not in MODES:
+            parser.error(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench = Benchmark(args)
+    document = bench.run()
+    out = bench.out
+    (out / "results.json").write_text(json.dumps(document, indent=1) + "\n")
+    print(report.format_report(document))
+    try:
+        report.plot(document, out / "results.png")
+        chart = f", {out / 'results.png'}"
+    except Exception as exc:  # the numbers matter more than the picture
+        chart = f" (no chart: {type(exc).__name__}: {exc})"
+    minutes = document["meta"]["duration_seconds"] / 60
+    bench.log(f"done in {minutes:.1f} min: {out / 'results.json'}{chart}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,221 @@
+"""The benchmark's child processes: one client (or the loopback server) each.
+
+    worker.py client --mode MODE --case CASE --repo REPO [--repeats N] [--seed S] [--sync]
+    worker.py loopback-server --case CASE --repo REPO
+    worker.py loopback-client --port P --repeats N
+
+``client`` imports Feast and builds its entity frame, reads the server's port
+from stdin (a line; ``0`` for ``local``: so it can start while the server
+does), makes one untimed warm-up call (a small frame: imports, registry,
+connections), then times ``--repeats`` fresh calls.
+Before each call it resets its peak RSS, so it reports the peak of the call
+and how far above the pre-call RSS that peak went. Results are one
+``RESULT {json}`` line on stdout.
+
+With ``--sync`` (concurrent clients) it prints ``READY`` after its warm-up and
+waits for a line on stdin before each call, and prints a ``RESULT`` line per
+call; a failed call is reported, not raised.
+
+Modes: ``local`` (in-process ``get_historical_features``), ``flightlab``
+(``flightlab.client.RemoteOfflineStore``, ``to_arrow``), ``flightlab-stream``
+(the same, consuming ``to_arrow_batches(progress=...)`` batch by batch) and
+``feast-client`` (Feast's stock ``type: remote`` client).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import datagen  # noqa: E402
+import procs  # noqa: E402
+
+CLIENT_MODES = ("local", "flightlab", "flightlab-stream", "feast-client")
+WARMUP_ROWS = 1_000
+LOOPBACK_BATCH_ROWS = 65_536
+
+
+def emit(kind: str, payload: object = None) -> None:
+    line = kind if payload is None else f"{kind} {json.dumps(payload)}"
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def case_frame(case: str, seed: int) -> tuple[object, list[str]]:
+    """The entity frame and feature refs of ``case`` (``rows:N`` or ``mnist``)."""
+    if case == "mnist":
+        return datagen.mnist_case()
+    rows = int(case.split(":", 1)[1])
+    return datagen.entity_frame(rows, seed=seed), list(datagen.FEATURE_REFS)
+
+
+def open_store(mode: str, repo: Path, port: int, workdir: Path):
+    from feast import FeatureStore
+
+    if mode == "local":
+        return FeatureStore(repo_path=str(repo))
+    offline = {
+        "type": "remote" if mode == "feast-client" else "flightlab.client.RemoteOfflineStore",
+        "host": "127.0.0.1",
+        "port": port,
+    }
+    yaml = datagen.client_repo_yaml(repo, online=workdir / "online.db", offline_store=offline)
+    (workdir / "feature_store.yaml").write_text(yaml)
+    return FeatureStore(repo_path=str(workdir))
+
+
+def retrieve(store, mode: str, entity_df, refs: list[str]) -> tuple[int, int]:
+    """One retrieval, start to end; the result's rows and Arrow bytes."""
+    job = store.get_historical_features(entity_df=entity_df, features=refs)
+    if mode == "flightlab-stream":
+        rows = nbytes = 0
+        last = []
+        for batch in job.to_arrow_batches(progress=last.append):
+            rows += batch.num_rows
+            nbytes += batch.nbytes
+            del batch  # hold no batch longer than it takes to count it
+            del last[:-1]
+        return rows, nbytes
+    table = job.to_arrow()
+    return table.num_rows, table.nbytes
+
+
+def run_client(args: argparse.Namespace) -> None:
+    entity_df, refs = case_frame(args.case, args.seed)
+    if args.case == "mnist":
+        warm_df = entity_df.iloc[:WARMUP_ROWS].reset_index(drop=True)
+    else:
+        warm_df = datagen.entity_frame(WARMUP_ROWS, seed=args.seed + 1)
+    import feast  # noqa: F401 - the slow import, done while the server starts
+
+    line = sys.stdin.readline()
+    if not line.strip():
+        return
+    with tempfile.TemporaryDirectory(prefix="flightlab-bench-") as tmp:
+        store = open_store(args.mode, Path(args.repo), int(line), Path(tmp))
+        retrieve(store, args.mode, warm_df, refs)
+        calls = []
+        for _ in range(args.repeats):
+            if args.sync:
+                emit("READY")
+                if not sys.stdin.readline():
+                    return
+            gc.collect()
+            procs.reset_peak_rss()
+            before = procs.current_rss()
+            started, t0 = time.time(), time.perf_counter()
+            call: dict[str, object] = {}
+            try:
+                call["rows"], call["bytes"] = retrieve(store, args.mode, entity_df, refs)
+            except Exception as exc:
+                if not args.sync:
+                    raise
+                # A concurrent client reports its failure and carries on.
+                message = str(exc).splitlines()[0].split(" Detail:")[0]
+                call["error"] = f"{type(exc).__name__}: {message[:300]}"
+            seconds = time.perf_counter() - t0
+            call.update(
+                seconds=seconds,
+                start=started,
+                end=started + seconds,
+                rss_before=before,
+                peak_rss=procs.peak_rss(),
+            )
+            calls.append(call)
+            if args.sync:
+                emit("RESULT", call)
+    if not args.sync:
+        emit("RESULT", {"calls": calls})
+
+
+def loopback_table(case: str, repo: Path) -> pa.Table:
+    """A table with the schema and size of ``case``'s retrieval result: the
+    MNIST feature rows themselves, or as many user_stats rows as asked for."""
+    if case == "mnist":
+        entity_df, refs = datagen.mnist_case()
+        table = pq.read_table(repo / "data" / "mnist.parquet")
+        columns = [*entity_df.columns, *(ref.split(":", 1)[1] for ref in refs)]
+        return table.select(columns).slice(0, len(entity_df)).combine_chunks()
+    import numpy as np
+
+    rows = int(case.split(":", 1)[1])
+    table = pq.read_table(datagen.user_stats_path(repo))
+    picks = np.random.default_rng(5).integers(0, table.num_rows, rows)
+    return table.take(pa.array(picks)).combine_chunks()
+
+
+def run_loopback_server(args: argparse.Namespace) -> None:
+    import pyarrow.flight as flight
+
+    table = loopback_table(args.case, Path(args.repo))
+
+    class Loopback(flight.FlightServerBase):
+        def do_get(self, context, ticket):
+            batches = table.to_batches(max_chunksize=LOOPBACK_BATCH_ROWS)
+            return flight.RecordBatchStream(
+                pa.RecordBatchReader.from_batches(table.schema, batches)
+            )
+
+    server = Loopback("grpc+tcp://127.0.0.1:0")
+    emit(f"LISTENING {server.port}")
+    server.serve()
+
+
+def run_loopback_client(args: argparse.Namespace) -> None:
+    import pyarrow.flight as flight
+
+    client = flight.FlightClient(f"grpc+tcp://127.0.0.1:{args.port}")
+    client.do_get(flight.Ticket(b"table")).read_all()  # warm-up
+    calls = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        table = client.do_get(flight.Ticket(b"table")).read_all()
+        calls.append(
+            {"seconds": time.perf_counter() - t0, "rows": table.num_rows, "bytes": table.nbytes}
+        )
+        del table
+    client.close()
+    emit("RESULT", {"calls": calls, "median": statistics.median(c["seconds"] for c in calls)})
+
+
+def main(argv: list[str] | None = None) -> None:
+    warnings.filterwarnings("ignore")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    parser = argparse.ArgumentParser(prog="worker.py")
+    commands = parser.add_subparsers(dest="command", required=True)
+    client = commands.add_parser("client")
+    client.add_argument("--mode", choices=CLIENT_MODES, required=True)
+    client.add_argument("--case", required=True, help="rows:N or mnist")
+    client.add_argument("--repo", required=True)
+    client.add_argument("--repeats", type=int, default=3)
+    client.add_argument("--seed", type=int, default=3)
+    client.add_argument("--sync", action="store_true")
+    server = commands.add_parser("loopback-server")
+    server.add_argument("--case", required=True)
+    server.add_argument("--repo", required=True, help="the repo whose data to serve")
+    loop = commands.add_parser("loopback-client")
+    loop.add_argument("--port", type=int, required=True)
+    loop.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    {
+        "client": run_client,
+        "loopback-server": run_loopback_server,
+        "loopback-client": run_loopback_client,
+    }[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
