@@ -238,15 +238,20 @@ class OfflineDispatcher:
     def _readable_source(self, request: p.PullRequest, user: Any) -> DataSource:
         try:
             source = self.store.get_data_source(request.data_source_name)
-            resource = source
-        except DataSourceObjectNotFoundException:
+        except DataSourceObjectNotFoundException as not_registered:
             if request.data_source is None:
                 raise
             # Not in the registry by name (a saved dataset's storage, say):
-            # use the source the client sent.
+            # use the source the client sent, if it exists.
             source = _data_source_from_bytes(request.data_source)
             resource = self._registered_object_for(source) if self.enforce_permissions else source
-        self._authorize(user, resource, AuthzedAction.READ_OFFLINE)
+            self._authorize(user, resource, AuthzedAction.READ_OFFLINE)
+            try:  # reading its schema proves it exists (Feast's validate only warns)
+                source.get_table_column_names_and_types(self.store.config)
+            except Exception:
+                raise not_registered from None
+            return source
+        self._authorize(user, source, AuthzedAction.READ_OFFLINE)
         return source
 
     def _registered_object_for(self, source: DataSource) -> Any:
