@@ -49,7 +49,7 @@ def local_store(server_repo) -> FeatureStore:
 @pytest.fixture(scope="session")
 def client_store(offline_server, server_repo, tmp_path_factory) -> FeatureStore:
     client_repo = tmp_path_factory.mktemp("core_client").resolve() / "client"
-    return make_client_store(client_repo, offline_server, server_repo)
+    return make_client_store(client_repo, offline_server.port, server_repo)
 
 
 @pytest.fixture

@@ -41,16 +41,17 @@ def registry_of(repo: Path) -> Path:
 
 
 def make_client_store(
-    client_repo: Path, server: OfflineServer, server_repo: Path | None = None
+    client_repo: Path, port: int, server_repo: Path | None = None
 ) -> FeatureStore:
-    """A client repo whose offline store is flightlab's RemoteOfflineStore.
+    """A client repo whose offline store is flightlab's RemoteOfflineStore,
+    pointed at the server on ``port`` of 127.0.0.1.
 
     With ``server_repo`` it reads that repo's registry; without, its own.
     """
     (client_repo / "data").mkdir(parents=True, exist_ok=True)
     registry = registry_of(server_repo) if server_repo is not None else "data/registry.db"
     (client_repo / "feature_store.yaml").write_text(
-        client_repo_yaml("127.0.0.1", server.port, registry=registry)
+        client_repo_yaml("127.0.0.1", port, registry=registry)
     )
     store = FeatureStore(repo_path=str(client_repo))
     assert isinstance(offline_store_of(store), RemoteOfflineStore)

@@ -57,7 +57,7 @@ def file_local(file_repo) -> FeatureStore:
 @pytest.fixture(scope="module")
 def file_remote(file_server, server_repo, tmp_path_factory) -> FeatureStore:
     client_repo = tmp_path_factory.mktemp("file_store_client").resolve() / "client"
-    return make_client_store(client_repo, file_server, server_repo)
+    return make_client_store(client_repo, file_server.port, server_repo)
 
 
 @pytest.mark.parametrize("full_feature_names", [False, True], ids=["short", "full_names"])

@@ -58,7 +58,7 @@ def local(write_repo) -> FeatureStore:
 @pytest.fixture(scope="module")
 def remote(write_server, write_repo, tmp_path_factory) -> FeatureStore:
     client_repo = tmp_path_factory.mktemp("writes_client").resolve() / "client"
-    return make_client_store(client_repo, write_server, write_repo)
+    return make_client_store(client_repo, write_server.port, write_repo)
 
 
 def new_driver_rows(hours_after_end: int, drivers: tuple[int, ...]) -> pd.DataFrame:

@@ -1,0 +1,172 @@
+"""`flightlab serve_offline` as an operator runs it: a subprocess on a free port.
+
+It prints ``flightlab serving grpc+tcp://HOST:PORT`` on stdout once listening,
+logs one line per request on stderr (API, command id, rows, duration), and
+exits cleanly (code 0) on SIGTERM and on SIGINT.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+from feast.errors import FeatureViewNotFoundException
+from offline_helpers import ENTITY_KEYS, FEATURES, assert_same_rows, make_client_store
+
+from flightlab import protocol as p
+from flightlab.sample_repo import entity_frame
+from flightlab.transport import OfflineFlightClient
+
+SERVING = re.compile(r"flightlab serving grpc\+tcp://127\.0\.0\.1:(\d+)")
+STARTUP_SECONDS = 120
+# One line per request: "<api> command=<id> ... rows_in=N rows_out=N ... 0.123s".
+REQUEST_LINE = re.compile(
+    r"(?P<api>\w+) command=(?P<command>[0-9a-f-]{36}) .*"
+    r"rows_in=(?P<rows_in>\d+) rows_out=(?P<rows_out>\d+) .*?(?P<seconds>\d+\.\d+)s$"
+)
+
+
+@dataclass
+class RunningCli:
+    process: subprocess.Popen
+    port: int
+    stderr_path: Path
+
+    @property
+    def location(self) -> str:
+        return f"grpc+tcp://127.0.0.1:{self.port}"
+
+    def stop(self, signum: int) -> int:
+        self.process.send_signal(signum)
+        return self.process.wait(timeout=60)
+
+    def log_lines(self) -> list[str]:
+        return self.stderr_path.read_text().splitlines()
+
+
+@contextmanager
+def serve_offline(command: list[str], tmp_path: Path) -> Iterator[RunningCli]:
+    """Start the CLI; yield it once its 'serving' line is out; never leave it running."""
+    stderr_path = tmp_path / "serve_offline.stderr"
+    with stderr_path.open("w") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
+        try:
+            first_line = lines.get(timeout=STARTUP_SECONDS)
+        except queue.Empty:
+            pytest.fail(f"no 'serving' line in {STARTUP_SECONDS} s:\n{stderr_path.read_text()}")
+        match = SERVING.fullmatch(first_line.strip())
+        assert match, f"unexpected first line {first_line!r}:\n{stderr_path.read_text()}"
+        yield RunningCli(process, int(match.group(1)), stderr_path)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+        process.stdout.close()
+
+
+def test_the_module_serves_a_repo_logs_each_request_and_stops_on_sigterm(
+    server_repo, local_store, tmp_path
+):
+    command = [sys.executable, "-m", "flightlab", "-c", str(server_repo)]
+    with serve_offline([*command, "serve_offline", "--port", "0"], tmp_path) as cli:
+        assert cli.port > 0
+
+        # A data scientist's client repo pointed at the printed port.
+        client_store = make_client_store(tmp_path / "client", cli.port, server_repo)
+        entities = entity_frame(30, seed=71)
+        assert_same_rows(
+            local_store.get_historical_features(entities, FEATURES).to_df(),
+            client_store.get_historical_features(entities, FEATURES).to_df(),
+            ENTITY_KEYS,
+        )
+
+        # A request whose command id we know, and one the server refuses.
+        fewer = entity_frame(9, seed=72)
+        request = p.GetHistoricalFeatures(
+            features=tuple(FEATURES), entity_df=pa.Table.from_pandas(fewer)
+        )
+        with OfflineFlightClient(cli.location, timeout=60) as client:
+            command_id = client.stage(request)
+            raw = flight.FlightClient(cli.location)
+            info = raw.get_flight_info(p.command_descriptor(command_id))
+            got = raw.do_get(info.endpoints[0].ticket).read_pandas()
+            raw.close()
+            with pytest.raises(FeatureViewNotFoundException, match="no_such_view"):
+                client.fetch(
+                    p.GetHistoricalFeatures(
+                        features=("no_such_view:x",), entity_df=pa.Table.from_pandas(fewer)
+                    )
+                )
+        assert_same_rows(
+            local_store.get_historical_features(fewer, FEATURES).to_df(), got, ENTITY_KEYS
+        )
+
+        assert cli.stop(signal.SIGTERM) == 0
+
+    log = cli.log_lines()
+    served = [m for m in map(REQUEST_LINE.search, log) if m]
+    assert [m["api"] for m in served] == ["get_historical_features"] * 2
+    assert [int(m["rows_in"]) for m in served] == [30, 9]
+    assert [int(m["rows_out"]) for m in served] == [30, 9]
+    assert all(float(m["seconds"]) < 60 for m in served)
+    # The request we staged ourselves: exactly one line names its command id.
+    [ours] = [line for line in log if command_id in line]
+    assert REQUEST_LINE.search(ours)["command"] == command_id
+    assert served[1]["command"] == command_id
+    refused = [line for line in log if "rejected" in line]
+    assert len(refused) == 1 and "FeatureViewNotFoundException" in refused[0]
+    assert any("SIGTERM received" in line for line in log)
+    assert not any("Traceback" in line for line in log)
+
+
+def test_the_console_script_serves_and_stops_on_sigint(server_repo, local_store, tmp_path):
+    script = Path(sys.executable).with_name("flightlab")
+    assert script.is_file(), "the 'flightlab' console script is not installed in the venv"
+    command = [str(script), "-c", str(server_repo), "serve_offline", "-h", "127.0.0.1", "-p", "0"]
+    with serve_offline(command, tmp_path) as cli:
+        entities = entity_frame(12, seed=73)
+        with OfflineFlightClient(cli.location, timeout=60) as client:
+            got = client.fetch(
+                p.GetHistoricalFeatures(
+                    features=tuple(FEATURES), entity_df=pa.Table.from_pandas(entities)
+                )
+            )
+            assert client.stats()["staged_commands"] == 0
+        assert_same_rows(
+            local_store.get_historical_features(entities, FEATURES).to_df(),
+            got.to_pandas(),
+            ENTITY_KEYS,
+        )
+
+        assert cli.stop(signal.SIGINT) == 0
+
+    log = cli.log_lines()
+    assert len([line for line in log if REQUEST_LINE.search(line)]) == 1
+    assert any("SIGINT received" in line for line in log)
+    assert not any("Traceback" in line for line in log)
+
+
+def test_serving_a_folder_without_a_repo_fails_with_a_message(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "flightlab", "-c", str(tmp_path), "serve_offline", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert "no feature_store.yaml" in run.stderr
+    assert run.stdout == ""
