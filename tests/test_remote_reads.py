@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 from feast import FileSource
@@ -55,6 +56,62 @@ def test_historical_features_for_an_entity_frame_match_the_local_store(
     assert got[f"{prefix}conv_rate"].notna().sum() > len(entities) // 2  # real values came back
     assert_same_rows(expected, got, ENTITY_KEYS)
     assert requests_served(offline_server, "get_historical_features") == served_before + 1
+
+
+def _naive_nanoseconds(frame: pd.DataFrame) -> pd.DataFrame:
+    frame["event_timestamp"] = frame["event_timestamp"].dt.tz_localize(None).dt.as_unit("ns")
+    return frame
+
+
+def _in_paris(frame: pd.DataFrame) -> pd.DataFrame:
+    frame["event_timestamp"] = frame["event_timestamp"].dt.tz_convert("Europe/Paris")
+    return frame
+
+
+def _int32_keys(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.astype({"driver_id": "int32", "customer_id": "int32"})
+
+
+def _timestamps_as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    frame["event_timestamp"] = frame["event_timestamp"].astype(str)
+    return frame
+
+
+# Entity frames as users write them, not as entity_frame() makes them.
+ENTITY_FRAME_VARIANTS = {
+    "naive_nanosecond_timestamps": _naive_nanoseconds,
+    "timestamps_in_another_zone": _in_paris,
+    "int32_keys": _int32_keys,
+    "timestamps_as_text": _timestamps_as_text,
+    "index_with_gaps": lambda frame: frame[frame.index % 3 != 0],
+    "extra_column": lambda frame: frame.assign(note="kept as it is"),
+    "duplicate_rows": lambda frame: pd.concat([frame, frame.head(5)]),
+    "no_rows": lambda frame: frame.head(0),
+}
+
+
+@pytest.mark.parametrize(
+    "variant", ENTITY_FRAME_VARIANTS.values(), ids=ENTITY_FRAME_VARIANTS.keys()
+)
+def test_entity_frames_as_users_write_them_get_the_local_answer(variant, client_store, local_store):
+    entities = variant(entity_frame(24, seed=9))
+    expected = local_store.get_historical_features(entities, FEATURES).to_df()
+    got = client_store.get_historical_features(entities, FEATURES).to_df()
+    assert len(got) == len(entities)
+    assert_same_rows(expected, got, ENTITY_KEYS)
+
+
+@pytest.mark.filterwarnings("ignore:Discarding nonzero nanoseconds")
+def test_entity_timestamps_finer_than_microseconds_are_floored(client_store, local_store):
+    # duckdb refuses nanoseconds locally (ArrowInvalid: would lose data); the
+    # server floors them to microseconds, the precision the store keeps.
+    floored = entity_frame(20, seed=10)
+    nanos = floored.assign(
+        event_timestamp=floored["event_timestamp"].dt.as_unit("ns") + pd.Timedelta(nanoseconds=789)
+    )
+    got = client_store.get_historical_features(nanos, FEATURES).to_df()
+    expected = local_store.get_historical_features(floored, FEATURES).to_df()
+    assert_same_rows(expected, got, ENTITY_KEYS)
 
 
 @pytest.mark.parametrize("full_feature_names", [False, True], ids=["short", "full_names"])
