@@ -111,9 +111,17 @@ def error_detail(exc: BaseException, status: str) -> dict[str, str]:
     return {
         "module": cls.__module__,
         "class": cls.__name__,
-        "message": str(exc) or cls.__name__,
+        "message": _message(exc) or cls.__name__,
         "status": status,
     }
+
+
+def _message(exc: BaseException) -> str:
+    # str(KeyError("x")) is "'x'": send "x", or the KeyError re-created on the
+    # client would print "\"'x'\"", a pair of quotes more than locally.
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        return exc.args[0]
+    return str(exc)
 
 
 def encode_detail(detail: dict[str, str]) -> str:

@@ -306,6 +306,21 @@ def test_a_bare_flight_client_gets_a_fitting_error_naming_the_problem(
     assert_serving_and_clean(offline_server, client_store, local_store)
 
 
+def test_an_unknown_feature_of_a_known_view_fails_remotely_as_locally(
+    client_store, local_store, offline_server
+):
+    entities = entity_frame(5)
+    refs = ["driver_stats:no_such_feature"]
+    with pytest.raises(KeyError) as local_error:
+        local_store.get_historical_features(entities, refs).to_df()
+    # Past the client's own registry check: the server finds it out.
+    with pytest.raises(KeyError) as remote_error:
+        remote_historical(client_store, entities, refs)
+    assert "no_such_feature" in str(remote_error.value)
+    assert str(remote_error.value) == str(local_error.value)
+    assert_serving_and_clean(offline_server, client_store, local_store)
+
+
 # --- the same problems, met through flightlab's client ------------------------------------
 
 
