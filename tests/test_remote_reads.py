@@ -329,3 +329,20 @@ def test_batches_and_progress_give_the_rows_of_to_df(client_store, offline_serve
     assert reports[-1].total_rows in (None, len(entities))
 
     assert server_stats(offline_server)["staged_commands"] == 0
+
+
+def test_stopping_a_batch_stream_early_leaves_the_server_clean(
+    client_store, local_store, offline_server
+):
+    entities = entity_frame(80, seed=7)
+    batches = client_store.get_historical_features(entities, FEATURES).to_arrow_batches()
+    first = next(batches)
+    assert first.num_rows == SHARED_SERVER_BATCH_ROWS
+    batches.close()  # the reader stops after one batch of five
+
+    assert server_stats(offline_server)["staged_commands"] == 0
+    assert_same_rows(
+        local_store.get_historical_features(entities, FEATURES).to_df(),
+        client_store.get_historical_features(entities, FEATURES).to_df(),
+        ENTITY_KEYS,
+    )
