@@ -126,17 +126,18 @@ def serve_offline(repo: Path, host: str, port: int, limits: ServerLimits, tls=No
         return 2
     from flightlab.server import OfflineServer
 
-    server = OfflineServer(repo, host=host, port=port, limits=limits, tls=tls).start()
-    # The one line a script waits for, on stdout, with the port actually bound.
-    print(f"flightlab serving {server.location}", flush=True)
     stop_requested = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
         logging.getLogger("flightlab").info("%s received, stopping", signal.Signals(signum).name)
         stop_requested.set()
 
+    # Before the "serving" line: a script may signal as soon as it reads it.
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    server = OfflineServer(repo, host=host, port=port, limits=limits, tls=tls).start()
+    # The one line a script waits for, on stdout, with the port actually bound.
+    print(f"flightlab serving {server.location}", flush=True)
     while not stop_requested.wait(0.5):
         pass
     server.stop()

@@ -19,7 +19,7 @@ import pyarrow.flight as flight
 
 # Modules whose exception classes a client is willing to re-create from a
 # detail sent by a server: never import an arbitrary module named on the wire.
-_TRUSTED_MODULE_PREFIXES = ("feast.", "flightlab.", "builtins", "pyarrow.")
+_TRUSTED_MODULE_PREFIXES = ("feast.", "flightlab.", "builtins", "pyarrow.", "ibis.")
 
 INVALID_ARGUMENT = "invalid_argument"
 NOT_FOUND = "not_found"
