@@ -50,6 +50,17 @@ def reset_peak_rss(pid: int | str = "self") -> bool:
         return False
 
 
+def cpu_seconds(pid: int | str) -> float | None:
+    """User + system CPU time a process has used so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # utime and stime are fields 14 and 15 of stat(5); fields[0] is field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -161,6 +172,9 @@ class Server:
 
     def peak_rss(self) -> int | None:
         return peak_rss(self.pid)
+
+    def cpu_seconds(self) -> float | None:
+        return cpu_seconds(self.pid)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

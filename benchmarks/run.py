@@ -66,6 +66,8 @@ MODES: dict[str, tuple[str, str | None, str]] = {
 # The servers 4 concurrent clients are run against: mode -> (server, client).
 CONCURRENT_MODES = ("flightlab", "feast", "flightlab+feast-client")
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
+# A server idle this long with concurrent calls unanswered is deadlocked.
+HANG_SECONDS = 30
 QUICK_SIZES = (1_000, 10_000)
 
 
@@ -216,6 +218,15 @@ class Benchmark:
             client_peak_rss=max(c["peak_rss"] or 0 for c in calls),
             client_call_rss=max((c["peak_rss"] or 0) - (c["rss_before"] or 0) for c in calls),
         )
+        if all("stream_peak_rss" in c for c in calls):
+            # Streaming: the RSS rise until the first batch (the entity upload)
+            # and from the first batch to the end of the stream.
+            record["client_upload_rss"] = max(
+                (c["upload_peak_rss"] or 0) - (c["rss_before"] or 0) for c in calls
+            )
+            record["client_stream_rss"] = max(
+                (c["stream_peak_rss"] or 0) - (c["first_batch_rss"] or 0) for c in calls
+            )
         self.log(
             f"  median {record['median']:.3f}s of {[round(t, 3) for t in times]}, "
             f"{record['result_rows']:,} rows, {record['result_bytes'] / 1e6:.1f} MB"
@@ -253,9 +264,8 @@ class Benchmark:
                             reader.expect("READY", self.args.timeout)
                     for proc, _ in workers:
                         _send(proc, "go")
-                    # A hung server must not hang the run: it gets a shorter limit.
-                    timeout = self.args.concurrency_timeout
-                    calls = [json.loads(r.expect("RESULT", timeout)) for _, r in workers]
+                    limit = self._concurrency_limit(store, case, mode, clients)
+                    calls = self._collect([r for _, r in workers], srv, limit)
                     totals.append(max(c["end"] for c in calls) - min(c["start"] for c in calls))
                     per_client.append([c["seconds"] for c in calls])
                     errors += [c["error"] for c in calls if "error" in c]
@@ -264,8 +274,6 @@ class Benchmark:
             record["error"] = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, RuntimeError):  # a client died: say of what
                 record["error"] += ": " + _last_error(self.logs / f"{tag}-client0.log")
-            if isinstance(exc, TimeoutError):
-                record["error"] += " (the server hung: no answer to the concurrent calls)"
             self.log(f"  FAILED: {record['error']} (logs in {self.logs})")
             return record
         finally:
@@ -286,6 +294,51 @@ class Benchmark:
         if errors:
             self.log(f"  {len(errors)} of {clients * repeats} calls FAILED: {errors[0]}")
         return record
+
+    def _concurrency_limit(self, store: str, case: str, mode: str, clients: int) -> float:
+        """How long concurrent calls may take: --concurrency-timeout, or by
+        default 20x the time of running them one after the other (from this
+        run's own single-call median), at least 60 s; 300 s if unmeasured."""
+        if self.args.concurrency_timeout is not None:
+            return self.args.concurrency_timeout
+        for record in self.results:
+            if (record["store"], record["case"], record["mode"]) == (store, case, mode):
+                if "median" in record:
+                    return max(60.0, 20 * clients * record["median"])
+        return 300.0
+
+    def _collect(
+        self, readers: list[LineReader], srv: Server, limit: float
+    ) -> list[dict[str, Any]]:
+        """The concurrent calls' results. A server that uses no CPU for
+        HANG_SECONDS while calls are unanswered is deadlocked; one still
+        spinning after ``limit`` seconds is livelocked: either way the case
+        fails then rather than hang the run."""
+        results: list[dict[str, Any] | None] = [None] * len(readers)
+        started = last_busy = time.monotonic()
+        last_cpu = srv.cpu_seconds() or 0.0
+        while any(r is None for r in results):
+            for i, reader in enumerate(readers):
+                if results[i] is None:
+                    try:
+                        results[i] = json.loads(reader.expect("RESULT", 0.5))
+                    except TimeoutError:
+                        pass
+            now, cpu = time.monotonic(), srv.cpu_seconds() or 0.0
+            if cpu - last_cpu > 0.05:
+                last_cpu, last_busy = cpu, now
+            pending = sum(r is None for r in results)
+            if pending and now - last_busy > HANG_SECONDS:
+                raise TimeoutError(
+                    f"the server hung: no CPU used for {HANG_SECONDS}s "
+                    f"with {pending} of {len(readers)} calls unanswered"
+                )
+            if pending and now - started > limit:
+                raise TimeoutError(
+                    f"the server hung: {pending} of {len(readers)} calls unanswered after "
+                    f"{limit:.0f}s (20x their one-after-the-other time), the server busy"
+                )
+        return [r for r in results if r is not None]
 
     def run_loopback(self, case: str, repeats: int) -> dict[str, Any]:
         record: dict[str, Any] = {"case": case, "case_label": case_label(case), "repeats": repeats}
@@ -488,9 +541,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency-timeout",
         type=float,
-        default=300,
-        help="seconds the concurrent clients' calls may take before the case is "
-        "recorded as hung (default 300)",
+        help="seconds the concurrent clients' calls may take before the server is "
+        "recorded as hung (default: 20x the calls' one-after-the-other time, at least "
+        "60; a server idle for 30s with calls unanswered is recorded as hung at once)",
     )
     parser.add_argument(
         "--flightlab-args",

@@ -77,20 +77,29 @@ def open_store(mode: str, repo: Path, port: int, workdir: Path):
     return FeatureStore(repo_path=str(workdir))
 
 
-def retrieve(store, mode: str, entity_df, refs: list[str]) -> tuple[int, int]:
-    """One retrieval, start to end; the result's rows and Arrow bytes."""
+def retrieve(store, mode: str, entity_df, refs: list[str]) -> dict[str, int | None]:
+    """One retrieval, start to end: the result's rows and Arrow bytes and, when
+    streaming, the RSS when the first batch arrived (the entity rows are
+    uploaded by then) and the peak from there to the end of the stream."""
     job = store.get_historical_features(entity_df=entity_df, features=refs)
-    if mode == "flightlab-stream":
-        rows = nbytes = 0
-        last = []
-        for batch in job.to_arrow_batches(progress=last.append):
-            rows += batch.num_rows
-            nbytes += batch.nbytes
-            del batch  # hold no batch longer than it takes to count it
-            del last[:-1]
-        return rows, nbytes
-    table = job.to_arrow()
-    return table.num_rows, table.nbytes
+    if mode != "flightlab-stream":
+        table = job.to_arrow()
+        return {"rows": table.num_rows, "bytes": table.nbytes}
+    rows = nbytes = 0
+    seen: dict[str, int | None] = {}
+    last = []
+    for batch in job.to_arrow_batches(progress=last.append):
+        if not seen:
+            seen["first_batch_rss"] = procs.current_rss()
+            seen["upload_peak_rss"] = procs.peak_rss()
+            procs.reset_peak_rss()
+        rows += batch.num_rows
+        nbytes += batch.nbytes
+        del batch  # hold no batch longer than it takes to count it
+        del last[:-1]
+    if seen:
+        seen["stream_peak_rss"] = procs.peak_rss()
+    return {"rows": rows, "bytes": nbytes, **seen}
 
 
 def run_client(args: argparse.Namespace) -> None:
@@ -119,7 +128,7 @@ def run_client(args: argparse.Namespace) -> None:
             started, t0 = time.time(), time.perf_counter()
             call: dict[str, object] = {}
             try:
-                call["rows"], call["bytes"] = retrieve(store, args.mode, entity_df, refs)
+                call.update(retrieve(store, args.mode, entity_df, refs))
             except Exception as exc:
                 if not args.sync:
                     raise
@@ -127,12 +136,15 @@ def run_client(args: argparse.Namespace) -> None:
                 message = str(exc).splitlines()[0].split(" Detail:")[0]
                 call["error"] = f"{type(exc).__name__}: {message[:300]}"
             seconds = time.perf_counter() - t0
+            peak = procs.peak_rss()
+            if "upload_peak_rss" in call:  # the peak was reset at the first batch
+                peak = max(peak or 0, call["upload_peak_rss"] or 0)
             call.update(
                 seconds=seconds,
                 start=started,
                 end=started + seconds,
                 rss_before=before,
-                peak_rss=procs.peak_rss(),
+                peak_rss=peak,
             )
             calls.append(call)
             if args.sync:
