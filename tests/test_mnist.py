@@ -159,9 +159,15 @@ def test_entity_frame_is_microsecond_utc():
     assert naive["event_timestamp"][0] == pd.Timestamp("2024-05-01 10:00:00.123456", tz="UTC")
 
 
-def test_the_committed_feature_repo_is_the_generated_one():
-    assert (mnist.DEFAULT_REPO / "feature_store.yaml").read_text() == mnist.FEATURE_STORE_YAML
-    assert (mnist.DEFAULT_REPO / mnist.DEFINITIONS_FILE).read_text() == mnist.DEFINITIONS
+def test_a_written_feature_repo_holds_the_committed_definitions(tmp_path):
+    repo = mnist.write_feature_repo(tmp_path / "repo")
+    for name in mnist.REPO_FILES:
+        assert (repo / name).read_text() == (mnist.DEFAULT_REPO / name).read_text()
+    text = (repo / "mnist_features.py").read_text()
+    for name in (mnist.ENTITY, mnist.SOURCE, mnist.FEATURE_VIEW, mnist.FEATURE_SERVICE):
+        assert f'name="{name}"' in text  # the definitions use the module's names
+    # Writing the demo repo onto itself leaves it as it is.
+    assert mnist.write_feature_repo(mnist.DEFAULT_REPO) == mnist.DEFAULT_REPO
 
 
 # --- the feature repo, applied --------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Feature definitions of the MNIST demo (written by flightlab.mnist)."""
+"""Feature definitions of the MNIST demo (flightlab.mnist copies this repo)."""
 
 from datetime import timedelta
 from pathlib import Path
