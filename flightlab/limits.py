@@ -7,7 +7,7 @@ from dataclasses import dataclass
 DEFAULT_BATCH_ROWS = 65_536
 # A result batch never exceeds this many bytes (gRPC caps a message at 2 GiB;
 # smaller messages also keep both ends' memory flat while streaming).
-DEFAULT_MAX_BATCH_BYTES = 64 * 1024**2
+DEFAULT_MAX_BATCH_BYTES = 8 * 1024**2
 DEFAULT_WORKERS = 4
 DEFAULT_QUEUE_TIMEOUT = 60.0
 # A staged command never run is dropped after this long.

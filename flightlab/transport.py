@@ -27,7 +27,7 @@ from flightlab.errors import (
 )
 
 DEFAULT_UPLOAD_BATCH_ROWS = 65_536
-DEFAULT_UPLOAD_BATCH_BYTES = 64 * 1024**2
+DEFAULT_UPLOAD_BATCH_BYTES = 8 * 1024**2
 COMPRESSION_HEADER = b"x-flightlab-compression"
 
 
