@@ -26,6 +26,10 @@ AUTHORIZATION_HEADER = "authorization"
 BEARER_PREFIX = "bearer "
 
 
+class AuthConfigError(ValueError):
+    """The repo's auth config cannot be served here."""
+
+
 @dataclass(frozen=True)
 class Caller:
     """The authenticated identity of one call.
@@ -94,10 +98,18 @@ def authenticator_for(auth_config: Any) -> Authenticator:
         return TokenAuthenticator(OidcTokenParser(auth_config=auth_config), "oidc")
     if kind == "kubernetes":
         # Needs the `kubernetes` package and an in-cluster service account.
-        from feast.permissions.auth.kubernetes_token_parser import KubernetesTokenParser
+        try:
+            from feast.permissions.auth.kubernetes_token_parser import KubernetesTokenParser
 
-        return TokenAuthenticator(KubernetesTokenParser(), "kubernetes")
-    raise ValueError(f"unknown auth type {kind!r}: use no_auth, oidc or kubernetes")
+            return TokenAuthenticator(KubernetesTokenParser(), "kubernetes")
+        except ImportError as exc:
+            raise AuthConfigError(
+                f"auth type 'kubernetes' needs the {exc.name or 'kubernetes'!r} package "
+                "(pip install kubernetes) and an in-cluster service account"
+            ) from exc
+        except Exception as exc:  # e.g. not running inside a cluster
+            raise AuthConfigError(f"auth type 'kubernetes' cannot start here: {exc}") from exc
+    raise AuthConfigError(f"unknown auth type {kind!r}: use no_auth, oidc or kubernetes")
 
 
 class CallMiddleware(flight.ServerMiddleware):

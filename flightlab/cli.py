@@ -135,7 +135,13 @@ def serve_offline(repo: Path, host: str, port: int, limits: ServerLimits, tls=No
     # Before the "serving" line: a script may signal as soon as it reads it.
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    server = OfflineServer(repo, host=host, port=port, limits=limits, tls=tls).start()
+    from flightlab.auth import AuthConfigError
+
+    try:
+        server = OfflineServer(repo, host=host, port=port, limits=limits, tls=tls).start()
+    except AuthConfigError as exc:
+        print(f"flightlab: {exc}", file=sys.stderr)
+        return 2
     # The one line a script waits for, on stdout, with the port actually bound.
     print(f"flightlab serving {server.location}", flush=True)
     while not stop_requested.wait(0.5):

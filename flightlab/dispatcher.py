@@ -62,9 +62,9 @@ class OfflineDispatcher:
         # result". Such a store is called by one worker at a time.
         self._store_lock = threading.Lock() if _single_threaded(self.offline_store) else None
         self._handlers: dict[type[p.Request], Callable[[Any, Any], Any]] = {
-            p.GetHistoricalFeatures: lambda r, u: self._historical_job(r, u).to_arrow(),
-            p.PullLatestFromTableOrQuery: lambda r, u: self._pull_latest_job(r, u).to_arrow(),
-            p.PullAllFromTableOrQuery: lambda r, u: self._pull_all_job(r, u).to_arrow(),
+            p.GetHistoricalFeatures: lambda r, u: self._retrieval_job(r, u).to_arrow(),
+            p.PullLatestFromTableOrQuery: lambda r, u: self._retrieval_job(r, u).to_arrow(),
+            p.PullAllFromTableOrQuery: lambda r, u: self._retrieval_job(r, u).to_arrow(),
             p.GetTableColumnNamesAndTypes: self._column_names_and_types,
             p.OfflineWriteBatch: self._offline_write_batch,
             p.WriteLoggedFeatures: self._write_logged_features,
@@ -104,20 +104,13 @@ class OfflineDispatcher:
             end_date=request.end_date,
         )
 
-    def _pull_latest_job(self, request: p.PullLatestFromTableOrQuery, user: Any) -> RetrievalJob:
-        return self.offline_store.pull_latest_from_table_or_query(
-            config=self.store.config,
-            data_source=self._readable_source(request, user),
-            join_key_columns=list(request.join_key_columns),
-            feature_name_columns=list(request.feature_name_columns),
-            timestamp_field=request.timestamp_field,
-            created_timestamp_column=request.created_timestamp_column,
-            start_date=request.start_date,
-            end_date=request.end_date,
+    def _pull_job(self, request: p.PullRequest, user: Any) -> RetrievalJob:
+        pull = (
+            self.offline_store.pull_latest_from_table_or_query
+            if isinstance(request, p.PullLatestFromTableOrQuery)
+            else self.offline_store.pull_all_from_table_or_query
         )
-
-    def _pull_all_job(self, request: p.PullAllFromTableOrQuery, user: Any) -> RetrievalJob:
-        return self.offline_store.pull_all_from_table_or_query(
+        return pull(
             config=self.store.config,
             data_source=self._readable_source(request, user),
             join_key_columns=list(request.join_key_columns),
@@ -131,9 +124,7 @@ class OfflineDispatcher:
     def _retrieval_job(self, request: p.RetrievalRequest, user: Any) -> RetrievalJob:
         if isinstance(request, p.GetHistoricalFeatures):
             return self._historical_job(request, user)
-        if isinstance(request, p.PullLatestFromTableOrQuery):
-            return self._pull_latest_job(request, user)
-        return self._pull_all_job(request, user)
+        return self._pull_job(request, user)
 
     def _column_names_and_types(
         self, request: p.GetTableColumnNamesAndTypes, user: Any

@@ -26,6 +26,7 @@ import importlib.util
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,7 +56,7 @@ from feast.permissions.auth_model import (
 from security_helpers import BearerToken, OidcProvider, Pki, make_pki
 
 from flightlab import protocol as p
-from flightlab.auth import Authenticator, TokenAuthenticator, authenticator_for
+from flightlab.auth import AuthConfigError, Authenticator, TokenAuthenticator, authenticator_for
 from flightlab.client import RemoteOfflineStore
 from flightlab.errors import (
     AuthenticationFailedError,
@@ -1118,19 +1119,30 @@ def test_authenticator_for_each_auth_type(idp):
     assert oidc.kind == "oidc" and oidc.enforces_permissions
 
 
-def test_kubernetes_auth_without_a_cluster_fails_naming_what_is_missing():
-    """Kubernetes auth cannot run here (no cluster); what it does without one."""
+def test_kubernetes_auth_without_a_cluster_fails_naming_what_is_missing(repo, tmp_path):
+    """Kubernetes auth cannot run here (no cluster): it fails with one clear line,
+    from Python and from the CLI, never a traceback."""
     config = KubernetesAuthConfig(type="kubernetes")
+    with pytest.raises(AuthConfigError) as refused:
+        authenticator_for(config)
     if importlib.util.find_spec("kubernetes") is None:
-        # Feast's KubernetesTokenParser imports the `kubernetes` package.
-        with pytest.raises(ModuleNotFoundError) as missing:
-            authenticator_for(config)
-        assert missing.value.name == "kubernetes"
-        assert "kubernetes" in str(missing.value)
+        assert "needs the 'kubernetes' package" in str(refused.value)
     else:
         assert "KUBERNETES_SERVICE_HOST" not in os.environ, "this test expects no cluster"
-        from kubernetes.config import ConfigException
+        assert "cannot start here" in str(refused.value)
 
-        # It loads the in-cluster config, whose service host and port are unset.
-        with pytest.raises(ConfigException, match="host/port"):
-            authenticator_for(config)
+    k8s_repo = tmp_path / "k8s_repo"
+    shutil.copytree(repo, k8s_repo)
+    yaml = (k8s_repo / "feature_store.yaml").read_text()
+    (k8s_repo / "feature_store.yaml").write_text(
+        yaml.split("auth:")[0] + "auth:\n  type: kubernetes\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "flightlab", "-c", str(k8s_repo), "serve_offline", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "auth type 'kubernetes'" in done.stderr
+    assert "Traceback" not in done.stderr
