@@ -8,6 +8,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 
 echo "test: ruff"
 ruff check .
+ruff format --check .
 echo "test: pytest"
 python -m pytest "$@"
 if [ -f scripts/run_notebooks.py ]; then
