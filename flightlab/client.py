@@ -202,15 +202,15 @@ class RemoteOfflineStore(OfflineStore):
         start_date: datetime,
         end_date: datetime,
     ) -> RemoteRetrievalJob:
-        request = p.PullLatestFromTableOrQuery(
-            data_source_name=data_source.name,
-            data_source=data_source.to_proto().SerializeToString(),
-            join_key_columns=tuple(join_key_columns),
-            feature_name_columns=tuple(feature_name_columns),
-            timestamp_field=timestamp_field,
-            created_timestamp_column=created_timestamp_column or None,
-            start_date=start_date,
-            end_date=end_date,
+        request = _pull_request(
+            p.PullLatestFromTableOrQuery,
+            data_source,
+            join_key_columns,
+            feature_name_columns,
+            timestamp_field,
+            created_timestamp_column,
+            start_date,
+            end_date,
         )
         return RemoteRetrievalJob(config, request)
 
@@ -225,15 +225,15 @@ class RemoteOfflineStore(OfflineStore):
         start_date: Optional[datetime] = None,
         end_date: Optional[datetime] = None,
     ) -> RemoteRetrievalJob:
-        request = p.PullAllFromTableOrQuery(
-            data_source_name=data_source.name,
-            data_source=data_source.to_proto().SerializeToString(),
-            join_key_columns=tuple(join_key_columns),
-            feature_name_columns=tuple(feature_name_columns),
-            timestamp_field=timestamp_field,
-            created_timestamp_column=created_timestamp_column or None,
-            start_date=start_date,
-            end_date=end_date,
+        request = _pull_request(
+            p.PullAllFromTableOrQuery,
+            data_source,
+            join_key_columns,
+            feature_name_columns,
+            timestamp_field,
+            created_timestamp_column,
+            start_date,
+            end_date,
         )
         return RemoteRetrievalJob(config, request)
 
@@ -284,6 +284,30 @@ class RemoteOfflineStore(OfflineStore):
         return list(
             zip(table.column("name").to_pylist(), table.column("type").to_pylist(), strict=True)
         )
+
+
+def _pull_request(
+    request_type: type[p.PullRequest],
+    data_source: DataSource,
+    join_key_columns: list[str],
+    feature_name_columns: list[str],
+    timestamp_field: str,
+    created_timestamp_column: Optional[str],
+    start_date: Optional[datetime],
+    end_date: Optional[datetime],
+) -> p.PullRequest:
+    # The source travels by name (the server resolves it in its registry)
+    # and whole, for one the registry does not list (a saved dataset's).
+    return request_type(
+        data_source_name=data_source.name,
+        data_source=data_source.to_proto().SerializeToString(),
+        join_key_columns=tuple(join_key_columns),
+        feature_name_columns=tuple(feature_name_columns),
+        timestamp_field=timestamp_field,
+        created_timestamp_column=created_timestamp_column or None,
+        start_date=start_date,
+        end_date=end_date,
+    )
 
 
 def entity_table_from_frame(entity_df: pd.DataFrame) -> pa.Table:
