@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +11,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.flight as flight
 from feast import FeatureStore
+from feast.feature_logging import FeatureServiceLoggingSource
 
 from flightlab.client import RemoteOfflineStore
 from flightlab.errors import decode_detail
-from flightlab.sample_repo import client_repo_yaml, entity_frame
+from flightlab.sample_repo import (
+    DAYS,
+    FEATURE_STORE_YAML,
+    START,
+    client_repo_yaml,
+    entity_frame,
+)
 from flightlab.server import OfflineServer
 
 FEATURES = [
@@ -38,6 +46,37 @@ PULL_COLUMNS = {
 
 def registry_of(repo: Path) -> Path:
     return repo / "data" / "registry.db"
+
+
+def file_store_view_repo(path: Path, registry: Path) -> Path:
+    """A repo at ``path`` over another repo's registry (and so its data),
+    served by Feast's file (dask) offline store."""
+    (path / "data").mkdir(parents=True, exist_ok=True)
+    yaml = FEATURE_STORE_YAML.format(offline_store="file").replace(
+        "path: data/registry.db", f"path: {registry}"
+    )
+    (path / "feature_store.yaml").write_text(yaml)
+    return path
+
+
+def logged_rows(store: FeatureStore, n: int = 3) -> pa.Table:
+    """Rows in the logging schema of the sample repo's feature service driver_activity."""
+    service = store.get_feature_service("driver_activity")
+    schema = FeatureServiceLoggingSource(service, store.project).get_schema(store.registry)
+    logged_at = START + timedelta(days=DAYS)
+    columns: dict[str, list] = {}
+    for field in schema:
+        if field.name == "__request_id":
+            columns[field.name] = [f"request-{i}" for i in range(n)]
+        elif field.name == "__log_date":
+            columns[field.name] = [logged_at.date()] * n
+        elif pa.types.is_timestamp(field.type):
+            columns[field.name] = [logged_at - timedelta(hours=i) for i in range(n)]
+        elif pa.types.is_floating(field.type):
+            columns[field.name] = [0.25 * i for i in range(n)]
+        else:  # entity keys and statuses
+            columns[field.name] = [1001 + i for i in range(n)]
+    return pa.table(columns, schema=schema)
 
 
 def make_client_store(

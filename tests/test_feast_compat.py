@@ -46,13 +46,13 @@ from feast.infra.offline_stores.remote import (
     _create_empty_table,
     build_arrow_flight_client,
 )
+from offline_helpers import assert_same_rows, file_store_view_repo, logged_rows, registry_of
 
 from flightlab.errors import MalformedParameterError, UnknownApiError
 from flightlab.feast_protocol import is_placeholder_table
 from flightlab.sample_repo import (
     DAYS,
     DRIVER_IDS,
-    FEATURE_STORE_YAML,
     START,
     apply_repo,
     create_sample_repo,
@@ -92,10 +92,6 @@ persisted_training_set = FileSource(
     timestamp_field="event_timestamp",
 )
 '''
-
-
-def registry_of(repo: Path) -> Path:
-    return repo / "data" / "registry.db"
 
 
 def stock_client_yaml(port: int, registry: str | Path) -> str:
@@ -154,13 +150,9 @@ def remote(read_server, read_repo, tmp_path_factory) -> FeatureStore:
 @pytest.fixture(scope="module")
 def file_store_repo(read_repo, tmp_path_factory) -> Path:
     """The read repo's registry and data, served by Feast's file (dask) store."""
-    repo = tmp_path_factory.mktemp("feast_compat_file_store").resolve()
-    (repo / "data").mkdir()
-    yaml = FEATURE_STORE_YAML.format(offline_store="file").replace(
-        "path: data/registry.db", f"path: {registry_of(read_repo)}"
+    return file_store_view_repo(
+        tmp_path_factory.mktemp("feast_compat_file_store").resolve(), registry_of(read_repo)
     )
-    (repo / "feature_store.yaml").write_text(yaml)
-    return repo
 
 
 @pytest.fixture(scope="module")
@@ -239,17 +231,6 @@ def fetch(job: RetrievalJob, read_path: str, server: OfflineServer) -> pd.DataFr
     table = _call_get(job.client, descriptor)
     assert server.stats_json()["staged_commands"] == 0
     return table.to_pandas()
-
-
-def assert_same_rows(expected: pd.DataFrame, got: pd.DataFrame, keys: list[str]) -> None:
-    assert sorted(got.columns) == sorted(expected.columns)
-    columns = list(expected.columns)
-    order = keys + [c for c in columns if c not in keys]
-
-    def tidy(frame: pd.DataFrame) -> pd.DataFrame:
-        return frame[columns].sort_values(order).reset_index(drop=True)
-
-    pd.testing.assert_frame_equal(tidy(got), tidy(expected))
 
 
 def outcome(call: Callable[[], pd.DataFrame]) -> tuple[pd.DataFrame | None, Exception | None]:
@@ -525,22 +506,8 @@ def test_write_logged_features_writes_the_rows_to_the_logging_destination(
 ):
     service = write_remote.get_feature_service("driver_activity")
     source = FeatureServiceLoggingSource(service, PROJECT)
-    schema = source.get_schema(write_remote.registry)
     n = 3
-    logged_at = START + timedelta(days=DAYS)
-    columns: dict[str, list] = {}
-    for field in schema:
-        if field.name == "__request_id":
-            columns[field.name] = [f"request-{i}" for i in range(n)]
-        elif field.name == "__log_date":
-            columns[field.name] = [logged_at.date()] * n
-        elif pa.types.is_timestamp(field.type):
-            columns[field.name] = [logged_at - timedelta(hours=i) for i in range(n)]
-        elif pa.types.is_floating(field.type):
-            columns[field.name] = [0.25 * i for i in range(n)]
-        else:  # entity keys and statuses
-            columns[field.name] = [1001 + i for i in range(n)]
-    table = pa.table(columns, schema=schema)
+    table = logged_rows(write_remote, n)
     logs = write_repo / "data" / "logs"
     assert not list(logs.glob("*.parquet"))
 

@@ -21,24 +21,20 @@ from offline_helpers import (
     ENTITY_KEYS,
     FEATURES,
     assert_same_rows,
+    file_store_view_repo,
     make_client_store,
     offline_store_of,
     registry_of,
 )
 
-from flightlab.sample_repo import DRIVER_IDS, FEATURE_STORE_YAML, START, entity_frame
+from flightlab.sample_repo import DRIVER_IDS, START, entity_frame
 from flightlab.server import OfflineServer
 
 
 @pytest.fixture(scope="module")
 def file_repo(server_repo, tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("file_store").resolve() / "server"
-    (repo / "data").mkdir(parents=True)
-    yaml = FEATURE_STORE_YAML.format(offline_store="file").replace(
-        "path: data/registry.db", f"path: {registry_of(server_repo)}"
-    )
-    (repo / "feature_store.yaml").write_text(yaml)
-    return repo
+    return file_store_view_repo(repo, registry_of(server_repo))
 
 
 @pytest.fixture(scope="module")

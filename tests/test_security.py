@@ -44,7 +44,6 @@ import pytest
 import yaml
 from feast import FeatureStore, FileSource
 from feast.errors import FeastPermissionError
-from feast.feature_logging import FeatureServiceLoggingSource
 from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 from feast.infra.offline_stores.remote import RemoteOfflineStore as FeastRemoteOfflineStore
 from feast.permissions.auth_model import (
@@ -53,6 +52,7 @@ from feast.permissions.auth_model import (
     OidcAuthConfig,
     OidcClientAuthConfig,
 )
+from offline_helpers import logged_rows
 from security_helpers import BearerToken, OidcProvider, Pki, make_pki
 
 from flightlab import protocol as p
@@ -306,26 +306,6 @@ def new_driver_rows(hours_after_end: int, drivers: tuple[int, ...] = (1001, 1002
             "created": pd.Series([at + timedelta(minutes=1)] * n).dt.as_unit("us"),
         }
     )
-
-
-def logged_rows(store: FeatureStore, n: int = 3) -> pa.Table:
-    """Rows in the logging schema of the feature service driver_activity."""
-    service = store.get_feature_service("driver_activity")
-    schema = FeatureServiceLoggingSource(service, PROJECT).get_schema(store.registry)
-    logged_at = START + timedelta(days=DAYS)
-    columns: dict[str, list] = {}
-    for field in schema:
-        if field.name == "__request_id":
-            columns[field.name] = [f"request-{i}" for i in range(n)]
-        elif field.name == "__log_date":
-            columns[field.name] = [logged_at.date()] * n
-        elif pa.types.is_timestamp(field.type):
-            columns[field.name] = [logged_at - timedelta(hours=i) for i in range(n)]
-        elif pa.types.is_floating(field.type):
-            columns[field.name] = [0.25 * i for i in range(n)]
-        else:  # entity keys and statuses
-            columns[field.name] = [1001 + i for i in range(n)]
-    return pa.table(columns, schema=schema)
 
 
 def client(
