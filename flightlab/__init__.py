@@ -10,7 +10,13 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["OfflineServer", "OfflineFlightClient", "RemoteOfflineStore", "__version__"]
+__all__ = [
+    "OfflineServer",
+    "OfflineFlightClient",
+    "RemoteOfflineStore",
+    "RemoteOfflineStoreConfig",
+    "__version__",
+]
 
 _LAZY = {
     "OfflineServer": "flightlab.server",

@@ -27,7 +27,7 @@ from flightlab.auth import ANONYMOUS, Caller, CallMiddleware, CallMiddlewareFact
 from flightlab.errors import INTERNAL, ProtocolError, failure_status, to_flight_error
 from flightlab.limits import ServerLimits
 from flightlab.staging import CommandStaging
-from flightlab.stats import ServerStats, StatsSnapshot
+from flightlab.stats import ServerStats
 from flightlab.workers import WorkerPool
 
 logger = logging.getLogger("flightlab.server")
@@ -369,9 +369,6 @@ class OfflineServer:
         return arguments
 
     # --- introspection -------------------------------------------------------------
-
-    def stats_snapshot(self) -> StatsSnapshot:
-        return self.stats.snapshot()
 
     def stats_json(self, for_caller: bool = False) -> dict[str, Any]:
         """Server-wide figures. ``for_caller``: what any caller of the ``stats``
