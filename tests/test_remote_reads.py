@@ -315,7 +315,9 @@ def test_batches_and_progress_give_the_rows_of_to_df(client_store, offline_serve
     whole = job.to_df()
 
     batches = list(job.to_arrow_batches())
-    assert len(batches) == -(-len(entities) // SHARED_SERVER_BATCH_ROWS)  # ceil
+    # Bounded, not merged: the server splits the store's chunks to the bound
+    # but does not copy them together, so there may be more than the minimum.
+    assert len(batches) >= -(-len(entities) // SHARED_SERVER_BATCH_ROWS)  # ceil
     assert all(0 < b.num_rows <= SHARED_SERVER_BATCH_ROWS for b in batches)
     streamed = pa.Table.from_batches(batches).to_pandas()
     assert_same_rows(whole, streamed, ENTITY_KEYS)
@@ -337,7 +339,7 @@ def test_stopping_a_batch_stream_early_leaves_the_server_clean(
     entities = entity_frame(80, seed=7)
     batches = client_store.get_historical_features(entities, FEATURES).to_arrow_batches()
     first = next(batches)
-    assert first.num_rows == SHARED_SERVER_BATCH_ROWS
+    assert 0 < first.num_rows <= SHARED_SERVER_BATCH_ROWS
     batches.close()  # the reader stops after one batch of five
 
     assert server_stats(offline_server)["staged_commands"] == 0
