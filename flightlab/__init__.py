@@ -1,12 +1,19 @@
 """flightlab: a remote offline feature server for Feast, over Arrow Flight.
 
-The heavy parts (Feast, the Flight server) are imported when first used, so
-``import flightlab`` stays fast.
+The sub-packages are the layers: :mod:`flightlab.wire` (the protocols and
+error mapping that server and client share), :mod:`flightlab.server` (the
+Flight server around a Feast repo), :mod:`flightlab.client` (Feast's
+offline-store plug-in and its transport), :mod:`flightlab.notebook` (the
+notebooks' widgets and plots) and :mod:`flightlab.mnist` (the MNIST demo).
+
+Exports ``OfflineServer``, ``OfflineFlightClient``, ``RemoteOfflineStore`` and
+``RemoteOfflineStoreConfig``; they load when first used, so ``import
+flightlab`` stays fast.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from flightlab._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -19,16 +26,11 @@ __all__ = [
 ]
 
 _LAZY = {
-    "OfflineServer": "flightlab.server",
-    "OfflineFlightClient": "flightlab.transport",
-    "RemoteOfflineStore": "flightlab.client",
-    "RemoteOfflineStoreConfig": "flightlab.client",
+    "OfflineServer": "flightlab.server.lifecycle",
+    "OfflineFlightClient": "flightlab.client.transport",
+    "RemoteOfflineStore": "flightlab.client.store",
+    "RemoteOfflineStoreConfig": "flightlab.client.store",
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'flightlab' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from flightlab import __version__
-from flightlab.limits import ServerLimits
+from flightlab.server.limits import ServerLimits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,7 +135,7 @@ def serve_offline(repo: Path, host: str, port: int, limits: ServerLimits, tls=No
     # Before the "serving" line: a script may signal as soon as it reads it.
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    from flightlab.auth import AuthConfigError
+    from flightlab.server.auth import AuthConfigError
 
     try:
         server = OfflineServer(repo, host=host, port=port, limits=limits, tls=tls).start()

@@ -23,10 +23,10 @@ import pytest
 from feast import FeatureStore
 from offline_helpers import SHARED_SERVER_BATCH_ROWS, make_client_store
 
-from flightlab.limits import ServerLimits
+from flightlab.client.transport import OfflineFlightClient
 from flightlab.sample_repo import create_sample_repo
 from flightlab.server import OfflineServer
-from flightlab.transport import OfflineFlightClient
+from flightlab.server.limits import ServerLimits
 
 
 @pytest.fixture(scope="session")

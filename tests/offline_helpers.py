@@ -14,7 +14,6 @@ from feast import FeatureStore
 from feast.feature_logging import FeatureServiceLoggingSource
 
 from flightlab.client import RemoteOfflineStore
-from flightlab.errors import decode_detail
 from flightlab.sample_repo import (
     DAYS,
     FEATURE_STORE_YAML,
@@ -23,6 +22,7 @@ from flightlab.sample_repo import (
     entity_frame,
 )
 from flightlab.server import OfflineServer
+from flightlab.wire.errors import decode_detail
 
 FEATURES = [
     "driver_stats:conv_rate",

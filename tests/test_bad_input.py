@@ -6,7 +6,7 @@ For every case, on the shared server:
   JSON detail names the exception class, the status and the problem, and
   carries no server traceback;
 - flightlab's client re-raises it as the class the server named (Feast's own
-  class where Feast has one, else one of ``flightlab.errors``);
+  class where Feast has one, else one of ``flightlab.wire.errors``);
 - nothing stays staged, and the next good request gets the local answer.
 """
 
@@ -36,9 +36,11 @@ from offline_helpers import (
     server_stats,
 )
 
-from flightlab import protocol as p
 from flightlab.client import RemoteOfflineStore
-from flightlab.errors import (
+from flightlab.client.transport import exception_for_flight_error
+from flightlab.sample_repo import entity_frame
+from flightlab.wire import protocol as p
+from flightlab.wire.errors import (
     _FLIGHT_ERROR_FOR_STATUS,
     MalformedParameterError,
     MissingParameterError,
@@ -46,8 +48,6 @@ from flightlab.errors import (
     UnknownCommandError,
     UnknownParameterError,
 )
-from flightlab.sample_repo import entity_frame
-from flightlab.transport import exception_for_flight_error
 
 HISTORICAL = "get_historical_features"
 

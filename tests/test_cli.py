@@ -24,9 +24,9 @@ import pytest
 from feast.errors import FeatureViewNotFoundException
 from offline_helpers import ENTITY_KEYS, FEATURES, assert_same_rows, make_client_store
 
-from flightlab import protocol as p
+from flightlab.client.transport import OfflineFlightClient
 from flightlab.sample_repo import entity_frame
-from flightlab.transport import OfflineFlightClient
+from flightlab.wire import protocol as p
 
 SERVING = re.compile(r"flightlab serving grpc\+tcp://127\.0\.0\.1:(\d+)")
 STARTUP_SECONDS = 120

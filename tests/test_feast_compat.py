@@ -48,8 +48,6 @@ from feast.infra.offline_stores.remote import (
 )
 from offline_helpers import assert_same_rows, file_store_view_repo, logged_rows, registry_of
 
-from flightlab.errors import MalformedParameterError, UnknownApiError
-from flightlab.feast_protocol import is_placeholder_table
 from flightlab.sample_repo import (
     DAYS,
     DRIVER_IDS,
@@ -59,6 +57,8 @@ from flightlab.sample_repo import (
     entity_frame,
 )
 from flightlab.server import OfflineServer
+from flightlab.wire.errors import MalformedParameterError, UnknownApiError
+from flightlab.wire.feast_protocol import is_placeholder_table
 
 PROJECT = "flightlab_sample"
 FEATURES = [

@@ -108,8 +108,8 @@ def test_an_unapplied_repo_is_refused_with_a_hint(tmp_path):
 def test_the_panel_reflects_real_server_stats(tools_repo, tmp_path):
     from feast.errors import FeatureViewNotFoundException
 
+    from flightlab.client.transport import OfflineFlightClient
     from flightlab.server import OfflineServer
-    from flightlab.transport import OfflineFlightClient
 
     server = OfflineServer(tools_repo, port=0).start()
     try:
@@ -134,7 +134,7 @@ def test_the_panel_reflects_real_server_stats(tools_repo, tmp_path):
         assert "rows sent" in html and "<td>20</td>" in html
 
         # A request the server refuses (a client that skips Feast's own checks).
-        from flightlab import protocol as p
+        from flightlab.wire import protocol as p
 
         bad = p.GetHistoricalFeatures(
             features=("no_such_view:x",), entity_df=_arrow(entity_frame(5))

@@ -28,8 +28,8 @@ from offline_helpers import (
 )
 
 from flightlab.client import RemoteRetrievalJob
+from flightlab.client.transport import Progress
 from flightlab.sample_repo import CUSTOMER_IDS, DAYS, DRIVER_IDS, START, entity_frame
-from flightlab.transport import Progress
 
 # --- get_historical_features -------------------------------------------------------
 

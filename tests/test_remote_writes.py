@@ -32,11 +32,11 @@ from offline_helpers import (
     requests_served,
 )
 
-from flightlab import protocol as p
 from flightlab.client import RemoteOfflineStore
+from flightlab.client.transport import OfflineFlightClient
 from flightlab.sample_repo import DAYS, START, create_sample_repo, entity_frame
 from flightlab.server import OfflineServer
-from flightlab.transport import OfflineFlightClient
+from flightlab.wire import protocol as p
 
 
 @pytest.fixture(scope="module")

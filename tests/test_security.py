@@ -55,17 +55,22 @@ from feast.permissions.auth_model import (
 from offline_helpers import logged_rows
 from security_helpers import BearerToken, OidcProvider, Pki, make_pki
 
-from flightlab import protocol as p
-from flightlab.auth import AuthConfigError, Authenticator, TokenAuthenticator, authenticator_for
 from flightlab.client import RemoteOfflineStore
-from flightlab.errors import (
+from flightlab.client.transport import OfflineFlightClient, translated_errors
+from flightlab.sample_repo import DAYS, START, apply_repo, create_sample_repo, entity_frame
+from flightlab.server import OfflineServer, ServerTls
+from flightlab.server.auth import (
+    AuthConfigError,
+    Authenticator,
+    TokenAuthenticator,
+    authenticator_for,
+)
+from flightlab.wire import protocol as p
+from flightlab.wire.errors import (
     AuthenticationFailedError,
     ConnectionFailedError,
     UnknownCommandError,
 )
-from flightlab.sample_repo import DAYS, START, apply_repo, create_sample_repo, entity_frame
-from flightlab.server import OfflineServer, ServerTls
-from flightlab.transport import OfflineFlightClient, translated_errors
 
 PROJECT = "flightlab_sample"
 CALL_TIMEOUT = 30.0  # no call of these tests may hang

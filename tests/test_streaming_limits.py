@@ -29,20 +29,20 @@ import pyarrow.flight as flight
 import pytest
 from feast import FeatureStore
 
-from flightlab import protocol as p
-from flightlab import streaming
-from flightlab.errors import (
+from flightlab.client.transport import OfflineFlightClient, Progress, exception_for_flight_error
+from flightlab.sample_repo import client_repo_yaml, create_sample_repo, entity_frame
+from flightlab.server import OfflineServer
+from flightlab.server.limits import ServerLimits
+from flightlab.server.staging import CommandStaging
+from flightlab.server.workers import WorkerPool
+from flightlab.wire import protocol as p
+from flightlab.wire import streaming
+from flightlab.wire.errors import (
     ClientGoneError,
     ResourceExhaustedError,
     ServerBusyError,
     UnknownCommandError,
 )
-from flightlab.limits import ServerLimits
-from flightlab.sample_repo import client_repo_yaml, create_sample_repo, entity_frame
-from flightlab.server import OfflineServer
-from flightlab.staging import CommandStaging
-from flightlab.transport import OfflineFlightClient, Progress, exception_for_flight_error
-from flightlab.workers import WorkerPool
 
 FEATURES = ("driver_stats:conv_rate", "driver_stats:acc_rate", "customer_stats:avg_rating")
 BATCH_ROWS = 64
@@ -458,7 +458,7 @@ def test_staging_cap_on_the_wire_and_through_the_client(capped_server):
         raw_stage(raw, big)
     detail = detail_of(caught.value)
     assert detail["class"] == "ResourceExhaustedError"
-    assert detail["module"] == "flightlab.errors"
+    assert detail["module"] == "flightlab.wire.errors"
     assert detail["status"] == "resource_exhausted"
     assert str(MAX_STAGED_BYTES) in detail["message"]
     # The parameters staged before the one refused are dropped with it.

@@ -22,9 +22,9 @@ import pyarrow.flight as flight
 from feast import FeatureStore
 from offline_helpers import ENTITY_KEYS, FEATURES, assert_same_rows, server_stats
 
-from flightlab import protocol as p
+from flightlab.client.transport import OfflineFlightClient
 from flightlab.sample_repo import entity_frame
-from flightlab.transport import OfflineFlightClient
+from flightlab.wire import protocol as p
 
 THREADS = 8
 # A thread not done by then is stuck: fail rather than hang the suite.

@@ -7,7 +7,7 @@ Select it in a client repo's ``feature_store.yaml``::
       host: localhost
       port: 8815
 
-Every call becomes a request of :mod:`flightlab.protocol`; retrievals are lazy
+Every call becomes a request of :mod:`flightlab.wire.protocol`; retrievals are lazy
 and nothing is sent until ``to_df``/``to_arrow``/``persist``.
 """
 
@@ -36,9 +36,9 @@ from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from feast.saved_dataset import SavedDatasetStorage
 from pydantic import StrictInt, StrictStr
 
-from flightlab import protocol as p
-from flightlab.errors import MalformedEntityDataError
-from flightlab.transport import OfflineFlightClient, ProgressCallback
+from flightlab.client.transport import OfflineFlightClient, ProgressCallback
+from flightlab.wire import protocol as p
+from flightlab.wire.errors import MalformedEntityDataError
 
 
 class RemoteOfflineStoreConfig(FeastConfigBaseModel):

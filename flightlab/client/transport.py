@@ -1,7 +1,7 @@
 """The client half of the flightlab protocol: send a request, get its answer.
 
 :class:`OfflineFlightClient` knows Flight and the protocol, not Feast: it takes
-the requests of :mod:`flightlab.protocol` and returns Arrow data. Flight errors
+the requests of :mod:`flightlab.wire.protocol` and returns Arrow data. Flight errors
 are turned back into the exceptions the server described (Feast's own classes
 where the server raised one).
 """
@@ -17,9 +17,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from flightlab import protocol as p
-from flightlab import streaming
-from flightlab.errors import (
+from flightlab.wire import protocol as p
+from flightlab.wire import streaming
+from flightlab.wire.errors import (
     ConnectionFailedError,
     RemoteServerError,
     decode_detail,

@@ -5,7 +5,7 @@ servers do: ``no_auth`` lets everyone in anonymously; ``oidc`` and
 ``kubernetes`` require a bearer token on every call, validated by Feast's own
 token parsers (JWKS signature and expiry for OIDC, a TokenReview for
 Kubernetes). What the caller may then do is decided by the registry's
-Permission objects, in :mod:`flightlab.dispatcher`.
+Permission objects, in :mod:`flightlab.server.dispatcher`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow.flight as flight
 
-from flightlab.errors import AuthenticationFailedError, to_flight_error
+from flightlab.wire.errors import AuthenticationFailedError, to_flight_error
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Maps a decoded request to a call of the server's Feast store.
 
 This module knows Feast and nothing of the wire: it takes the frozen requests
-of :mod:`flightlab.protocol` and returns an Arrow table (for the APIs that
+of :mod:`flightlab.wire.protocol` and returns an Arrow table (for the APIs that
 return data) or a small summary dict (for those that do not).
 """
 
@@ -36,8 +36,8 @@ from feast.protos.feast.core.SavedDataset_pb2 import (
 from feast.saved_dataset import SavedDatasetStorage
 from google.protobuf.message import DecodeError
 
-from flightlab import protocol as p
-from flightlab.errors import MalformedEntityDataError, MalformedParameterError
+from flightlab.wire import protocol as p
+from flightlab.wire.errors import MalformedEntityDataError, MalformedParameterError
 
 logger = logging.getLogger(__name__)
 

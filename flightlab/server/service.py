@@ -1,43 +1,33 @@
-"""The flightlab offline feature server: Feast's offline store over Arrow Flight.
+"""The Flight RPCs of the offline server, mapped to flightlab's requests.
 
-:class:`OfflineServer` is what users start (from Python, a notebook or the
-``flightlab serve_offline`` command). The Flight service inside it maps RPCs
-to the requests of :mod:`flightlab.protocol` and hands them to one
-:class:`~flightlab.dispatcher.OfflineDispatcher`.
+:class:`FlightService` decodes each RPC into a request of
+:mod:`flightlab.wire.protocol` (or, for Feast's own client,
+:mod:`flightlab.wire.feast_protocol`), hands it to its
+:class:`~flightlab.server.lifecycle.OfflineServer` to run, and encodes the
+answer. It holds no state of its own: staged commands, workers and counters
+belong to the server.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from flightlab import feast_protocol, streaming
-from flightlab import protocol as p
-from flightlab.auth import ANONYMOUS, Caller, CallMiddleware, CallMiddlewareFactory
-from flightlab.errors import INTERNAL, ProtocolError, failure_status, to_flight_error
-from flightlab.limits import ServerLimits
-from flightlab.staging import CommandStaging
-from flightlab.stats import ServerStats
-from flightlab.workers import WorkerPool
+from flightlab.server.auth import ANONYMOUS, Caller, CallMiddleware
+from flightlab.wire import feast_protocol, streaming
+from flightlab.wire import protocol as p
+from flightlab.wire.errors import ProtocolError
 
-logger = logging.getLogger("flightlab.server")
+if TYPE_CHECKING:
+    from flightlab.server.lifecycle import OfflineServer
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8815
 # The header in which a client asks for compressed results ("zstd" or "lz4").
 COMPRESSION_HEADER = "x-flightlab-compression"
 COMPRESSIONS = ("zstd", "lz4")
-_CALL_MIDDLEWARE = "call"
+CALL_MIDDLEWARE = "call"
 
 _ACTION_DESCRIPTIONS = {
     "offline_write_batch": "Run a staged offline_write_batch: append the staged "
@@ -53,31 +43,11 @@ _ACTION_DESCRIPTIONS = {
 }
 
 
-@dataclass(frozen=True)
-class ServerTls:
-    """TLS for the server: its certificate chain and key (PEM), and for mTLS
-    the CA that client certificates must chain to."""
-
-    cert_chain: bytes
-    private_key: bytes
-    client_ca: bytes | None = None
-
-    @classmethod
-    def from_files(
-        cls, cert: str | Path, key: str | Path, client_ca: str | Path | None = None
-    ) -> ServerTls:
-        return cls(
-            Path(cert).read_bytes(),
-            Path(key).read_bytes(),
-            Path(client_ca).read_bytes() if client_ca else None,
-        )
-
-
 def _call_middleware(context) -> CallMiddleware | None:
-    return context.get_middleware(_CALL_MIDDLEWARE)
+    return context.get_middleware(CALL_MIDDLEWARE)
 
 
-def _caller(context) -> Caller:
+def caller_of(context) -> Caller:
     middleware = _call_middleware(context)
     return middleware.caller if middleware is not None else ANONYMOUS
 
@@ -95,7 +65,7 @@ def _requested_compression(context) -> str | None:
     return values[0]
 
 
-class _FlightService(flight.FlightServerBase):
+class FlightService(flight.FlightServerBase):
     """The Flight RPCs: decode each call into a request of flightlab.protocol,
     run it through the server, encode the answer.
 
@@ -158,7 +128,7 @@ class _FlightService(flight.FlightServerBase):
 
     def list_flights(self, context, criteria):
         # Each caller sees only the commands it staged.
-        for staged in self._server.staging.summaries(_caller(context).name):
+        for staged in self._server.staging.summaries(caller_of(context).name):
             yield flight.FlightInfo(
                 pa.schema([]),
                 p.command_descriptor(staged.command_id),
@@ -228,225 +198,3 @@ class _FlightService(flight.FlightServerBase):
 
     def list_actions(self, context):
         return list(_ACTION_DESCRIPTIONS.items())
-
-
-class _Call:
-    """What is known and logged about one RPC."""
-
-    def __init__(self, rpc: str, caller: Caller, api: str | None):
-        self.rpc = rpc
-        self.caller = caller
-        self.api = api
-        self.command_id: str | None = None
-        self.rows_in = 0
-        self.rows_out = 0
-        self.bytes_out = 0
-        self.executed = False
-        self.started = time.perf_counter()
-
-
-class OfflineServer:
-    """Serves a Feast repo's offline store over Arrow Flight.
-
-    ``OfflineServer(repo_path)`` or ``OfflineServer(store=feature_store)``;
-    ``start()`` serves from a background thread, ``stop()`` ends it, and the
-    server is a context manager. ``port=0`` picks a free port: read
-    :attr:`port` or :attr:`location` once started. Authentication follows the
-    repo's ``auth`` config; ``tls`` serves over TLS (and mTLS with a client CA).
-    """
-
-    def __init__(
-        self,
-        repo_path: str | Path | None = None,
-        *,
-        store: Any = None,
-        host: str = DEFAULT_HOST,
-        port: int = DEFAULT_PORT,
-        limits: ServerLimits | None = None,
-        tls: ServerTls | None = None,
-    ):
-        if (repo_path is None) == (store is None):
-            raise ValueError("give exactly one of repo_path and store")
-        if store is None:
-            from feast import FeatureStore
-
-            store = FeatureStore(repo_path=str(repo_path))
-        from flightlab.auth import authenticator_for
-        from flightlab.dispatcher import OfflineDispatcher
-
-        self.store = store
-        self.limits = limits or ServerLimits()
-        self.tls = tls
-        self.authenticator = authenticator_for(store.config.auth_config)
-        self.dispatcher = OfflineDispatcher(
-            store, enforce_permissions=self.authenticator.enforces_permissions
-        )
-        self.staging = CommandStaging(self.limits.staged_ttl, self.limits.max_staged_bytes)
-        self.stats = ServerStats()
-        self.host = host
-        self._requested_port = port
-        self._pool: WorkerPool | None = None
-        self._service: _FlightService | None = None
-        self._thread: threading.Thread | None = None
-        self._stopped = threading.Event()
-
-    # --- life cycle --------------------------------------------------------------
-
-    def start(self) -> OfflineServer:
-        if self._service is not None:
-            raise RuntimeError("the server is already running")
-        self._pool = WorkerPool(self.limits.workers, self.limits.queue_timeout)
-        self._stopped.clear()
-        self._service = _FlightService(
-            self,
-            f"{self.scheme}://{self.host}:{self._requested_port}",
-            middleware={_CALL_MIDDLEWARE: CallMiddlewareFactory(self.authenticator)},
-            **self._tls_arguments(),
-        )
-        self._thread = threading.Thread(
-            target=self._service.serve, name="flightlab-server", daemon=True
-        )
-        self._thread.start()
-        threading.Thread(target=self._sweep_expired, name="flightlab-sweeper", daemon=True).start()
-        logger.info(
-            "flightlab offline server serving project %s at %s (auth: %s)",
-            self.store.project,
-            self.location,
-            self.store.config.auth_config.type,
-        )
-        return self
-
-    def stop(self) -> None:
-        service, self._service = self._service, None
-        if service is None:
-            return
-        self._stopped.set()
-        service.shutdown()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self._pool is not None:
-            self._pool.shutdown()
-        logger.info("flightlab offline server stopped")
-
-    def wait(self) -> None:
-        """Block until the server is stopped (from another thread or a signal)."""
-        if self._service is not None:
-            self._service.wait()
-
-    def __enter__(self) -> OfflineServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.stop()
-
-    @property
-    def running(self) -> bool:
-        return self._service is not None
-
-    @property
-    def scheme(self) -> str:
-        return "grpc+tls" if self.tls is not None else "grpc+tcp"
-
-    @property
-    def port(self) -> int:
-        if self._service is None:
-            raise RuntimeError("the server is not running")
-        return self._service.port
-
-    @property
-    def location(self) -> str:
-        host = "localhost" if self.host in ("0.0.0.0", "::") else self.host
-        return f"{self.scheme}://{host}:{self.port}"
-
-    def _tls_arguments(self) -> dict[str, Any]:
-        if self.tls is None:
-            return {}
-        arguments: dict[str, Any] = {
-            "tls_certificates": [(self.tls.cert_chain, self.tls.private_key)]
-        }
-        if self.tls.client_ca is not None:
-            arguments.update(verify_client=True, root_certificates=self.tls.client_ca)
-        return arguments
-
-    # --- introspection -------------------------------------------------------------
-
-    def stats_json(self, for_caller: bool = False) -> dict[str, Any]:
-        """Server-wide figures. ``for_caller``: what any caller of the ``stats``
-        action may see; on a server with authentication that leaves out the
-        last error's text, which names other users' resources and commands."""
-        staged = self.staging.summaries(everyone=True)
-        figures = {
-            "staged_commands": len(staged),
-            "staged_bytes": sum(s.nbytes for s in staged),
-            "workers": self._pool.load() if self._pool else None,
-            **self.stats.snapshot().to_json(),
-        }
-        if for_caller and self.authenticator.enforces_permissions:
-            figures["last_error"] = None
-        return figures
-
-    def _sweep_expired(self) -> None:
-        # Frees the memory of abandoned commands even when no request comes.
-        period = min(self.limits.staged_ttl / 4, 30.0)
-        while not self._stopped.wait(period):
-            expired = self.staging.expire()
-            if expired:
-                logger.info("expired %d staged command(s) never run", expired)
-
-    # --- helpers for the Flight service ------------------------------------------
-
-    @contextmanager
-    def _handling(self, rpc: str, context, api: str | None = None) -> Iterator[_Call]:
-        call = _Call(rpc, _caller(context), api)
-        try:
-            yield call
-        except Exception as exc:
-            self._record_failure(call, exc)
-            raise to_flight_error(exc) from None
-        self._record_success(call)
-
-    def _execute(self, call: _Call, request: p.Request, context) -> Any:
-        """Run a decoded request on the worker pool; note its rows for the log."""
-        call.rows_in = request.rows_in()
-        assert self._pool is not None, "the server is not running"
-        user = call.caller.user
-        result = self._pool.run(lambda: self.dispatcher.run(request, user), context.is_cancelled)
-        if isinstance(result, pa.Table):
-            call.rows_out, call.bytes_out = result.num_rows, result.nbytes
-        call.executed = True
-        return result
-
-    def _record_success(self, call: _Call) -> None:
-        seconds = time.perf_counter() - call.started
-        if not call.executed:
-            logger.debug("%s %s command=%s %.3fs", call.rpc, call.api, call.command_id, seconds)
-            return
-        self.stats.record_success(call.api or "?", call.rows_in, call.rows_out, call.bytes_out)
-        logger.info(
-            "%s command=%s user=%s rows_in=%d rows_out=%d bytes_out=%d %.3fs",
-            call.api,
-            call.command_id,
-            call.caller.name or "-",
-            call.rows_in,
-            call.rows_out,
-            call.bytes_out,
-            seconds,
-        )
-
-    def _record_failure(self, call: _Call, exc: Exception) -> None:
-        api = call.api or call.rpc
-        self.stats.record_error(api, exc)
-        if failure_status(exc) == INTERNAL:
-            logger.exception("%s command=%s failed", api, call.command_id)
-        else:
-            logger.warning(
-                "%s command=%s rejected: %s: %s", api, call.command_id, type(exc).__name__, exc
-            )
-        if call.command_id is not None:
-            # Whatever failed, the command will not run: keep no state for it.
-            self.staging.drop(call.command_id, call.caller.name)
-
-    def _result_batches(self, table: pa.Table, context):
-        return streaming.result_batches(
-            table, self.limits.batch_rows, self.limits.max_batch_bytes, context.is_cancelled
-        )

@@ -9,8 +9,12 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from flightlab.errors import MalformedParameterError, ResourceExhaustedError, UnknownCommandError
-from flightlab.limits import DEFAULT_MAX_STAGED_BYTES, DEFAULT_STAGED_TTL
+from flightlab.server.limits import DEFAULT_MAX_STAGED_BYTES, DEFAULT_STAGED_TTL
+from flightlab.wire.errors import (
+    MalformedParameterError,
+    ResourceExhaustedError,
+    UnknownCommandError,
+)
 
 # How many expired command ids are remembered, to say "expired" rather than
 # "unknown" when a late client asks for one.

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
-from flightlab.errors import ClientGoneError, ServerBusyError
+from flightlab.wire.errors import ClientGoneError, ServerBusyError
 
 T = TypeVar("T")
 

@@ -203,7 +203,7 @@ _FLIGHT_ERROR_FOR_STATUS: dict[str, type[flight.FlightError]] = {
 
 
 def failure_status(exc: BaseException) -> str:
-    """What kind of failure ``exc`` is, in the vocabulary of flightlab.errors."""
+    """What kind of failure ``exc`` is, in the vocabulary of flightlab.wire.errors."""
     from feast.errors import FeastObjectNotFoundException, FeastPermissionError
 
     if isinstance(exc, FlightlabError):

@@ -10,7 +10,7 @@ one-column ``key`` table when the call has none. It sends
 - writes: ``do_put``, which runs the call at once.
 
 This module turns such a descriptor and table into the same frozen requests
-as :mod:`flightlab.protocol`, so one dispatcher serves both protocols. Errors
+as :mod:`flightlab.wire.protocol`, so one dispatcher serves both protocols. Errors
 go back as ``Flight error: {"module", "class", "message"}``, which the stock
 client turns into Feast's own exception classes (see ``server.to_flight_error``).
 """
@@ -24,8 +24,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from flightlab import protocol as p
-from flightlab.errors import MalformedParameterError, MissingParameterError
+from flightlab.wire import protocol as p
+from flightlab.wire.errors import MalformedParameterError, MissingParameterError
 
 
 @dataclass(frozen=True)

@@ -18,22 +18,22 @@ A call is a *command*, named by a UUID the client makes:
 from __future__ import annotations
 
 import dataclasses
-import enum
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, ClassVar, Union
+from datetime import datetime
+from typing import ClassVar, Union
 
 import pyarrow as pa
 
-from flightlab.errors import (
+from flightlab.wire.errors import (
     MalformedParameterError,
     MissingParameterError,
     UnknownApiError,
     UnknownCommandError,
     UnknownParameterError,
 )
+from flightlab.wire.params import Kind, decode_text, decode_value, encode_value, param
 
 # Schema metadata keys of every do_put.
 META_COMMAND = b"command"
@@ -44,38 +44,6 @@ PROTOCOL_METADATA_KEYS = (META_COMMAND, META_API, META_PARAM)
 # Actions that are not offline-store APIs.
 ACTION_DROP = "drop_command"
 ACTION_STATS = "stats"
-
-# Timestamps travel as microseconds in UTC: the precision Feast's SQL-backed
-# stores keep, and a naive datetime is read as UTC, as Feast does.
-TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
-
-
-class Kind(enum.Enum):
-    """How a parameter is encoded as a one-column (or, for TABLE, any) table."""
-
-    TABLE = "table"  # an Arrow table, streamed as it is
-    STRING = "string"  # one row
-    STRING_LIST = "string_list"  # one row per element
-    BOOL = "bool"
-    TIMESTAMP = "timestamp"
-    BYTES = "bytes"
-
-
-_ARROW_TYPE = {
-    Kind.STRING: pa.string(),
-    Kind.STRING_LIST: pa.string(),
-    Kind.BOOL: pa.bool_(),
-    Kind.TIMESTAMP: TIMESTAMP_TYPE,
-    Kind.BYTES: pa.binary(),
-}
-
-
-def param(kind: Kind, *, required: bool = True, default: Any = None) -> Any:
-    """Declare a request field as a wire parameter."""
-    meta = {"kind": kind, "required": required}
-    if required:
-        return field(metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -267,7 +235,7 @@ def command_id_from_descriptor(descriptor) -> str:
         raw = b"/".join(p if isinstance(p, bytes) else p.encode() for p in descriptor.path)
     else:
         raise UnknownCommandError("the flight descriptor names no command")
-    return _decode_text(raw, "flight descriptor")
+    return decode_text(raw, "flight descriptor")
 
 
 def ticket_bytes(command_id: str) -> bytes:
@@ -275,7 +243,7 @@ def ticket_bytes(command_id: str) -> bytes:
 
 
 def command_id_from_ticket(ticket: bytes) -> str:
-    return _decode_text(ticket, "ticket")
+    return decode_text(ticket, "ticket")
 
 
 def api_type(api: str) -> type[Request]:
@@ -317,7 +285,7 @@ def read_put_header(schema: pa.Schema, descriptor_command_id: str | None) -> Put
                 f"do_put schema metadata lacks {key.decode()!r}; "
                 "every do_put carries 'command', 'api' and 'param'"
             )
-        values[key.decode()] = _decode_text(metadata[key], f"metadata {key.decode()!r}")
+        values[key.decode()] = decode_text(metadata[key], f"metadata {key.decode()!r}")
     header = PutHeader(values["command"], values["api"], values["param"])
     if descriptor_command_id is not None and descriptor_command_id != header.command_id:
         raise MalformedParameterError(
@@ -353,18 +321,6 @@ def wire_param_names(cls: type[Request]) -> tuple[str, ...]:
         retrieval_names = {n for r in RETRIEVAL_TYPES.values() for n in wire_param_names(r)}
         names = list(PERSIST_OWN_PARAMS) + sorted(retrieval_names)
     return tuple(names)
-
-
-def encode_value(name: str, kind: Kind, value: Any) -> pa.Table:
-    """A parameter value as the table that carries it."""
-    if kind is Kind.TABLE:
-        if not isinstance(value, pa.Table):
-            raise MalformedParameterError(f"parameter {name!r} must be an Arrow table")
-        return value
-    if kind is Kind.TIMESTAMP:
-        value = _as_utc(value)
-    rows = list(value) if kind is Kind.STRING_LIST else [value]
-    return pa.table({name: pa.array(rows, type=_ARROW_TYPE[kind])})
 
 
 def encode_request(request: Request) -> dict[str, pa.Table]:
@@ -422,77 +378,3 @@ def _decode_persist(params: Mapping[str, pa.Table]) -> Persist:
         if f.name in params
     }
     return Persist(retrieval=decode_request(retrieval_api, retrieval_params), **own)
-
-
-def decode_value(name: str, kind: Kind, table: pa.Table) -> Any:
-    """The value a parameter table carries, checked against its kind."""
-    if kind is Kind.TABLE:
-        return table
-    if table.num_columns != 1:
-        raise MalformedParameterError(
-            f"parameter {name!r} must be a one-column table, got columns {table.column_names}"
-        )
-    column = table.column(0)
-    if table.column_names[0] != name:
-        raise MalformedParameterError(
-            f"parameter {name!r} arrived in a column named {table.column_names[0]!r}"
-        )
-    expected = _ARROW_TYPE[kind]
-    if not _compatible(column.type, expected):
-        raise MalformedParameterError(
-            f"parameter {name!r} must be of Arrow type {expected}, got {column.type}"
-        )
-    if kind is Kind.STRING_LIST:
-        values = column.to_pylist()
-        if any(v is None for v in values):
-            raise MalformedParameterError(f"parameter {name!r} holds a null element")
-        return tuple(values)
-    if table.num_rows != 1:
-        raise MalformedParameterError(
-            f"parameter {name!r} is a single value: send one row, got {table.num_rows}"
-        )
-    if kind is Kind.TIMESTAMP:
-        return _timestamp_value(name, column)
-    value = column.to_pylist()[0]
-    if isinstance(value, str) and kind is Kind.BYTES:
-        value = value.encode()
-    return value
-
-
-def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
-    if pa.types.is_timestamp(expected):
-        return pa.types.is_timestamp(actual)
-    if pa.types.is_string(expected):
-        return pa.types.is_string(actual) or pa.types.is_large_string(actual)
-    if pa.types.is_binary(expected):
-        return pa.types.is_binary(actual) or pa.types.is_large_binary(actual)
-    return actual == expected
-
-
-def _timestamp_value(name: str, column: pa.ChunkedArray) -> datetime | None:
-    if column.type.tz is None:
-        column = column.cast(pa.timestamp(column.type.unit, tz="UTC"))
-    try:
-        column = column.cast(TIMESTAMP_TYPE, safe=False)
-    except pa.ArrowInvalid as exc:
-        raise MalformedParameterError(f"parameter {name!r}: {exc}") from None
-    value = column.to_pylist()[0]
-    return value.astimezone(UTC) if value is not None else None
-
-
-def _as_utc(value: datetime) -> datetime:
-    if not isinstance(value, datetime):
-        raise MalformedParameterError(f"expected a datetime, got {type(value).__name__}")
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
-
-
-def _decode_text(raw: bytes, what: str) -> str:
-    try:
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
-    except UnicodeDecodeError:
-        raise MalformedParameterError(f"the {what} is not UTF-8 text") from None
-    if not text:
-        raise MalformedParameterError(f"the {what} is empty")
-    return text
