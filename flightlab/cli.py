@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from flightlab import __version__
+from flightlab.engine.settings import EngineMode, EngineSettings
 from flightlab.server.limits import ServerLimits
 
 
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=limits.batch_rows,
         help="rows per result batch at most (default %(default)s)",
     )
+    _add_engine_arguments(serve)
     serve.add_argument(
         "--log-level",
         default="info",
@@ -87,6 +89,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="how much to log (one line per request at info)",
     )
     return parser
+
+
+def _add_engine_arguments(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--engine",
+        choices=[mode.value for mode in EngineMode],
+        default=EngineMode.AUTO.value,
+        help="who answers retrievals: auto (flightlab's DuckDB engine where it gives the "
+        "store's own answers, Feast's store elsewhere), flightlab (the engine wherever it "
+        "can, also on the dask store), feast (always the Feast store); default %(default)s",
+    )
+    serve.add_argument(
+        "--engine-threads",
+        type=int,
+        metavar="N",
+        help="DuckDB threads per engine request (default: one per core)",
+    )
+    serve.add_argument(
+        "--engine-memory-limit",
+        metavar="SIZE",
+        help="DuckDB memory limit per engine request, e.g. 2GB; beyond it joins spill",
+    )
+    serve.add_argument(
+        "--spill-dir",
+        type=Path,
+        metavar="DIR",
+        help="where engine joins over the memory limit spill (default: a temp folder)",
+    )
+
+
+def _engine_settings(args: argparse.Namespace) -> EngineSettings:
+    return EngineSettings(
+        mode=EngineMode(args.engine),
+        threads=args.engine_threads,
+        memory_limit=args.engine_memory_limit,
+        spill_dir=args.spill_dir,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             max_staged_bytes=args.max_staged_bytes,
             batch_rows=args.batch_rows,
         )
-        return serve_offline(Path(args.chdir), args.host, args.port, limits, _tls(args))
+        return serve_offline(
+            Path(args.chdir), args.host, args.port, limits, _tls(args), _engine_settings(args)
+        )
     return 2
 
 
@@ -120,7 +161,14 @@ def _tls(args: argparse.Namespace):
     return ServerTls.from_files(args.cert, args.key, args.client_ca)
 
 
-def serve_offline(repo: Path, host: str, port: int, limits: ServerLimits, tls=None) -> int:
+def serve_offline(
+    repo: Path,
+    host: str,
+    port: int,
+    limits: ServerLimits,
+    tls=None,
+    engine: EngineSettings | None = None,
+) -> int:
     if not (repo / "feature_store.yaml").is_file():
         print(f"flightlab: no feature_store.yaml in {repo.resolve()}", file=sys.stderr)
         return 2
@@ -138,7 +186,9 @@ def serve_offline(repo: Path, host: str, port: int, limits: ServerLimits, tls=No
     from flightlab.server.auth import AuthConfigError
 
     try:
-        server = OfflineServer(repo, host=host, port=port, limits=limits, tls=tls).start()
+        server = OfflineServer(
+            repo, host=host, port=port, limits=limits, tls=tls, engine=engine
+        ).start()
     except AuthConfigError as exc:
         print(f"flightlab: {exc}", file=sys.stderr)
         return 2

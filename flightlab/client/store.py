@@ -188,6 +188,7 @@ class RemoteOfflineStore(OfflineStore):
             full_feature_names=full_feature_names,
             start_date=kwargs.get("start_date"),
             end_date=kwargs.get("end_date"),
+            projections=_aliased_projections(feature_views),
         )
         return RemoteRetrievalJob(config, request, _retrieval_metadata(feature_refs, entity_df))
 
@@ -308,6 +309,18 @@ def _pull_request(
         start_date=start_date,
         end_date=end_date,
     )
+
+
+def _aliased_projections(feature_views: list[FeatureView]) -> tuple[bytes, ...] | None:
+    """The projections that references alone cannot describe (a feature
+    service's alias or join key map), for the server to apply them as the
+    client's Feast resolved them; None when every view is used as registered."""
+    changed = [
+        view.projection.to_proto().SerializeToString()
+        for view in feature_views
+        if view.projection.name_alias or view.projection.join_key_map
+    ]
+    return tuple(changed) or None
 
 
 def entity_table_from_frame(entity_df: pd.DataFrame) -> pa.Table:

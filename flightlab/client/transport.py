@@ -169,10 +169,14 @@ class OfflineFlightClient:
 class Progress:
     """How much of a result has arrived.
 
-    ``total_rows`` is exact. ``total_bytes`` is the result's size in the
-    server's memory, which may exceed the sum of ``bytes`` received (Arrow
-    leaves out validity bitmaps of columns without nulls on the wire): use it
-    as an estimate, and ``fraction`` (by rows) for progress.
+    ``total_rows`` is exact where the server knows it before streaming (a
+    historical retrieval: one row per entity row; None for a pull that
+    flightlab's engine streams as it reads). ``total_bytes`` is the result's
+    size in the server's memory when the server held it whole (Feast's stores
+    answered), None when the result streams as it is made; it may exceed the
+    sum of ``bytes`` received (Arrow leaves out validity bitmaps of columns
+    without nulls on the wire): use it as an estimate, and ``fraction`` (by
+    rows) for progress.
     """
 
     rows: int

@@ -11,11 +11,12 @@ import logging
 import threading
 from collections.abc import Callable
 from contextlib import nullcontext
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-from feast import FeatureStore
+from feast import FeatureStore, utils
 from feast.data_source import DataSource
 from feast.errors import (
     DataSourceObjectNotFoundException,
@@ -36,6 +37,10 @@ from feast.protos.feast.core.SavedDataset_pb2 import (
 from feast.saved_dataset import SavedDatasetStorage
 from google.protobuf.message import DecodeError
 
+from flightlab.engine.results import ResultStream
+from flightlab.engine.runner import Engine
+from flightlab.engine.settings import EngineMode, EngineSettings
+from flightlab.server.planning import HistoricalPlan, check_request_data, plan_historical
 from flightlab.wire import protocol as p
 from flightlab.wire.errors import MalformedEntityDataError, MalformedParameterError
 
@@ -51,20 +56,24 @@ class OfflineDispatcher:
     READ_OFFLINE to retrieve, WRITE_OFFLINE to write.
     """
 
-    def __init__(self, store: FeatureStore, enforce_permissions: bool = False):
+    def __init__(
+        self,
+        store: FeatureStore,
+        enforce_permissions: bool = False,
+        engine: Engine | None = None,
+    ):
         self.store = store
         self.enforce_permissions = enforce_permissions
+        self.engine = engine or Engine(EngineSettings(mode=EngineMode.FEAST))
         self.offline_store: OfflineStore = get_offline_store_from_config(store.config.offline_store)
         self._registry_lock = threading.Lock()
         # Feast's duckdb store runs every query on ibis's one process-wide
         # duckdb connection, which is not thread-safe: concurrent calls fail
         # with "Attempting to execute an unsuccessful or closed pending query
-        # result". Such a store is called by one worker at a time.
+        # result". Such a store is called by one worker at a time; flightlab's
+        # engine, with a database per request, needs no such lock.
         self._store_lock = threading.Lock() if _single_threaded(self.offline_store) else None
         self._handlers: dict[type[p.Request], Callable[[Any, Any], Any]] = {
-            p.GetHistoricalFeatures: lambda r, u: self._retrieval_job(r, u).to_arrow(),
-            p.PullLatestFromTableOrQuery: lambda r, u: self._retrieval_job(r, u).to_arrow(),
-            p.PullAllFromTableOrQuery: lambda r, u: self._retrieval_job(r, u).to_arrow(),
             p.GetTableColumnNamesAndTypes: self._column_names_and_types,
             p.OfflineWriteBatch: self._offline_write_batch,
             p.WriteLoggedFeatures: self._write_logged_features,
@@ -72,39 +81,117 @@ class OfflineDispatcher:
             p.ValidateDataSource: self._validate_data_source,
         }
 
-    def run(self, request: p.Request, user: Any = None) -> pa.Table | dict[str, Any]:
-        """Run ``request`` for ``user`` (a Feast ``User``; None without auth)."""
+    def run(self, request: p.Request, user: Any = None) -> ResultStream | dict[str, Any]:
+        """Run ``request`` for ``user`` (a Feast ``User``; None without auth).
+
+        A request that returns data gets a :class:`ResultStream`; the others a
+        small summary dict.
+        """
         # Objects applied after the server started must be found: reload the
         # registry (a small read) before resolving any name.
         self._refresh_registry()
-        with self._store_lock or nullcontext():
-            return self._handlers[type(request)](request, user)
+        if isinstance(request, p.RETRIEVAL_REQUESTS):
+            return self._retrieve(request, user)
+        with self._feast_store():
+            result = self._handlers[type(request)](request, user)
+        return ResultStream.of_table(result) if isinstance(result, pa.Table) else result
+
+    def _feast_store(self):
+        return self._store_lock or nullcontext()
 
     # --- retrievals ----------------------------------------------------------
 
-    def _historical_job(self, request: p.GetHistoricalFeatures, user: Any) -> RetrievalJob:
-        if self.enforce_permissions:
-            if request.entity_df_sql is not None:
-                # The store would run the client's SQL with the server's
-                # credentials, past every feature-view permission.
-                raise FeastPermissionError(
-                    "entity_df_sql is refused on a server with authentication: "
-                    "send the entity rows as a table"
-                )
-            for view in self._views_read_by(request.features):
-                self._authorize(user, view, AuthzedAction.READ_OFFLINE)
+    def _retrieve(self, request: p.RetrievalRequest, user: Any) -> ResultStream:
+        """flightlab's engine answers where it can; Feast's store elsewhere."""
+        if isinstance(request, p.GetHistoricalFeatures):
+            plan = self._historical_plan(request, user)
+            stream = self._engine_historical(request, plan)
+            feast_job = lambda: self._historical_job(request, plan)  # noqa: E731
+        else:
+            source = self._readable_source(request, user)
+            stream = self._engine_pull(request, source)
+            feast_job = lambda: self._pull_job(request, source)  # noqa: E731
+        if stream is not None:
+            return stream
+        with self._feast_store():
+            return ResultStream.of_table(feast_job().to_arrow())
+
+    def _retrieval_job(self, request: p.RetrievalRequest, user: Any) -> RetrievalJob:
+        """Feast's job for ``request`` (what ``persist`` saves)."""
+        if isinstance(request, p.GetHistoricalFeatures):
+            return self._historical_job(request, self._historical_plan(request, user))
+        return self._pull_job(request, self._readable_source(request, user))
+
+    def _historical_plan(self, request: p.GetHistoricalFeatures, user: Any) -> HistoricalPlan:
+        if self.enforce_permissions and request.entity_df_sql is not None:
+            # The store would run the client's SQL with the server's
+            # credentials, past every feature-view permission.
+            raise FeastPermissionError(
+                "entity_df_sql is refused on a server with authentication: "
+                "send the entity rows as a table"
+            )
+        plan = plan_historical(
+            self.store, request.features, request.projections or (), request.full_feature_names
+        )
+        for view in plan.views_read:
+            self._authorize(user, view, AuthzedAction.READ_OFFLINE)
+        if request.entity_df is not None:
+            check_request_data(plan, request.entity_df.column_names)
+        return plan
+
+    def _engine_historical(
+        self, request: p.GetHistoricalFeatures, plan: HistoricalPlan
+    ) -> ResultStream | None:
+        if request.entity_df is None:
+            return None  # SQL entity rows and date ranges are the store's to answer
+        return self.engine.historical(
+            self.store.config,
+            plan.feature_views,
+            plan.feature_refs,
+            plan.on_demand_views,
+            request.entity_df,
+            plan.full_feature_names,
+        )
+
+    def _historical_job(
+        self, request: p.GetHistoricalFeatures, plan: HistoricalPlan
+    ) -> RetrievalJob:
+        # What FeatureStore.get_historical_features does around the store call.
         entity_df: pd.DataFrame | str | None = request.entity_df_sql
         if request.entity_df is not None:
             entity_df = _entity_frame(request.entity_df)
-        return self.store.get_historical_features(
+            if self.store.config.coerce_tz_aware:
+                entity_df = utils.make_df_tzaware(entity_df)
+        dates: dict[str, datetime] = {}
+        if request.start_date is not None:
+            dates["start_date"] = request.start_date
+        if request.end_date is not None or entity_df is None:
+            dates["end_date"] = request.end_date or datetime.now()
+        return self.offline_store.get_historical_features(
+            config=self.store.config,
+            feature_views=plan.feature_views,
+            feature_refs=plan.feature_refs,
             entity_df=entity_df,
-            features=list(request.features),
-            full_feature_names=request.full_feature_names,
-            start_date=request.start_date,
-            end_date=request.end_date,
+            registry=self.store.registry,
+            project=self.store.project,
+            full_feature_names=plan.full_feature_names,
+            **dates,
         )
 
-    def _pull_job(self, request: p.PullRequest, user: Any) -> RetrievalJob:
+    def _engine_pull(self, request: p.PullRequest, source: DataSource) -> ResultStream | None:
+        return self.engine.pull(
+            self.store.config,
+            source,
+            list(request.join_key_columns),
+            list(request.feature_name_columns),
+            request.timestamp_field,
+            request.created_timestamp_column,
+            request.start_date,
+            request.end_date,
+            latest=isinstance(request, p.PullLatestFromTableOrQuery),
+        )
+
+    def _pull_job(self, request: p.PullRequest, source: DataSource) -> RetrievalJob:
         pull = (
             self.offline_store.pull_latest_from_table_or_query
             if isinstance(request, p.PullLatestFromTableOrQuery)
@@ -112,7 +199,7 @@ class OfflineDispatcher:
         )
         return pull(
             config=self.store.config,
-            data_source=self._readable_source(request, user),
+            data_source=source,
             join_key_columns=list(request.join_key_columns),
             feature_name_columns=list(request.feature_name_columns),
             timestamp_field=request.timestamp_field,
@@ -120,11 +207,6 @@ class OfflineDispatcher:
             start_date=request.start_date,
             end_date=request.end_date,
         )
-
-    def _retrieval_job(self, request: p.RetrievalRequest, user: Any) -> RetrievalJob:
-        if isinstance(request, p.GetHistoricalFeatures):
-            return self._historical_job(request, user)
-        return self._pull_job(request, user)
 
     def _column_names_and_types(
         self, request: p.GetTableColumnNamesAndTypes, user: Any
@@ -262,30 +344,6 @@ class OfflineDispatcher:
             "storage of a registered saved dataset: a server with authentication "
             "reads only those"
         )
-
-    def _views_read_by(self, feature_refs: tuple[str, ...]) -> list[Any]:
-        """The views a retrieval reads: those its references name and, for an
-        on-demand view, the feature views it computes from."""
-        views: dict[str, Any] = {}
-        for view_name in dict.fromkeys(ref.split(":", 1)[0] for ref in feature_refs):
-            view = self._view_by_name(view_name)
-            views[view_name] = view
-            for projection in getattr(view, "source_feature_view_projections", {}).values():
-                if projection.name not in views:
-                    views[projection.name] = self._view_by_name(projection.name)
-        return list(views.values())
-
-    def _view_by_name(self, name: str) -> Any:
-        for getter in (
-            self.store.get_feature_view,
-            self.store.get_on_demand_feature_view,
-            self.store.get_stream_feature_view,
-        ):
-            try:
-                return getter(name)
-            except FeastError:
-                continue
-        raise FeatureViewNotFoundException(name, self.store.project)
 
     def _refresh_registry(self) -> None:
         with self._registry_lock:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from flightlab.engine.results import ResultStream
+from flightlab.engine.settings import EngineSettings
 from flightlab.server.auth import Caller, CallMiddlewareFactory
 from flightlab.server.limits import ServerLimits
 from flightlab.server.service import CALL_MIDDLEWARE, FlightService, caller_of
@@ -28,7 +30,7 @@ from flightlab.server.stats import ServerStats
 from flightlab.server.workers import WorkerPool
 from flightlab.wire import protocol as p
 from flightlab.wire import streaming
-from flightlab.wire.errors import INTERNAL, failure_status, to_flight_error
+from flightlab.wire.errors import INTERNAL, ClientGoneError, failure_status, to_flight_error
 
 logger = logging.getLogger("flightlab.server")
 
@@ -67,7 +69,11 @@ class _Call:
         self.rows_in = 0
         self.rows_out = 0
         self.bytes_out = 0
+        self.engine: str | None = None
         self.executed = False
+        # A result streamed after the RPC handler returned: counted and logged
+        # when its last batch has gone, not when the handler returns.
+        self.streaming = False
         self.started = time.perf_counter()
 
 
@@ -79,6 +85,9 @@ class OfflineServer:
     server is a context manager. ``port=0`` picks a free port: read
     :attr:`port` or :attr:`location` once started. Authentication follows the
     repo's ``auth`` config; ``tls`` serves over TLS (and mTLS with a client CA).
+    ``engine`` says who answers retrievals (flightlab's DuckDB engine or the
+    repo's Feast store) and with which resources; the default, ``auto``, uses
+    the engine wherever it gives the Feast store's own answers.
     """
 
     def __init__(
@@ -90,6 +99,7 @@ class OfflineServer:
         port: int = DEFAULT_PORT,
         limits: ServerLimits | None = None,
         tls: ServerTls | None = None,
+        engine: EngineSettings | None = None,
     ):
         if (repo_path is None) == (store is None):
             raise ValueError("give exactly one of repo_path and store")
@@ -104,8 +114,13 @@ class OfflineServer:
         self.limits = limits or ServerLimits()
         self.tls = tls
         self.authenticator = authenticator_for(store.config.auth_config)
+        from flightlab.engine.runner import Engine
+
+        self.engine_settings = engine or EngineSettings()
         self.dispatcher = OfflineDispatcher(
-            store, enforce_permissions=self.authenticator.enforces_permissions
+            store,
+            enforce_permissions=self.authenticator.enforces_permissions,
+            engine=Engine(self.engine_settings),
         )
         self.staging = CommandStaging(self.limits.staged_ttl, self.limits.max_staged_bytes)
         self.stats = ServerStats()
@@ -227,32 +242,83 @@ class OfflineServer:
         try:
             yield call
         except Exception as exc:
-            self._record_failure(call, exc)
+            if not call.streaming:  # a streamed result records its own end
+                self._record_failure(call, exc)
             raise to_flight_error(exc) from None
         self._record_success(call)
 
     def _execute(self, call: _Call, request: p.Request, context) -> Any:
-        """Run a decoded request on the worker pool; note its rows for the log."""
+        """Run a decoded request that returns no data on the worker pool."""
         call.rows_in = request.rows_in()
         assert self._pool is not None, "the server is not running"
         user = call.caller.user
         result = self._pool.run(lambda: self.dispatcher.run(request, user), context.is_cancelled)
-        if isinstance(result, pa.Table):
-            call.rows_out, call.bytes_out = result.num_rows, result.nbytes
         call.executed = True
         return result
 
-    def _record_success(self, call: _Call) -> None:
+    def _stream(
+        self, call: _Call, request: p.Request, context
+    ) -> tuple[pa.Schema, Iterator[tuple[pa.RecordBatch, bytes | None]]]:
+        """Run a request that returns data: its schema, then (batch, metadata)
+        pairs within the server's bounds as the worker produces them. The call
+        is counted and logged once the last batch is out."""
+        call.rows_in = request.rows_in()
+        assert self._pool is not None, "the server is not running"
+        user = call.caller.user
+        limits = self.limits
+
+        def open_stream() -> tuple[ResultStream, Iterator[pa.RecordBatch]]:
+            result = self.dispatcher.run(request, user)
+            bounded = streaming.bounded_stream(
+                result.batches, limits.batch_rows, limits.max_batch_bytes
+            )
+            return result, _closing(bounded, result.close)
+
+        result, batches = self._pool.stream(open_stream, context.is_cancelled)
+        call.engine = result.engine
+        call.executed = call.streaming = True
+        pairs = streaming.stream_batches(
+            result.schema, batches, (result.total_rows, result.total_bytes), context.is_cancelled
+        )
+        return result.schema, self._counted(call, pairs, batches)
+
+    def _counted(
+        self,
+        call: _Call,
+        pairs: Iterator[tuple[pa.RecordBatch, bytes | None]],
+        source: Generator,
+    ) -> Iterator[tuple[pa.RecordBatch, bytes | None]]:
+        try:
+            for batch, metadata in pairs:
+                call.rows_out += batch.num_rows
+                call.bytes_out += batch.nbytes
+                yield batch, metadata
+        except Exception as exc:
+            self._record_failure(call, exc)
+            raise to_flight_error(exc) from None
+        except GeneratorExit:  # the stream was dropped: its client is gone
+            self._record_failure(call, ClientGoneError("the client stopped reading"))
+            raise
+        finally:
+            source.close()  # frees the worker however the stream ended
+        self._record_success(call, finished_stream=True)
+
+    def _record_success(self, call: _Call, finished_stream: bool = False) -> None:
         seconds = time.perf_counter() - call.started
         if not call.executed:
             logger.debug("%s %s command=%s %.3fs", call.rpc, call.api, call.command_id, seconds)
             return
-        self.stats.record_success(call.api or "?", call.rows_in, call.rows_out, call.bytes_out)
+        if call.streaming and not finished_stream:
+            return
+        self.stats.record_success(
+            call.api or "?", call.rows_in, call.rows_out, call.bytes_out, call.engine
+        )
         logger.info(
-            "%s command=%s user=%s rows_in=%d rows_out=%d bytes_out=%d %.3fs",
+            "%s command=%s user=%s engine=%s rows_in=%d rows_out=%d bytes_out=%d %.3fs",
             call.api,
             call.command_id,
             call.caller.name or "-",
+            call.engine or "-",
             call.rows_in,
             call.rows_out,
             call.bytes_out,
@@ -272,7 +338,10 @@ class OfflineServer:
             # Whatever failed, the command will not run: keep no state for it.
             self.staging.drop(call.command_id, call.caller.name)
 
-    def _result_batches(self, table: pa.Table, context):
-        return streaming.result_batches(
-            table, self.limits.batch_rows, self.limits.max_batch_bytes, context.is_cancelled
-        )
+
+def _closing(batches: Iterator[pa.RecordBatch], close) -> Iterator[pa.RecordBatch]:
+    """``batches``, then ``close()`` however the iteration ends."""
+    try:
+        yield from batches
+    finally:
+        close()

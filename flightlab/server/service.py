@@ -148,11 +148,9 @@ class FlightService(flight.FlightServerBase):
             if not request.returns_data:
                 raise ProtocolError(f"{staged.api} returns no data: run it with do_action")
             compression = _requested_compression(context)
-            table = self._server._execute(call, request, context)
+            schema, batches = self._server._stream(call, request, context)
             return flight.GeneratorStream(
-                table.schema,
-                self._server._result_batches(table, context),
-                options=streaming.write_options(compression),
+                schema, batches, options=streaming.write_options(compression)
             )
 
     def do_exchange(self, context, descriptor, reader, writer):
@@ -170,9 +168,9 @@ class FlightService(flight.FlightServerBase):
             request = feast_protocol.to_request(command, uploaded)
             if not request.returns_data:
                 raise ProtocolError(f"{command.api} returns no data: send it with do_put")
-            table = self._server._execute(call, request, context)
-            writer.begin(table.schema)
-            for batch, _totals in self._server._result_batches(table, context):
+            schema, batches = self._server._stream(call, request, context)
+            writer.begin(schema)
+            for batch, _totals in batches:
                 writer.write_batch(batch)
 
     def do_action(self, context, action):

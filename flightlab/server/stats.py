@@ -20,6 +20,8 @@ class ErrorRecord:
 class StatsSnapshot:
     requests_by_api: dict[str, int] = field(default_factory=dict)
     errors_by_api: dict[str, int] = field(default_factory=dict)
+    # Retrievals answered, by who answered them: "flightlab" (the engine) or "feast".
+    requests_by_engine: dict[str, int] = field(default_factory=dict)
     rows_in: int = 0
     rows_out: int = 0
     bytes_out: int = 0
@@ -30,6 +32,7 @@ class StatsSnapshot:
         return {
             "requests_by_api": self.requests_by_api,
             "errors_by_api": self.errors_by_api,
+            "requests_by_engine": self.requests_by_engine,
             "rows_in": self.rows_in,
             "rows_out": self.rows_out,
             "bytes_out": self.bytes_out,
@@ -46,14 +49,19 @@ class ServerStats:
         self._lock = threading.Lock()
         self._requests: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()
+        self._engines: Counter[str] = Counter()
         self._rows_in = 0
         self._rows_out = 0
         self._bytes_out = 0
         self._last_error: ErrorRecord | None = None
 
-    def record_success(self, api: str, rows_in: int, rows_out: int, bytes_out: int) -> None:
+    def record_success(
+        self, api: str, rows_in: int, rows_out: int, bytes_out: int, engine: str | None = None
+    ) -> None:
         with self._lock:
             self._requests[api] += 1
+            if engine is not None:
+                self._engines[engine] += 1
             self._rows_in += rows_in
             self._rows_out += rows_out
             self._bytes_out += bytes_out
@@ -69,6 +77,7 @@ class ServerStats:
             return StatsSnapshot(
                 requests_by_api=dict(self._requests),
                 errors_by_api=dict(self._errors),
+                requests_by_engine=dict(self._engines),
                 rows_in=self._rows_in,
                 rows_out=self._rows_out,
                 bytes_out=self._bytes_out,

@@ -9,10 +9,12 @@ its result, if the join was already running, is thrown away when it ends.
 
 from __future__ import annotations
 
+import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, wait
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from flightlab.wire.errors import ClientGoneError, ServerBusyError
 
@@ -22,6 +24,20 @@ T = TypeVar("T")
 _POLL_SECONDS = 0.05
 
 _GONE_WHILE_QUEUED = "the client went away while the request was queued"
+
+# Items a streaming worker may produce ahead of the client reading them.
+_STREAM_AHEAD = 2
+_END = object()
+
+
+@dataclass(frozen=True)
+class _Head:
+    value: Any
+
+
+@dataclass(frozen=True)
+class _Failure:
+    exc: BaseException
 
 
 class WorkerPool:
@@ -37,6 +53,87 @@ class WorkerPool:
 
     def run(self, fn: Callable[[], T], is_cancelled: Callable[[], bool] = lambda: False) -> T:
         """Run ``fn`` on a worker; wait for it unless the client goes away."""
+        future = self._submit(fn, is_cancelled)
+        return self._wait_for_result(future, is_cancelled)
+
+    def stream(
+        self,
+        open_stream: Callable[[], tuple[T, Iterator[Any]]],
+        is_cancelled: Callable[[], bool] = lambda: False,
+    ) -> tuple[T, Iterator[Any]]:
+        """Run ``open_stream`` on a worker, which keeps the worker for as long
+        as it produces items: returns ``(head, items)``, the items handed over
+        through a short queue as the worker makes them.
+
+        The head (a result's schema, say) is returned once it is ready, so an
+        error before the first item raises here, not midway through a stream.
+        The worker stops when the client goes away or stops reading.
+        """
+        handoff: queue.Queue = queue.Queue(maxsize=_STREAM_AHEAD)
+        abandoned = threading.Event()
+
+        def offer(item: Any) -> bool:
+            while not abandoned.is_set():
+                try:
+                    handoff.put(item, timeout=_POLL_SECONDS)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            items: Iterator[Any] = iter(())
+            try:
+                head, items = open_stream()
+                if not offer(_Head(head)):
+                    return
+                for item in items:
+                    if not offer(item):
+                        return
+                offer(_END)
+            except BaseException as exc:  # raised on the reading side
+                offer(_Failure(exc))
+            finally:
+                close = getattr(items, "close", None)
+                if close is not None:
+                    close()
+
+        future = self._submit(produce, is_cancelled)
+        items = self._handed_over(handoff, abandoned, future, is_cancelled)
+        try:
+            first = next(items)
+        except StopIteration:
+            raise RuntimeError("a stream ended before its head") from None
+        return first.value, items
+
+    def _handed_over(
+        self,
+        handoff: queue.Queue,
+        abandoned: threading.Event,
+        future: Future,
+        is_cancelled: Callable[[], bool],
+    ) -> Iterator[Any]:
+        try:
+            while True:
+                try:
+                    item = handoff.get(timeout=_POLL_SECONDS)
+                except queue.Empty:
+                    if is_cancelled():
+                        raise ClientGoneError("the client went away; streaming stopped") from None
+                    if future.done() and handoff.empty():
+                        future.result()  # a worker that died without a word
+                        return
+                    continue
+                if item is _END:
+                    wait((future,))  # the worker is free before the stream ends
+                    return
+                if isinstance(item, _Failure):
+                    raise item.exc
+                yield item
+        finally:
+            abandoned.set()  # the worker stops at its next hand-over
+
+    def _submit(self, fn: Callable[[], T], is_cancelled: Callable[[], bool]) -> Future:
         started = threading.Event()
 
         def job() -> T:
@@ -61,7 +158,7 @@ class WorkerPool:
             self._queued += 1
         future = self._executor.submit(job)
         self._wait_for_start(future, started, is_cancelled)
-        return self._wait_for_result(future, is_cancelled)
+        return future
 
     def _wait_for_start(
         self, future: Future, started: threading.Event, is_cancelled: Callable[[], bool]

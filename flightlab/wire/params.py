@@ -31,6 +31,7 @@ class Kind(enum.Enum):
     BOOL = "bool"
     TIMESTAMP = "timestamp"
     BYTES = "bytes"
+    BYTES_LIST = "bytes_list"  # one row per element
 
 
 _ARROW_TYPE = {
@@ -39,7 +40,9 @@ _ARROW_TYPE = {
     Kind.BOOL: pa.bool_(),
     Kind.TIMESTAMP: TIMESTAMP_TYPE,
     Kind.BYTES: pa.binary(),
+    Kind.BYTES_LIST: pa.binary(),
 }
+_LIST_KINDS = (Kind.STRING_LIST, Kind.BYTES_LIST)
 
 
 def param(kind: Kind, *, required: bool = True, default: Any = None) -> Any:
@@ -58,7 +61,7 @@ def encode_value(name: str, kind: Kind, value: Any) -> pa.Table:
         return value
     if kind is Kind.TIMESTAMP:
         value = _as_utc(value)
-    rows = list(value) if kind is Kind.STRING_LIST else [value]
+    rows = list(value) if kind in _LIST_KINDS else [value]
     return pa.table({name: pa.array(rows, type=_ARROW_TYPE[kind])})
 
 
@@ -80,7 +83,7 @@ def decode_value(name: str, kind: Kind, table: pa.Table) -> Any:
         raise MalformedParameterError(
             f"parameter {name!r} must be of Arrow type {expected}, got {column.type}"
         )
-    if kind is Kind.STRING_LIST:
+    if kind in _LIST_KINDS:
         values = column.to_pylist()
         if any(v is None for v in values):
             raise MalformedParameterError(f"parameter {name!r} holds a null element")

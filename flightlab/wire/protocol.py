@@ -75,6 +75,10 @@ class GetHistoricalFeatures(Request):
     full_feature_names: bool = param(Kind.BOOL, required=False, default=False)
     start_date: datetime | None = param(Kind.TIMESTAMP, required=False)
     end_date: datetime | None = param(Kind.TIMESTAMP, required=False)
+    # The feature view projections the client's Feast resolved the references
+    # with (serialized FeatureViewProjection protos): they carry what the
+    # references cannot, a feature service's aliases and join key maps.
+    projections: tuple[bytes, ...] | None = param(Kind.BYTES_LIST, required=False)
 
     def __post_init__(self) -> None:
         if not self.features:
@@ -207,10 +211,12 @@ ACTION_REQUESTS: tuple[type[Request], ...] = (
     ValidateDataSource,
 )
 REQUEST_TYPES: dict[str, type[Request]] = {cls.api: cls for cls in READ_REQUESTS + ACTION_REQUESTS}
-RETRIEVAL_TYPES: dict[str, type[Request]] = {
-    cls.api: cls
-    for cls in (GetHistoricalFeatures, PullLatestFromTableOrQuery, PullAllFromTableOrQuery)
-}
+RETRIEVAL_REQUESTS: tuple[type[Request], ...] = (
+    GetHistoricalFeatures,
+    PullLatestFromTableOrQuery,
+    PullAllFromTableOrQuery,
+)
+RETRIEVAL_TYPES: dict[str, type[Request]] = {cls.api: cls for cls in RETRIEVAL_REQUESTS}
 PERSIST_OWN_PARAMS = ("retrieval_api", "storage", "destination_name", "allow_overwrite")
 
 

@@ -9,7 +9,7 @@ so a client can show progress against the total.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -33,6 +33,14 @@ def bounded_batches(table: pa.Table, max_rows: int, max_bytes: int) -> Iterator[
             yield from _split_oversized(batch, max_bytes)
 
 
+def bounded_stream(
+    batches: Iterable[pa.RecordBatch], max_rows: int, max_bytes: int
+) -> Iterator[pa.RecordBatch]:
+    """:func:`bounded_batches` for batches that arrive one at a time."""
+    for batch in batches:
+        yield from bounded_batches(pa.Table.from_batches([batch]), max_rows, max_bytes)
+
+
 def _split_oversized(batch: pa.RecordBatch, max_bytes: int) -> Iterator[pa.RecordBatch]:
     # Rows can differ in size (variable-length lists, strings): halve a batch
     # that the average-based estimate let grow over the bound.
@@ -44,8 +52,8 @@ def _split_oversized(batch: pa.RecordBatch, max_bytes: int) -> Iterator[pa.Recor
     yield from _split_oversized(batch.slice(half), max_bytes)
 
 
-def totals_metadata(table: pa.Table) -> bytes:
-    return json.dumps({TOTALS_ROWS_KEY: table.num_rows, TOTALS_BYTES_KEY: table.nbytes}).encode()
+def totals_metadata(total_rows: int | None, total_bytes: int | None) -> bytes:
+    return json.dumps({TOTALS_ROWS_KEY: total_rows, TOTALS_BYTES_KEY: total_bytes}).encode()
 
 
 def parse_totals(metadata: pa.Buffer | bytes | None) -> tuple[int | None, int | None]:
@@ -66,14 +74,31 @@ def result_batches(
     is_cancelled: Callable[[], bool],
 ) -> Iterator[tuple[pa.RecordBatch, bytes | None]]:
     """(batch, app_metadata) pairs for a result; stops if the client goes away."""
-    first = True
-    for batch in bounded_batches(table, max_rows, max_bytes):
+    return stream_batches(
+        table.schema,
+        bounded_batches(table, max_rows, max_bytes),
+        (table.num_rows, table.nbytes),
+        is_cancelled,
+    )
+
+
+def stream_batches(
+    schema: pa.Schema,
+    batches: Iterable[pa.RecordBatch],
+    totals: tuple[int | None, int | None],
+    is_cancelled: Callable[[], bool],
+) -> Iterator[tuple[pa.RecordBatch, bytes | None]]:
+    """(batch, app_metadata) pairs: the first carries the totals (what is known
+    of them: a result streamed as it is made has no byte total); stops if the
+    client goes away."""
+    metadata: bytes | None = totals_metadata(*totals)
+    for batch in batches:
         if is_cancelled():
             raise flight.FlightCancelledError("the client went away; streaming stopped")
-        yield batch, (totals_metadata(table) if first else None)
-        first = False
-    if first:  # an empty result still tells its totals
-        yield pa.RecordBatch.from_pylist([], schema=table.schema), totals_metadata(table)
+        yield batch, metadata
+        metadata = None
+    if metadata is not None:  # an empty result still tells its totals
+        yield pa.RecordBatch.from_pylist([], schema=schema), metadata
 
 
 def write_options(compression: str | None) -> pa.ipc.IpcWriteOptions:

@@ -1,0 +1,31 @@
+"""flightlab's own point-in-time engine: DuckDB over parquet sources.
+
+:class:`Engine` answers ``get_historical_features``, ``pull_latest`` and
+``pull_all`` with one DuckDB query per request, streamed as
+:class:`ResultStream` batches, and gives Feast's duckdb store's answers.
+:class:`EngineSettings` and :class:`EngineMode` say when it answers and with
+what resources; anything it cannot answer goes to the repo's Feast store.
+Inside: :mod:`~flightlab.engine.sql` (the queries),
+:mod:`~flightlab.engine.sources` (which sources it reads),
+:mod:`~flightlab.engine.entities` (the uploaded entity rows) and
+:mod:`~flightlab.engine.runner` (a DuckDB database per request).
+
+The exports load on first use: the settings do not import Feast or DuckDB.
+"""
+
+from __future__ import annotations
+
+from flightlab._lazy import lazy_exports
+
+__all__ = ["FEAST", "FLIGHTLAB", "Engine", "EngineMode", "EngineSettings", "ResultStream"]
+
+_LAZY = {
+    "FEAST": "flightlab.engine.results",
+    "FLIGHTLAB": "flightlab.engine.results",
+    "ResultStream": "flightlab.engine.results",
+    "Engine": "flightlab.engine.runner",
+    "EngineMode": "flightlab.engine.settings",
+    "EngineSettings": "flightlab.engine.settings",
+}
+
+__getattr__ = lazy_exports(__name__, _LAZY)

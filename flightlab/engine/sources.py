@@ -1,0 +1,47 @@
+"""The batch sources the engine reads itself: parquet ``FileSource``s on disk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from feast.data_source import DataSource
+from feast.infra.offline_stores.file_source import FileSource, ParquetFormat
+
+
+@dataclass(frozen=True)
+class ParquetSource:
+    """Where a source's rows are, as DuckDB's ``read_parquet`` argument."""
+
+    pattern: str  # a file, or every parquet file below a folder
+
+    def read_sql(self) -> str:
+        return f"read_parquet({sql_string(self.pattern)})"
+
+
+def parquet_source(source: DataSource | None, repo_path: str | Path | None) -> ParquetSource | None:
+    """The parquet files behind ``source``, or None when the engine cannot read it
+    (another source type or format, a remote URI, a file that is not there)."""
+    if type(source) is not FileSource:  # subclasses (lance, iceberg ...) read otherwise
+        return None
+    path = source.path
+    if "://" in path:
+        return None
+    if not (isinstance(source.file_format, ParquetFormat) or source.file_format is None):
+        return None
+    resolved = Path(FileSource.get_uri_for_file_path(repo_path, path))
+    if not resolved.exists() and Path(path).exists():
+        resolved = Path(path)  # relative to the working directory, as duckdb reads it
+    if resolved.is_dir():
+        return ParquetSource(str(resolved / "**" / "*.parquet"))
+    if resolved.is_file() and (source.file_format is not None or path.endswith(".parquet")):
+        return ParquetSource(str(resolved))
+    return None
+
+
+def sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def sql_name(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

@@ -1,0 +1,188 @@
+"""flightlab's engine as a server runs it: streamed, side by side, within limits.
+
+The answers themselves are checked against Feast's duckdb store in
+``test_engine_differential.py``; here, on the sample repo, the engine's
+behaviour as a service: the first batch leaves before the join has produced
+the last, a small request is answered while a large one is in flight, a join
+over its memory limit spills and still gives the local answer, the ASOF plan
+is the sort-merge one, and who answered is reported. A repo on the dask
+(``file``) store is answered by the engine only when asked for by name.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from feast import FeatureStore
+from offline_helpers import FEATURES, assert_same_rows, make_client_store, registry_of
+
+from flightlab.client.transport import OfflineFlightClient
+from flightlab.engine import Engine, EngineMode, EngineSettings
+from flightlab.sample_repo import FEATURE_STORE_YAML, create_sample_repo, entity_frame
+from flightlab.server import OfflineServer
+from flightlab.server.limits import ServerLimits
+from flightlab.server.planning import plan_historical
+from flightlab.wire import protocol as p
+from flightlab.wire.errors import MalformedEntityDataError
+
+BATCH_ROWS = 2048
+LARGE = 400_000  # entity rows: ~200 result batches, more than gRPC buffers hold
+KEYS = ["driver_id", "customer_id", "event_timestamp"]
+
+
+def historical(rows: int, seed: int = 3) -> p.GetHistoricalFeatures:
+    entity_df = pa.Table.from_pandas(entity_frame(rows, seed=seed), preserve_index=False)
+    return p.GetHistoricalFeatures(features=tuple(FEATURES), entity_df=entity_df)
+
+
+def local_answer(store: FeatureStore, rows: int, seed: int = 3):
+    return store.get_historical_features(
+        entity_df=entity_frame(rows, seed=seed), features=list(FEATURES)
+    ).to_df()
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    return create_sample_repo(tmp_path_factory.mktemp("engine").resolve() / "server")
+
+
+@pytest.fixture(scope="module")
+def local(repo) -> FeatureStore:
+    return FeatureStore(repo_path=str(repo))
+
+
+@pytest.fixture(scope="module")
+def server(repo) -> Iterator[OfflineServer]:
+    limits = ServerLimits(batch_rows=BATCH_ROWS)
+    with OfflineServer(repo, port=0, limits=limits) as server:
+        yield server
+
+
+def running_joins(server: OfflineServer) -> int:
+    return server.stats_json()["workers"]["running"]
+
+
+def test_the_first_batch_arrives_while_the_join_is_still_producing(server):
+    with OfflineFlightClient(server.location) as client:
+        batches = client.iter_batches(historical(LARGE))
+        first = next(batches)
+        # The worker that runs the join is still busy: it can be at most a
+        # couple of batches ahead of a client that has read one.
+        assert running_joins(server) == 1
+        rest = list(batches)
+    assert 0 < first.num_rows <= BATCH_ROWS
+    assert len(rest) >= LARGE // BATCH_ROWS - 1
+    assert first.num_rows + sum(b.num_rows for b in rest) == LARGE
+    assert running_joins(server) == 0
+
+
+def test_a_small_request_is_answered_while_a_large_one_streams(server, local):
+    expected_small = local_answer(local, 40, seed=9)
+    with (
+        OfflineFlightClient(server.location) as large,
+        OfflineFlightClient(server.location) as small,
+    ):
+        large_batches = large.iter_batches(historical(LARGE))
+        next(large_batches)  # the large join is in flight, its client reading slowly
+        answered = small.fetch(historical(40, seed=9)).to_pandas()
+        assert running_joins(server) == 1  # the large one has not finished
+        remaining = sum(b.num_rows for b in large_batches)
+    assert remaining > 0
+    assert_same_rows(expected_small, answered, KEYS)
+
+
+def test_many_requests_side_by_side_each_get_the_local_answer(server, local):
+    expected = {seed: local_answer(local, 300, seed=seed) for seed in range(4)}
+    answers: dict[int, object] = {}
+
+    def fetch(seed: int) -> None:
+        with OfflineFlightClient(server.location) as client:
+            answers[seed] = client.fetch(historical(300, seed=seed)).to_pandas()
+
+    threads = [threading.Thread(target=fetch, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for seed, frame in expected.items():
+        assert_same_rows(frame, answers[seed], KEYS)
+
+
+def test_a_join_over_its_memory_limit_spills_and_gives_the_local_answer(repo, local, tmp_path):
+    spill = tmp_path / "spill"
+    tight = EngineSettings(threads=1, memory_limit="16MB", spill_dir=spill)
+    rows = 150_000
+    with OfflineServer(repo, port=0, engine=tight) as server:
+        with OfflineFlightClient(server.location) as client:
+            got = client.fetch(historical(rows, seed=4)).to_pandas()
+    assert len(got) == rows
+    assert_same_rows(local_answer(local, rows, seed=4), got, KEYS)
+
+
+def test_the_asof_join_is_planned_as_a_sort_merge_not_a_nested_loop(local):
+    plan = plan_historical(local, tuple(FEATURES))
+    rows = pa.Table.from_pandas(entity_frame(100_000), preserve_index=False)
+    text = Engine().explain_historical(local.config, plan.feature_views, plan.feature_refs, rows)
+    assert "ASOF_JOIN" in text
+    assert "NESTED_LOOP_JOIN" not in text
+
+
+def test_stats_and_the_log_name_the_engine_that_answered(server, caplog):
+    before = server.stats_json()["requests_by_engine"].get("flightlab", 0)
+    with caplog.at_level("INFO", logger="flightlab.server"):
+        with OfflineFlightClient(server.location) as client:
+            client.fetch(historical(10))
+    assert server.stats_json()["requests_by_engine"]["flightlab"] == before + 1
+    assert any("engine=flightlab" in r.getMessage() for r in caplog.records)
+
+
+def test_entity_rows_without_a_join_key_get_a_named_error(server):
+    rows = entity_frame(5).drop(columns=["customer_id"])
+    request = p.GetHistoricalFeatures(
+        features=tuple(FEATURES), entity_df=pa.Table.from_pandas(rows, preserve_index=False)
+    )
+    with OfflineFlightClient(server.location) as client:
+        with pytest.raises(MalformedEntityDataError, match="customer_id"):
+            client.fetch(request)
+        assert client.fetch(historical(5)).num_rows == 5  # still serving
+
+
+# --- the dask store --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def file_repo(tmp_path_factory) -> Path:
+    return create_sample_repo(tmp_path_factory.mktemp("engine_file").resolve() / "server", "file")
+
+
+def as_duckdb_store(repo: Path, path: Path) -> FeatureStore:
+    """A repo at ``path`` on ``repo``'s registry (and so its sources), read by
+    Feast's duckdb store."""
+    path.mkdir()
+    yaml = FEATURE_STORE_YAML.format(offline_store="duckdb")
+    (path / "feature_store.yaml").write_text(
+        yaml.replace("path: data/registry.db", f"path: {registry_of(repo)}")
+    )
+    return FeatureStore(repo_path=str(path))
+
+
+@pytest.mark.parametrize("mode", [EngineMode.AUTO, EngineMode.FLIGHTLAB])
+def test_on_the_dask_store_the_engine_answers_only_when_chosen(file_repo, mode, tmp_path):
+    with OfflineServer(file_repo, port=0, engine=EngineSettings(mode=mode)) as server:
+        client = make_client_store(tmp_path / "client", server.port, file_repo)
+        got = client.get_historical_features(
+            entity_df=entity_frame(200), features=list(FEATURES)
+        ).to_df()
+        engines = server.stats_json()["requests_by_engine"]
+    if mode is EngineMode.AUTO:
+        assert engines == {"feast": 1}
+        expected = local_answer(FeatureStore(repo_path=str(file_repo)), 200)
+    else:
+        # The engine gives the duckdb store's answers on the same sources.
+        assert engines == {"flightlab": 1}
+        expected = local_answer(as_duckdb_store(file_repo, tmp_path / "duckdb"), 200)
+    assert_same_rows(expected, got, KEYS)
