@@ -20,6 +20,7 @@ import pytest
 from feast import FeatureStore
 from offline_helpers import FEATURES, assert_same_rows, make_client_store, registry_of
 
+from flightlab.client.store import ENTITY_SLICE_ROWS
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.engine import Engine, EngineMode, EngineSettings
 from flightlab.sample_repo import FEATURE_STORE_YAML, create_sample_repo, entity_frame
@@ -186,3 +187,16 @@ def test_on_the_dask_store_the_engine_answers_only_when_chosen(file_repo, mode, 
         assert engines == {"flightlab": 1}
         expected = local_answer(as_duckdb_store(file_repo, tmp_path / "duckdb"), 200)
     assert_same_rows(expected, got, KEYS)
+
+
+def test_the_client_uploads_a_large_entity_frame_in_slices(server, local, tmp_path, repo):
+    client = make_client_store(tmp_path / "client", server.port, repo)
+    rows = 3 * ENTITY_SLICE_ROWS + 5
+    job = client.get_historical_features(entity_df=entity_frame(rows, seed=6), features=FEATURES)
+    # The job holds the frame and only the schema of its Arrow form: the rows
+    # are converted slice by slice while they are uploaded.
+    assert job.request.entity_df.num_rows == 0
+    before = server.stats_json()["rows_in"]
+    got = job.to_df()
+    assert server.stats_json()["rows_in"] - before == rows
+    assert_same_rows(local_answer(local, rows, seed=6), got, KEYS)

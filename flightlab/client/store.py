@@ -13,6 +13,7 @@ and nothing is sent until ``to_df``/``to_arrow``/``persist``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -106,14 +107,25 @@ class RemoteRetrievalJob(RetrievalJob):
         config: RepoConfig,
         request: p.RetrievalRequest,
         metadata: RetrievalMetadata | None = None,
+        entity_frame: pd.DataFrame | None = None,
     ):
         self._config = config
         self.request = request
         self._metadata = metadata
+        self._entity_frame = entity_frame
+
+    def _request(self) -> p.RetrievalRequest:
+        """The request to send: with the entity DataFrame converted to Arrow
+        slice by slice as it is uploaded, so no second full copy of it is held
+        (``self.request`` carries only its schema)."""
+        if self._entity_frame is None:
+            return self.request
+        rows = entity_rows_reader(self._entity_frame, self.request.entity_df.schema)
+        return dataclasses.replace(self.request, entity_df=rows)
 
     def _to_arrow_internal(self, timeout: Optional[int] = None) -> pa.Table:
         with _client(self._config) as client:
-            return client.fetch(self.request, timeout=timeout)
+            return client.fetch(self._request(), timeout=timeout)
 
     def _to_df_internal(self, timeout: Optional[int] = None) -> pd.DataFrame:
         return self._to_arrow_internal(timeout).to_pandas()
@@ -124,14 +136,14 @@ class RemoteRetrievalJob(RetrievalJob):
         """The result's record batches as they arrive, calling ``progress``
         after each. Stopping early cancels the server's stream."""
         with _client(self._config) as client:
-            yield from client.iter_batches(self.request, timeout=timeout, progress=progress)
+            yield from client.iter_batches(self._request(), timeout=timeout, progress=progress)
 
     def to_arrow_with_progress(
         self, progress: ProgressCallback, timeout: Optional[float] = None
     ) -> pa.Table:
         """Like ``to_arrow``, calling ``progress`` as batches arrive."""
         with _client(self._config) as client:
-            return client.fetch(self.request, timeout=timeout, progress=progress)
+            return client.fetch(self._request(), timeout=timeout, progress=progress)
 
     @property
     def full_feature_names(self) -> bool:
@@ -154,7 +166,7 @@ class RemoteRetrievalJob(RetrievalJob):
         timeout: Optional[int] = None,
     ) -> None:
         request = p.Persist(
-            retrieval=self.request,
+            retrieval=self._request(),
             storage=storage.to_proto().SerializeToString(),
             allow_overwrite=allow_overwrite,
         )
@@ -176,11 +188,12 @@ class RemoteOfflineStore(OfflineStore):
         full_feature_names: bool = False,
         **kwargs: Any,
     ) -> RemoteRetrievalJob:
-        entity_table = entity_sql = None
+        entity_table = entity_sql = frame = None
         if isinstance(entity_df, str):
             entity_sql = entity_df
         elif entity_df is not None:
-            entity_table = entity_table_from_frame(entity_df)
+            frame = entity_df
+            entity_table = entity_schema_of(entity_df).empty_table()
         request = p.GetHistoricalFeatures(
             features=tuple(feature_refs),
             entity_df=entity_table,
@@ -190,7 +203,8 @@ class RemoteOfflineStore(OfflineStore):
             end_date=kwargs.get("end_date"),
             projections=_aliased_projections(feature_views),
         )
-        return RemoteRetrievalJob(config, request, _retrieval_metadata(feature_refs, entity_df))
+        metadata = _retrieval_metadata(feature_refs, entity_df)
+        return RemoteRetrievalJob(config, request, metadata, entity_frame=frame)
 
     @staticmethod
     def pull_latest_from_table_or_query(
@@ -323,12 +337,32 @@ def _aliased_projections(feature_views: list[FeatureView]) -> tuple[bytes, ...] 
     return tuple(changed) or None
 
 
-def entity_table_from_frame(entity_df: pd.DataFrame) -> pa.Table:
-    """Entity rows as Arrow, without the pandas index."""
+ENTITY_SLICE_ROWS = 65_536
+
+
+def entity_schema_of(entity_df: pd.DataFrame) -> pa.Schema:
+    """The Arrow schema the entity rows travel in (no pandas index); a frame
+    that cannot be sent fails here, before anything is sent."""
     try:
-        return pa.Table.from_pandas(entity_df, preserve_index=False)
+        return pa.Schema.from_pandas(entity_df, preserve_index=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise MalformedEntityDataError(f"the entity DataFrame cannot be sent: {exc}") from None
+
+
+def entity_rows_reader(entity_df: pd.DataFrame, schema: pa.Schema) -> pa.RecordBatchReader:
+    """The frame's rows as Arrow, converted one slice at a time as they are read."""
+
+    def slices() -> Iterator[pa.RecordBatch]:
+        for start in range(0, len(entity_df), ENTITY_SLICE_ROWS):
+            rows = entity_df.iloc[start : start + ENTITY_SLICE_ROWS]
+            try:
+                yield pa.RecordBatch.from_pandas(rows, schema=schema, preserve_index=False)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                raise MalformedEntityDataError(
+                    f"the entity DataFrame cannot be sent: rows from {start}: {exc}"
+                ) from None
+
+    return pa.RecordBatchReader.from_batches(schema, slices())
 
 
 def _retrieval_metadata(

@@ -128,21 +128,24 @@ class OfflineFlightClient:
         command_id = p.new_command_id()
         descriptor = p.command_descriptor(command_id)
         with translated_errors():
-            for name, table in p.encode_request(request).items():
-                schema = table.schema.with_metadata(
+            for name, value in p.encode_request(request).items():
+                schema = value.schema.with_metadata(
                     {
-                        **(table.schema.metadata or {}),
+                        **(value.schema.metadata or {}),
                         **p.put_metadata(command_id, request.api, name),
                     }
                 )
                 writer, _ = self._client.do_put(descriptor, schema, options or self._options(None))
-                table = table.replace_schema_metadata(schema.metadata)
-                for batch in streaming.bounded_batches(
-                    table, self.upload_batch_rows, self.upload_batch_bytes
-                ):
-                    writer.write_batch(batch)
+                for batch in self._upload_batches(value):
+                    writer.write_batch(batch.replace_schema_metadata(schema.metadata))
                 writer.close()
         return command_id
+
+    def _upload_batches(self, value: pa.Table | pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
+        rows, nbytes = self.upload_batch_rows, self.upload_batch_bytes
+        if isinstance(value, pa.RecordBatchReader):
+            return streaming.bounded_stream(value, rows, nbytes)
+        return streaming.bounded_batches(value, rows, nbytes)
 
     def stats(self, timeout: float | None = None) -> dict[str, Any]:
         with translated_errors():

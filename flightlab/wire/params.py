@@ -53,10 +53,11 @@ def param(kind: Kind, *, required: bool = True, default: Any = None) -> Any:
     return field(default=default, metadata=meta)
 
 
-def encode_value(name: str, kind: Kind, value: Any) -> pa.Table:
+def encode_value(name: str, kind: Kind, value: Any) -> pa.Table | pa.RecordBatchReader:
     """A parameter value as the table that carries it."""
     if kind is Kind.TABLE:
-        if not isinstance(value, pa.Table):
+        # A reader streams a table too large to hold twice (sent once).
+        if not isinstance(value, pa.Table | pa.RecordBatchReader):
             raise MalformedParameterError(f"parameter {name!r} must be an Arrow table")
         return value
     if kind is Kind.TIMESTAMP:

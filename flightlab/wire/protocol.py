@@ -329,7 +329,7 @@ def wire_param_names(cls: type[Request]) -> tuple[str, ...]:
     return tuple(names)
 
 
-def encode_request(request: Request) -> dict[str, pa.Table]:
+def encode_request(request: Request) -> dict[str, pa.Table | pa.RecordBatchReader]:
     """The parameter tables, by name, that carry ``request``."""
     if isinstance(request, Persist):
         params = encode_request(request.retrieval)
