@@ -97,6 +97,14 @@ def test_connect_uses_a_running_server_or_starts_one(tools_server, tools_repo):
         forced.close()
 
 
+def test_a_connection_tells_which_engine_answered(tools_server, tools_repo, tools_client):
+    connection = nb.connect_or_start(tools_repo, "127.0.0.1", tools_server.port)
+    before = connection.stats()
+    tools_client.get_historical_features(entity_frame(5), FEATURES).to_arrow()
+    assert connection.engines_since(before) == {"flightlab": 1}
+    assert connection.engines_since(connection.stats()) == {}
+
+
 def test_an_unapplied_repo_is_refused_with_a_hint(tmp_path):
     with pytest.raises(FileNotFoundError, match="02_setup_feast"):
         nb.start_server(tmp_path)

@@ -142,6 +142,17 @@ class Connection:
         with OfflineFlightClient(self.location) as client:
             return client.stats()
 
+    def engines_since(self, before: dict[str, Any]) -> dict[str, int]:
+        """Retrievals answered since ``before`` (an earlier :meth:`stats`), by
+        who answered them: ``flightlab`` (its DuckDB engine) or ``feast``."""
+        then = before.get("requests_by_engine", {})
+        now = self.stats().get("requests_by_engine", {})
+        return {
+            name: count - then.get(name, 0)
+            for name, count in now.items()
+            if count > then.get(name, 0)
+        }
+
     def panel_state(self) -> Any:
         """The server's figures, as the server panel shows them (a PanelState)."""
         from flightlab.notebook.panel import PanelState  # the panel builds on this module
