@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from flightlab.server.auth import Caller, CallMiddlewareFactory
 from flightlab.server.limits import ServerLimits
+from flightlab.server.operations import Operations, ServiceOptions
 from flightlab.server.service import CALL_MIDDLEWARE, FlightService, caller_of
 from flightlab.server.staging import CommandStaging
 from flightlab.server.stats import ServerStats
@@ -68,6 +69,7 @@ class _Call:
         self.rows_out = 0
         self.bytes_out = 0
         self.executed = False
+        self.request: p.Request | None = None
         self.started = time.perf_counter()
 
 
@@ -90,6 +92,7 @@ class OfflineServer:
         port: int = DEFAULT_PORT,
         limits: ServerLimits | None = None,
         tls: ServerTls | None = None,
+        service: ServiceOptions | None = None,
     ):
         if (repo_path is None) == (store is None):
             raise ValueError("give exactly one of repo_path and store")
@@ -109,6 +112,8 @@ class OfflineServer:
         )
         self.staging = CommandStaging(self.limits.staged_ttl, self.limits.max_staged_bytes)
         self.stats = ServerStats()
+        # Health, metrics, drain and the advertised location (server/operations.py).
+        self.ops = Operations(self, service)
         self.host = host
         self._requested_port = port
         self._pool: WorkerPool | None = None
@@ -134,6 +139,7 @@ class OfflineServer:
         )
         self._thread.start()
         threading.Thread(target=self._sweep_expired, name="flightlab-sweeper", daemon=True).start()
+        self.ops.start(self.host)
         logger.info(
             "flightlab offline server serving project %s at %s (auth: %s)",
             self.store.project,
@@ -147,12 +153,20 @@ class OfflineServer:
         if service is None:
             return
         self._stopped.set()
+        self.ops.stop()
         service.shutdown()
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self._pool is not None:
             self._pool.shutdown()
         logger.info("flightlab offline server stopped")
+
+    def drain_and_stop(self, seconds: float | None = None) -> bool:
+        """Refuse new commands, let running ones finish (at most ``seconds``,
+        default ``drain_seconds``), then stop; True if nothing was cut short."""
+        idle = self.ops.drain_until_idle(seconds)
+        self.stop()
+        return idle
 
     def wait(self) -> None:
         """Block until the server is stopped (from another thread or a signal)."""
@@ -224,16 +238,19 @@ class OfflineServer:
     @contextmanager
     def _handling(self, rpc: str, context, api: str | None = None) -> Iterator[_Call]:
         call = _Call(rpc, caller_of(context), api)
-        try:
-            yield call
-        except Exception as exc:
-            self._record_failure(call, exc)
-            raise to_flight_error(exc) from None
-        self._record_success(call)
+        with self.ops.drain.active():
+            try:
+                self.ops.drain.admit(rpc)
+                yield call
+            except Exception as exc:
+                self._record_failure(call, exc)
+                raise to_flight_error(exc) from None
+            self._record_success(call)
 
     def _execute(self, call: _Call, request: p.Request, context) -> Any:
         """Run a decoded request on the worker pool; note its rows for the log."""
         call.rows_in = request.rows_in()
+        call.request = request
         assert self._pool is not None, "the server is not running"
         user = call.caller.user
         result = self._pool.run(lambda: self.dispatcher.run(request, user), context.is_cancelled)
@@ -244,6 +261,7 @@ class OfflineServer:
 
     def _record_success(self, call: _Call) -> None:
         seconds = time.perf_counter() - call.started
+        self.ops.observe(call)
         if not call.executed:
             logger.debug("%s %s command=%s %.3fs", call.rpc, call.api, call.command_id, seconds)
             return
@@ -262,6 +280,7 @@ class OfflineServer:
     def _record_failure(self, call: _Call, exc: Exception) -> None:
         api = call.api or call.rpc
         self.stats.record_error(api, exc)
+        self.ops.observe(call, exc)
         if failure_status(exc) == INTERNAL:
             logger.exception("%s command=%s failed", api, call.command_id)
         else:
@@ -273,6 +292,8 @@ class OfflineServer:
             self.staging.drop(call.command_id, call.caller.name)
 
     def _result_batches(self, table: pa.Table, context):
-        return streaming.result_batches(
-            table, self.limits.batch_rows, self.limits.max_batch_bytes, context.is_cancelled
+        return self.ops.drain.tracked(
+            streaming.result_batches(
+                table, self.limits.batch_rows, self.limits.max_batch_bytes, context.is_cancelled
+            )
         )
