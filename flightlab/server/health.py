@@ -32,14 +32,16 @@ _PROBE_RETRY_SECONDS = 5.0
 
 def probe_store(store: Any) -> str:
     """Load the registry and ask the offline store one cheap question: the
-    columns of the first registered data source. Return what was checked."""
+    columns of the first registered data source it can read. Return what was
+    checked."""
     store.refresh_registry()
-    sources = store.list_data_sources()
-    if not sources:
-        return "registry loaded (no data sources to probe)"
-    source = sources[0]
-    source.get_table_column_names_and_types(store.config)
-    return f"registry loaded; offline store read data source {source.name!r}"
+    for source in store.list_data_sources():
+        try:
+            source.get_table_column_names_and_types(store.config)
+        except NotImplementedError:
+            continue  # a request or push source: no table behind it
+        return f"registry loaded; offline store read data source {source.name!r}"
+    return "registry loaded (no data source with a table to probe)"
 
 
 class HealthState:
