@@ -170,6 +170,9 @@ def _tls(args: argparse.Namespace):
     return ServerTls.from_files(args.cert, args.key, args.client_ca)
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def serve_offline(
     repo: Path,
     host: str,
@@ -192,6 +195,10 @@ def serve_offline(
     # Before the "serving" line: a script may signal as soon as it reads it.
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    # And the threads started from here on (gRPC's among them) block them, so
+    # the main thread takes them with sigtimedwait below: a signal delivered
+    # to a thread busy streaming a result was seen to be lost otherwise.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     from flightlab.server.auth import AuthConfigError
 
     try:
@@ -208,8 +215,10 @@ def serve_offline(
         print(f"flightlab health grpc://{host}:{server.ops.health_port}", flush=True)
     if server.ops.metrics_port is not None:
         print(f"flightlab metrics http://{host}:{server.ops.metrics_port}/metrics", flush=True)
-    while not stop_requested.wait(0.5):
-        pass
+    while not stop_requested.is_set():
+        received = signal.sigtimedwait(_STOP_SIGNALS, 0.5)
+        if received is not None:
+            request_stop(received.si_signo, None)
     return _drain_and_stop(server)
 
 
