@@ -71,11 +71,12 @@ def test_health_stays_not_serving_while_the_offline_store_cannot_answer(tmp_path
     from flightlab.sample_repo import create_sample_repo
 
     repo = create_sample_repo(tmp_path / "repo", "duckdb")
-    (repo / "data" / "driver_stats.parquet").unlink()  # the first source's file is gone
+    for table in ("driver_stats", "customer_stats"):  # the sources' files are gone
+        (repo / "data" / f"{table}.parquet").unlink()
     with OfflineServer(repo, port=0, service=ServiceOptions(health_port=0)) as server:
         _wait_for(lambda: "not ready" in healthcheck_action(server.location)["detail"])
         assert health_status(server.ops.health_port) == "NOT_SERVING"
-        assert "driver_stats" in healthcheck_action(server.location)["detail"]
+        assert "_stats.parquet" in healthcheck_action(server.location)["detail"]
 
 
 def _scrape(port: int) -> dict[tuple[str, tuple], float]:

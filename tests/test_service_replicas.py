@@ -176,23 +176,26 @@ def test_the_result_is_fetched_from_the_replica_that_holds_the_command(replicas)
     request = p.GetHistoricalFeatures(
         features=tuple(FEATURES), entity_df=pa.Table.from_pandas(entity_frame(5, seed=8))
     )
-    locations = {s.location for s in replicas.servers}
+    by_location = {s.location: s for s in replicas.servers}
     proxied = f"grpc+tcp://127.0.0.1:{replicas.proxy.port}"
     with OfflineFlightClient(proxied, timeout=60) as client:
-        command_id = client.stage(request)
-        raw = flight.FlightClient(proxied)
-        # A second connection: the balancer may send it to the other replica.
-        try:
-            info = raw.get_flight_info(p.command_descriptor(command_id))
-        except flight.FlightServerError as exc:
-            assert "no staged command" in str(exc)
-            info = client._client.get_flight_info(p.command_descriptor(command_id))
-        raw.close()
+        options = client._options(None)  # the client's own headers, as its calls send them
+        command_id = client.stage(request, options)
+        info = client._client.get_flight_info(p.command_descriptor(command_id), options)
         [endpoint] = info.endpoints
         [advertised] = [loc.uri.decode() for loc in endpoint.locations]
-        assert advertised in locations
-        got = client._client_for(endpoint).do_get(endpoint.ticket).read_all()
-    assert got.num_rows == 5
+        holder = by_location[advertised]  # a replica's own address, not the balancer's
+        assert len(by_location) == 2 and advertised != proxied
+        staged_there = server_stats(holder)["staged_commands"]
+        assert staged_there == 1
+        replica = client._client_for(endpoint)
+        assert replica is not client._client
+        got = replica.do_get(endpoint.ticket, options).read_all()
+        assert server_stats(holder)["staged_commands"] == 0
+    expected = FeatureStore(repo_path=str(replicas.repo)).get_historical_features(
+        entity_frame(5, seed=8), FEATURES
+    )
+    assert_same_rows(expected.to_df(), got.to_pandas(), ENTITY_KEYS)
 
 
 def test_a_command_staged_on_one_replica_is_unknown_on_the_other(replicas):
@@ -205,7 +208,8 @@ def test_a_command_staged_on_one_replica_is_unknown_on_the_other(replicas):
         with pytest.raises(flight.FlightServerError, match="no staged command"):
             b._client.get_flight_info(p.command_descriptor(command_id))
         assert a.fetch(request).num_rows == 4  # and the replica holding it still serves
-        a._client.do_action(flight.Action(p.ACTION_DROP, p.ticket_bytes(command_id)))
+        drop = flight.Action(p.ACTION_DROP, p.ticket_bytes(command_id))
+        list(a._client.do_action(drop, a._options(None)))
 
 
 def test_a_command_whose_puts_were_split_over_the_replicas_fails_clearly(replicas):
