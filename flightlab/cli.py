@@ -3,24 +3,32 @@
     flightlab [-c REPO] serve_offline [-h HOST] [-p PORT] [--log-level LEVEL]
 
 mirrors ``feast -c REPO serve_offline -h HOST -p PORT``, with the same
-defaults (the current folder, 127.0.0.1, port 8815).
+defaults (the current folder, 127.0.0.1, port 8815). Every option can also be
+set by an environment variable (``FLIGHTLAB_PORT``, ...), and the repo's
+``feature_store.yaml`` by ``FEATURE_STORE_YAML_BASE64``: see
+:mod:`flightlab.cli_env`.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 from flightlab import __version__
+from flightlab.cli_env import apply_env, repo_from_env
 from flightlab.engine.settings import EngineMode, EngineSettings
 from flightlab.server.limits import ServerLimits
+from flightlab.server.operations import DEFAULT_DRAIN_SECONDS, ServiceOptions
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``environ``, its ``FLIGHTLAB_*`` variables set the defaults."""
     parser = argparse.ArgumentParser(
         prog="flightlab", description="A remote offline feature server for Feast."
     )
@@ -88,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="how much to log (one line per request at info)",
     )
+    _add_service_options(serve)
+    if environ is not None:
+        apply_env(parser, environ)
     return parser
 
 
@@ -128,8 +139,36 @@ def _engine_settings(args: argparse.Namespace) -> EngineSettings:
     )
 
 
+def _add_service_options(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--health-port",
+        type=int,
+        metavar="PORT",
+        help="serve the gRPC health service (grpc.health.v1) on this port; default: none",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics; default: none",
+    )
+    serve.add_argument(
+        "--advertise-location",
+        metavar="URI",
+        help="the URI clients fetch results from, e.g. grpc+tcp://POD_IP:8815 for a "
+        "replica behind a load balancer; default: the server a client asked",
+    )
+    serve.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=DEFAULT_DRAIN_SECONDS,
+        metavar="SECONDS",
+        help="on SIGTERM, how long running requests may take to finish (default %(default)s)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(os.environ).parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -143,8 +182,19 @@ def main(argv: list[str] | None = None) -> int:
             max_staged_bytes=args.max_staged_bytes,
             batch_rows=args.batch_rows,
         )
+        service = ServiceOptions(
+            health_port=args.health_port,
+            metrics_port=args.metrics_port,
+            advertise_location=args.advertise_location,
+            drain_seconds=args.drain_seconds,
+        )
+        try:
+            repo = repo_from_env(os.environ) or Path(args.chdir)
+        except ValueError as exc:
+            print(f"flightlab: {exc}", file=sys.stderr)
+            return 2
         return serve_offline(
-            Path(args.chdir), args.host, args.port, limits, _tls(args), _engine_settings(args)
+            repo, args.host, args.port, limits, _tls(args), service, _engine_settings(args)
         )
     return 2
 
@@ -161,12 +211,16 @@ def _tls(args: argparse.Namespace):
     return ServerTls.from_files(args.cert, args.key, args.client_ca)
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def serve_offline(
     repo: Path,
     host: str,
     port: int,
     limits: ServerLimits,
     tls=None,
+    service: ServiceOptions | None = None,
     engine: EngineSettings | None = None,
 ) -> int:
     if not (repo / "feature_store.yaml").is_file():
@@ -183,18 +237,50 @@ def serve_offline(
     # Before the "serving" line: a script may signal as soon as it reads it.
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    # And the threads started from here on (gRPC's among them) block them, so
+    # the main thread takes them with sigtimedwait below: a signal delivered
+    # to a thread busy streaming a result was seen to be lost otherwise.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     from flightlab.server.auth import AuthConfigError
 
     try:
         server = OfflineServer(
-            repo, host=host, port=port, limits=limits, tls=tls, engine=engine
+            repo,
+            host=host,
+            port=port,
+            limits=limits,
+            tls=tls,
+            service=service,
+            engine=engine,
         ).start()
     except AuthConfigError as exc:
         print(f"flightlab: {exc}", file=sys.stderr)
         return 2
     # The one line a script waits for, on stdout, with the port actually bound.
     print(f"flightlab serving {server.location}", flush=True)
-    while not stop_requested.wait(0.5):
-        pass
-    server.stop()
+    # Then, one line each, the side ports actually bound (port 0 picks them).
+    if server.ops.health_port is not None:
+        print(f"flightlab health grpc://{host}:{server.ops.health_port}", flush=True)
+    if server.ops.metrics_port is not None:
+        print(f"flightlab metrics http://{host}:{server.ops.metrics_port}/metrics", flush=True)
+    while not stop_requested.is_set():
+        received = signal.sigtimedwait(_STOP_SIGNALS, 0.5)
+        if received is not None:
+            request_stop(received.si_signo, None)
+    return _drain_and_stop(server)
+
+
+def _drain_and_stop(server) -> int:
+    """Finish the running requests (at most --drain-seconds), then stop: exit 0.
+
+    Should stopping itself hang past the drain time (a join Feast cannot
+    interrupt), the process exits anyway: the orchestrator would kill it.
+    """
+    stopper = threading.Thread(target=server.drain_and_stop, name="flightlab-drain")
+    stopper.start()
+    stopper.join(server.ops.options.drain_seconds + 15)
+    if stopper.is_alive():
+        logging.getLogger("flightlab").error("the server did not stop in time; exiting")
+        logging.shutdown()
+        os._exit(1)
     return 0

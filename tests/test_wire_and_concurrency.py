@@ -98,7 +98,7 @@ def test_list_actions_lists_every_action_with_a_description(flight_client):
         "persist",
         "validate_data_source",
     }
-    assert set(actions) == runnable | {p.ACTION_DROP, p.ACTION_STATS}
+    assert set(actions) == runnable | {p.ACTION_DROP, p.ACTION_STATS, "healthcheck"}
     for name, description in actions.items():
         assert len(description) > 20, name
     for api in runnable:

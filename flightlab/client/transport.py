@@ -19,6 +19,7 @@ import pyarrow.flight as flight
 
 from flightlab.wire import protocol as p
 from flightlab.wire import streaming
+from flightlab.wire.command_set import params_metadata
 from flightlab.wire.errors import (
     ConnectionFailedError,
     RemoteServerError,
@@ -55,10 +56,16 @@ class OfflineFlightClient:
         self.compression = compression
         self.upload_batch_rows = upload_batch_rows
         self.upload_batch_bytes = upload_batch_bytes
+        self._client_kwargs = client_kwargs
         self._client = flight.FlightClient(location, **client_kwargs)
+        # Clients of the replicas that FlightInfo endpoints named, by location.
+        self._replicas: dict[str, flight.FlightClient] = {}
 
     def close(self) -> None:
         self._client.close()
+        for client in self._replicas.values():
+            client.close()
+        self._replicas.clear()
 
     def __enter__(self) -> OfflineFlightClient:
         return self
@@ -106,11 +113,24 @@ class OfflineFlightClient:
         command_id = self.stage(request, options)
         with translated_errors():
             info = self._client.get_flight_info(p.command_descriptor(command_id), options)
-            reader = self._client.do_get(info.endpoints[0].ticket, options)
+            endpoint = info.endpoints[0]
+            reader = self._client_for(endpoint).do_get(endpoint.ticket, options)
         try:
             yield reader
         finally:
             reader.cancel()
+
+    def _client_for(self, endpoint: flight.FlightEndpoint) -> flight.FlightClient:
+        """Who serves ``endpoint``: the replica it names (behind a load balancer,
+        the one holding the command), or this connection when it names none."""
+        if not endpoint.locations:
+            return self._client
+        uri = endpoint.locations[0].uri.decode()
+        if uri == self.location or uri.startswith("arrow-flight-reuse-connection:"):
+            return self._client
+        if uri not in self._replicas:
+            self._replicas[uri] = flight.FlightClient(uri, **self._client_kwargs)
+        return self._replicas[uri]
 
     def run_action(self, request: p.Request, timeout: float | None = None) -> dict[str, Any]:
         """Run an API that returns no data; return the server's summary."""
@@ -127,12 +147,16 @@ class OfflineFlightClient:
         """Send every parameter of ``request``; return the new command id."""
         command_id = p.new_command_id()
         descriptor = p.command_descriptor(command_id)
+        params = p.encode_request(request)
         with translated_errors():
-            for name, value in p.encode_request(request).items():
+            for name, value in params.items():
                 schema = value.schema.with_metadata(
                     {
                         **(value.schema.metadata or {}),
                         **p.put_metadata(command_id, request.api, name),
+                        # All the command's parameters: a server that got only
+                        # some of them (a load balancer split the puts) says so.
+                        **params_metadata(params),
                     }
                 )
                 writer, _ = self._client.do_put(descriptor, schema, options or self._options(None))

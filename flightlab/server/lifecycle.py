@@ -24,6 +24,7 @@ from flightlab.engine.results import ResultStream
 from flightlab.engine.settings import EngineSettings
 from flightlab.server.auth import Caller, CallMiddlewareFactory
 from flightlab.server.limits import ServerLimits
+from flightlab.server.operations import Operations, ServiceOptions
 from flightlab.server.service import CALL_MIDDLEWARE, FlightService, caller_of
 from flightlab.server.staging import CommandStaging
 from flightlab.server.stats import ServerStats
@@ -71,6 +72,7 @@ class _Call:
         self.bytes_out = 0
         self.engine: str | None = None
         self.executed = False
+        self.request: p.Request | None = None
         # A result streamed after the RPC handler returned: counted and logged
         # when its last batch has gone, not when the handler returns.
         self.streaming = False
@@ -100,6 +102,7 @@ class OfflineServer:
         limits: ServerLimits | None = None,
         tls: ServerTls | None = None,
         engine: EngineSettings | None = None,
+        service: ServiceOptions | None = None,
     ):
         if (repo_path is None) == (store is None):
             raise ValueError("give exactly one of repo_path and store")
@@ -124,6 +127,8 @@ class OfflineServer:
         )
         self.staging = CommandStaging(self.limits.staged_ttl, self.limits.max_staged_bytes)
         self.stats = ServerStats()
+        # Health, metrics, drain and the advertised location (server/operations.py).
+        self.ops = Operations(self, service)
         self.host = host
         self._requested_port = port
         self._pool: WorkerPool | None = None
@@ -149,6 +154,7 @@ class OfflineServer:
         )
         self._thread.start()
         threading.Thread(target=self._sweep_expired, name="flightlab-sweeper", daemon=True).start()
+        self.ops.start(self.host)
         logger.info(
             "flightlab offline server serving project %s at %s (auth: %s)",
             self.store.project,
@@ -162,12 +168,20 @@ class OfflineServer:
         if service is None:
             return
         self._stopped.set()
+        self.ops.stop()
         service.shutdown()
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self._pool is not None:
             self._pool.shutdown()
         logger.info("flightlab offline server stopped")
+
+    def drain_and_stop(self, seconds: float | None = None) -> bool:
+        """Refuse new commands, let running ones finish (at most ``seconds``,
+        default ``drain_seconds``), then stop; True if nothing was cut short."""
+        idle = self.ops.drain_until_idle(seconds)
+        self.stop()
+        return idle
 
     def wait(self) -> None:
         """Block until the server is stopped (from another thread or a signal)."""
@@ -239,17 +253,20 @@ class OfflineServer:
     @contextmanager
     def _handling(self, rpc: str, context, api: str | None = None) -> Iterator[_Call]:
         call = _Call(rpc, caller_of(context), api)
-        try:
-            yield call
-        except Exception as exc:
-            if not call.streaming:  # a streamed result records its own end
-                self._record_failure(call, exc)
-            raise to_flight_error(exc) from None
-        self._record_success(call)
+        with self.ops.drain.active():
+            try:
+                self.ops.drain.admit(rpc)
+                yield call
+            except Exception as exc:
+                if not call.streaming:  # a streamed result records its own end
+                    self._record_failure(call, exc)
+                raise to_flight_error(exc) from None
+            self._record_success(call)
 
     def _execute(self, call: _Call, request: p.Request, context) -> Any:
         """Run a decoded request that returns no data on the worker pool."""
         call.rows_in = request.rows_in()
+        call.request = request
         assert self._pool is not None, "the server is not running"
         user = call.caller.user
         result = self._pool.run(lambda: self.dispatcher.run(request, user), context.is_cancelled)
@@ -263,6 +280,7 @@ class OfflineServer:
         pairs within the server's bounds as the worker produces them. The call
         is counted and logged once the last batch is out."""
         call.rows_in = request.rows_in()
+        call.request = request
         assert self._pool is not None, "the server is not running"
         user = call.caller.user
         limits = self.limits
@@ -280,7 +298,8 @@ class OfflineServer:
         pairs = streaming.stream_batches(
             result.schema, batches, (result.total_rows, result.total_bytes), context.is_cancelled
         )
-        return result.schema, self._counted(call, pairs, batches)
+        # A result stream outlives its RPC handler: a drain waits for it too.
+        return result.schema, self.ops.drain.tracked(self._counted(call, pairs, batches))
 
     def _counted(
         self,
@@ -304,11 +323,12 @@ class OfflineServer:
         self._record_success(call, finished_stream=True)
 
     def _record_success(self, call: _Call, finished_stream: bool = False) -> None:
+        if call.streaming and not finished_stream:
+            return  # counted when its last batch is out
         seconds = time.perf_counter() - call.started
+        self.ops.observe(call)
         if not call.executed:
             logger.debug("%s %s command=%s %.3fs", call.rpc, call.api, call.command_id, seconds)
-            return
-        if call.streaming and not finished_stream:
             return
         self.stats.record_success(
             call.api or "?", call.rows_in, call.rows_out, call.bytes_out, call.engine
@@ -328,6 +348,7 @@ class OfflineServer:
     def _record_failure(self, call: _Call, exc: Exception) -> None:
         api = call.api or call.rpc
         self.stats.record_error(api, exc)
+        self.ops.observe(call, exc)
         if failure_status(exc) == INTERNAL:
             logger.exception("%s command=%s failed", api, call.command_id)
         else:

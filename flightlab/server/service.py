@@ -19,6 +19,7 @@ import pyarrow.flight as flight
 from flightlab.server.auth import ANONYMOUS, Caller, CallMiddleware
 from flightlab.wire import feast_protocol, streaming
 from flightlab.wire import protocol as p
+from flightlab.wire.command_set import check_complete
 from flightlab.wire.errors import ProtocolError
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 COMPRESSION_HEADER = "x-flightlab-compression"
 COMPRESSIONS = ("zstd", "lz4")
 CALL_MIDDLEWARE = "call"
+ACTION_HEALTHCHECK = "healthcheck"
 
 _ACTION_DESCRIPTIONS = {
     "offline_write_batch": "Run a staged offline_write_batch: append the staged "
@@ -40,6 +42,8 @@ _ACTION_DESCRIPTIONS = {
     "staged 'data_source' exists and can be read by the offline store.",
     p.ACTION_DROP: "Drop a staged command without running it (body: the command id).",
     p.ACTION_STATS: "Report staged commands, requests served per API and errors, as JSON.",
+    ACTION_HEALTHCHECK: "Report readiness as JSON: status SERVING once the registry loaded "
+    "and the offline store answered, NOT_SERVING before that and while draining.",
 }
 
 
@@ -117,13 +121,18 @@ class FlightService(flight.FlightServerBase):
             )
             staged = self._server.staging.peek(call.command_id, call.caller.name)
             call.api = staged.api
-            p.decode_request(staged.api, staged.params)  # fail early on bad input
+            p.decode_request(staged.api, check_complete(call.command_id, staged.params))
             if not p.api_type(staged.api).returns_data:
                 raise ProtocolError(
                     f"{staged.api} returns no data: run it with do_action"
                     f"({staged.api!r}, body=<command id>), not do_get"
                 )
-            endpoint = flight.FlightEndpoint(p.ticket_bytes(call.command_id), [])
+            # Behind a load balancer, the replica holding the command names
+            # itself, so the client's do_get reaches it (no location: "me").
+            advertised = self._server.ops.advertise_location
+            endpoint = flight.FlightEndpoint(
+                p.ticket_bytes(call.command_id), [advertised] if advertised else []
+            )
             return flight.FlightInfo(pa.schema([]), descriptor, [endpoint], -1, -1)
 
     def list_flights(self, context, criteria):
@@ -144,7 +153,7 @@ class FlightService(flight.FlightServerBase):
             call.command_id = p.command_id_from_ticket(ticket.ticket)
             staged = self._server.staging.take(call.command_id, call.caller.name)
             call.api = staged.api
-            request = p.decode_request(staged.api, staged.params)
+            request = p.decode_request(staged.api, check_complete(call.command_id, staged.params))
             if not request.returns_data:
                 raise ProtocolError(f"{staged.api} returns no data: run it with do_action")
             compression = _requested_compression(context)
@@ -177,6 +186,8 @@ class FlightService(flight.FlightServerBase):
         with self._server._handling("do_action", context, action.type) as call:
             if action.type == p.ACTION_STATS:
                 return [json.dumps(self._server.stats_json(for_caller=True)).encode()]
+            if action.type == ACTION_HEALTHCHECK:
+                return [json.dumps(self._server.ops.health_json()).encode()]
             call.command_id = p.command_id_from_ticket(action.body.to_pybytes())
             if action.type == p.ACTION_DROP:
                 dropped = self._server.staging.drop(call.command_id, call.caller.name)
@@ -191,7 +202,7 @@ class FlightService(flight.FlightServerBase):
                     f"command {call.command_id} was staged for {staged.api!r}, "
                     f"not for action {action.type!r}"
                 )
-            request = p.decode_request(staged.api, staged.params)
+            request = p.decode_request(staged.api, check_complete(call.command_id, staged.params))
             return [json.dumps(self._server._execute(call, request, context)).encode()]
 
     def list_actions(self, context):

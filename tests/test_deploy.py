@@ -1,0 +1,232 @@
+"""The deployment story: configuration from the environment, and ``deploy/``.
+
+No container runtime or cluster is reachable here, so the files are checked
+against the server itself: the manifests parse, and their ports, probes,
+variable names and arguments are the server's options; the image's entry
+command runs as a subprocess with nothing but the image's environment and
+``FEATURE_STORE_YAML_BASE64``, in an empty folder; so does the command Feast's
+Helm chart runs, through the image's ``feast`` entry point.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import yaml
+from offline_helpers import ENTITY_KEYS, FEATURES, assert_same_rows
+from service_helpers import (
+    base64_feature_store_yaml,
+    health_status,
+    server_process,
+)
+
+from flightlab.cli import build_parser
+from flightlab.cli_env import FEATURE_STORE_YAML_ENV, options_with_env
+from flightlab.client.transport import OfflineFlightClient
+from flightlab.feast_entry import flightlab_argv
+from flightlab.sample_repo import entity_frame
+from flightlab.wire import protocol as p
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+VENV_BIN = str(Path(sys.executable).parent)
+# Variables the manifests may set besides the server's own.
+OTHER_ENV = {FEATURE_STORE_YAML_ENV, "POD_IP"}
+
+
+def server_env_names() -> set[str]:
+    return {name for name, _ in options_with_env(build_parser())}
+
+
+def dockerfile() -> tuple[dict[str, str], list[str]]:
+    """The image's ENV (the FLIGHTLAB_* ones) and its CMD."""
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    env: dict[str, str] = {}
+    cmd: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            for pair in shlex.split(line[4:]):
+                name, _, value = pair.partition("=")
+                env[name] = value
+        elif line.startswith("CMD "):
+            cmd = json.loads(line[4:])
+    return {k: v for k, v in env.items() if k.startswith("FLIGHTLAB_")}, cmd
+
+
+def manifests() -> dict[str, dict]:
+    docs = yaml.safe_load_all((DEPLOY / "kubernetes" / "flightlab.yaml").read_text())
+    return {doc["kind"]: doc for doc in docs}
+
+
+# --- configuration from the environment ---------------------------------------------
+
+
+def test_every_option_has_its_environment_variable_and_a_flag_still_wins():
+    names = server_env_names()
+    expected = {"FLIGHTLAB_CHDIR", "FLIGHTLAB_HOST", "FLIGHTLAB_PORT", "FLIGHTLAB_CERT"}
+    expected |= {"FLIGHTLAB_MAX_STAGED_BYTES", "FLIGHTLAB_HEALTH_PORT", "FLIGHTLAB_DRAIN_SECONDS"}
+    expected |= {"FLIGHTLAB_ADVERTISE_LOCATION", "FLIGHTLAB_METRICS_PORT", "FLIGHTLAB_LOG_LEVEL"}
+    assert expected <= names
+    environ = {"FLIGHTLAB_PORT": "9100", "FLIGHTLAB_WORKERS": "7", "FLIGHTLAB_LOG_LEVEL": "debug"}
+    environ["FLIGHTLAB_CHDIR"] = "/srv/repo"
+    args = build_parser(environ).parse_args(["serve_offline", "--workers", "2"])
+    assert (args.port, args.workers, args.log_level, args.chdir) == (9100, 2, "debug", "/srv/repo")
+    assert build_parser(environ).parse_args(["serve_offline"]).workers == 7
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("FLIGHTLAB_PORT", "eighty"), ("FLIGHTLAB_LOG_LEVEL", "loud")]
+)
+def test_a_bad_environment_value_fails_naming_the_variable(name, value, capsys):
+    with pytest.raises(SystemExit) as exited:
+        build_parser({name: value}).parse_args(["serve_offline"])
+    assert exited.value.code == 2
+    assert name in capsys.readouterr().err
+
+
+def test_a_feature_store_yaml_that_is_not_base64_fails_with_a_message(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "flightlab", "serve_offline", "-p", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, FEATURE_STORE_YAML_ENV: "not base64 at all!"},
+    )
+    assert run.returncode == 2
+    assert FEATURE_STORE_YAML_ENV in run.stderr and run.stdout == ""
+
+
+# --- the image ---------------------------------------------------------------------
+
+
+def _image_env(server_repo: Path) -> dict[str, str]:
+    """The image's environment on loopback with free ports, plus the repo's config."""
+    image_env, _ = dockerfile()
+    return {
+        **image_env,
+        "FLIGHTLAB_HOST": "127.0.0.1",
+        "FLIGHTLAB_PORT": "0",
+        "FLIGHTLAB_HEALTH_PORT": "0",
+        "FLIGHTLAB_METRICS_PORT": "0",
+        "PATH": VENV_BIN + os.pathsep + os.environ["PATH"],
+        FEATURE_STORE_YAML_ENV: base64_feature_store_yaml(server_repo),
+    }
+
+
+def _assert_serves_the_local_answer(location: str, local_store, rows: int, seed: int) -> None:
+    entities = entity_frame(rows, seed=seed)
+    with OfflineFlightClient(location, timeout=60) as client:
+        got = client.fetch(
+            p.GetHistoricalFeatures(
+                features=tuple(FEATURES), entity_df=pa.Table.from_pandas(entities)
+            )
+        )
+    expected = local_store.get_historical_features(entities, FEATURES).to_df()
+    assert_same_rows(expected, got.to_pandas(), ENTITY_KEYS)
+
+
+def _wait_serving(health_port: int) -> None:
+    deadline = time.monotonic() + 60
+    while health_status(health_port) != "SERVING":
+        assert time.monotonic() < deadline, "never SERVING"
+        time.sleep(0.2)
+
+
+def test_the_image_command_serves_from_feature_store_yaml_base64_alone(
+    server_repo, local_store, tmp_path
+):
+    image_env, cmd = dockerfile()
+    assert cmd == ["flightlab", "serve_offline"]
+    assert image_env["FLIGHTLAB_HOST"] == "0.0.0.0" and image_env["FLIGHTLAB_PORT"] == "8815"
+    assert set(image_env) <= server_env_names()
+    empty = tmp_path / "workdir"  # the image's WORKDIR: no feature_store.yaml in it
+    empty.mkdir()
+    command = [str(Path(VENV_BIN) / cmd[0]), *cmd[1:]]
+    env = _image_env(server_repo)
+    with server_process(command, tmp_path, env, empty, ("health", "metrics")) as server:
+        _wait_serving(server.side_ports["health"])
+        _assert_serves_the_local_answer(server.location, local_store, 15, seed=81)
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=60) == 0
+    assert list(empty.iterdir()) == []
+
+
+def test_feasts_chart_command_starts_flightlab_through_the_image_feast_entry_point(
+    server_repo, local_store, tmp_path
+):
+    # What feast-feature-server's deployment runs in feast_mode: offline.
+    chart_command = ["--log-level", "INFO", "serve_offline", "-h", "127.0.0.1"]
+    assert flightlab_argv(["--log-level", "INFO", "serve_offline", "-h", "0.0.0.0"]) == [
+        "serve_offline",
+        "-h",
+        "0.0.0.0",
+        "--log-level",
+        "info",
+    ]
+    assert flightlab_argv(["apply"]) is None  # other commands: Feast's own CLI
+    command = [str(DEPLOY / "feast"), *chart_command]
+    env = _image_env(server_repo)
+    with server_process(command, tmp_path, env, tmp_path, ("health", "metrics")) as server:
+        _assert_serves_the_local_answer(server.location, local_store, 9, seed=82)
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=60) == 0
+    assert "get_historical_features command=" in server.log()
+
+
+# --- the manifests -----------------------------------------------------------------
+
+
+def test_the_kubernetes_manifests_match_the_servers_options():
+    docs = manifests()
+    assert set(docs) == {"Secret", "Deployment", "Service"}
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert set(env) <= server_env_names() | OTHER_ENV
+    assert (
+        env[FEATURE_STORE_YAML_ENV]["valueFrom"]["secretKeyRef"]["name"]
+        == (docs["Secret"]["metadata"]["name"])
+    )
+    values = {name: e["value"] for name, e in env.items() if "value" in e}
+    # The arguments parse, with the manifest's variables, into the ports probed.
+    args = build_parser(values).parse_args(container["args"][1:])
+    assert container["args"][0] == "flightlab"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"flight": args.port, "health": args.health_port, "metrics": args.metrics_port}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == args.health_port, probe
+    assert args.advertise_location == "grpc+tcp://$(POD_IP):8815"
+    assert pod["terminationGracePeriodSeconds"] > args.drain_seconds + 5  # + the preStop pause
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    service_ports = {p["name"]: p["targetPort"] for p in docs["Service"]["spec"]["ports"]}
+    assert set(service_ports.values()) <= set(ports)
+    annotations = docs["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == args.metrics_port
+
+    secret_yaml = base64.b64decode(docs["Secret"]["stringData"][FEATURE_STORE_YAML_ENV])
+    config = yaml.safe_load(secret_yaml)
+    assert {"project", "registry", "offline_store"} <= set(config)
+    assert config["offline_store"]["type"] != "remote"  # the server's own store
+
+
+def test_the_helm_values_run_the_flightlab_image_in_feasts_offline_mode():
+    values = yaml.safe_load((DEPLOY / "helm" / "values-flightlab.yaml").read_text())
+    assert values["feast_mode"] == "offline"
+    assert "flightlab" in values["image"]["repository"]
+    env = {e["name"]: e.get("value") for e in values["extraEnvs"]}
+    assert set(env) <= server_env_names() | OTHER_ENV
+    # The chart's fixed command, through the image's feast entry point.
+    chart = ["--log-level", values["logLevel"], "serve_offline", "-h", "0.0.0.0"]
+    args = build_parser({k: v for k, v in env.items() if v}).parse_args(flightlab_argv(chart))
+    assert (args.host, args.port, args.log_level) == ("0.0.0.0", 8815, "info")
+    assert (args.health_port, args.metrics_port) == (8816, 9090)
