@@ -4,8 +4,9 @@ requests, rows, bytes and errors, refreshed while it serves."""
 from __future__ import annotations
 
 import html
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,25 +158,77 @@ def _last_error_html(last: Mapping[str, Any] | None) -> str:
 
 class ServerPanel:
     """A live ipywidgets panel of a running server: address, staged commands,
-    requests per API, rows and bytes sent, last error.
+    requests per API, rows and bytes sent, last error, and a **Stop** button.
 
-    Display it (it is the last expression of a cell, or ``display(panel)``),
-    then call :meth:`refresh` (``serve_for`` does, every second).
+    Display it (the last expression of a cell, or ``display(panel)``). With
+    ``live`` (the default) a background thread refreshes it every ``interval``
+    seconds, so the kernel stays free for other cells; the thread ends, after
+    one last refresh, once the server stops (the button, ``server.stop()`` or
+    :func:`serve_for`).
     """
 
-    def __init__(self, server: Any):
+    def __init__(self, server: Any, interval: float = 1.0, live: bool = True):
         import ipywidgets as widgets
 
         self.server = server
+        self.interval = interval
         self.html = widgets.HTML()
-        self.widget = widgets.VBox([self.html])
+        self.stop_button = widgets.Button(
+            description="Stop server", button_style="danger", icon="stop"
+        )
+        self.stop_button.on_click(self.stop_server)
+        self.widget = widgets.VBox([self.html, self.stop_button])
         self.state: PanelState | None = None
+        # refresh() runs in the kernel's thread and the refresher's: one at a time.
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+        self._thread: threading.Thread | None = None
         self.refresh()
+        if live:
+            self.start()
+
+    @property
+    def live(self) -> bool:
+        """True while the background refresher runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Refresh from a background thread until the server stops."""
+        if self.live:
+            return
+        self._halt.clear()
+        self._thread = threading.Thread(
+            target=self._refresh_while_serving, name="flightlab-panel", daemon=True
+        )
+        self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop refreshing (the server keeps serving)."""
+        self._halt.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _refresh_while_serving(self) -> None:
+        while not self._halt.wait(self.interval):
+            if not self.refresh().running:
+                return
 
     def refresh(self) -> PanelState:
-        self.state = PanelState.of(self.server, self.state.location if self.state else None)
-        self.html.value = self.state.to_html()
-        return self.state
+        with self._lock:
+            previous = self.state.location if self.state else None
+            self.state = PanelState.of(self.server, previous)
+            self.html.value = self.state.to_html()
+            if not self.state.running:
+                self.stop_button.disabled = True
+                self.stop_button.description = "Server stopped"
+            return self.state
+
+    def stop_server(self, _button: Any = None) -> PanelState:
+        """Stop the server (the button calls this), then show it stopped."""
+        self.stop_button.disabled = True
+        self.server.stop()
+        self.close()
+        return self.refresh()
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
@@ -190,36 +243,36 @@ class ServerPanel:
 
 
 def serve_for(
+    server: Any,
     seconds: float = 0,
     *,
     stop_file: str | Path | None = None,
-    interval: float = 1.0,
-    on_tick: Callable[[], Any] | None = None,
+    interval: float = 0.5,
 ) -> str:
-    """Block while a server serves (from its own thread), calling ``on_tick``
-    every ``interval`` seconds. Returns why it stopped:
+    """Serve for a while, then stop ``server``; returns why serving ended.
 
-    - ``seconds`` > 0 elapsed ("time is up"),
-    - ``stop_file`` appeared ("stop file"),
-    - the kernel was interrupted ("interrupted"; ``seconds=0`` waits for that).
+    With neither ``seconds`` nor ``stop_file`` it returns at once ("serving in
+    the background"): the server runs on in its own thread until it is stopped
+    (the panel's button, ``server.stop()``). Otherwise it blocks, as headless
+    runs need, until ``seconds`` elapsed ("time is up"), ``stop_file`` appeared
+    ("stop file"), the kernel was interrupted ("interrupted") or someone else
+    stopped the server ("stopped"), and then stops the server.
     """
+    if not (seconds and seconds > 0) and stop_file is None:
+        return "serving in the background"
     deadline = time.monotonic() + seconds if seconds and seconds > 0 else None
     stop = Path(stop_file) if stop_file else None
     try:
         while True:
-            if on_tick is not None:
-                on_tick()
+            if not server.running:
+                return "stopped"
             if stop is not None and stop.exists():
                 return "stop file"
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return "time is up"
-                time.sleep(min(interval, remaining))
-            else:
-                time.sleep(interval)
+            if deadline is not None and deadline - time.monotonic() <= 0:
+                return "time is up"
+            wait = interval if deadline is None else min(interval, deadline - time.monotonic())
+            time.sleep(max(wait, 0))
     except KeyboardInterrupt:
         return "interrupted"
     finally:
-        if on_tick is not None:
-            on_tick()
+        server.stop()
