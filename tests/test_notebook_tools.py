@@ -226,6 +226,9 @@ def test_the_live_panel_refreshes_itself_and_its_button_stops_the_server(tools_r
         # Nobody calls refresh(): the panel's own thread shows the request.
         assert _wait_until(lambda: "<td>12</td>" in panel.html.value), panel.html.value
         assert "get_historical_features" in panel.html.value
+        # The request's log line, in the panel rather than under some cell.
+        assert _wait_until(lambda: "rows_out=12" in panel.html.value)
+        assert "rows_out=12" in panel.state.to_text()
         assert not panel.stop_button.disabled
 
         panel.stop_button.click()  # what a click in JupyterLab runs, in the kernel

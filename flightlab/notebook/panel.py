@@ -4,8 +4,10 @@ requests, rows, bytes and errors, refreshed while it serves."""
 from __future__ import annotations
 
 import html
+import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +32,11 @@ class PanelState:
     running: bool
     stats: dict[str, Any]
     staged: tuple[Any, ...] = ()  # flightlab.server.staging.StagedSummary
+    log: tuple[str, ...] = ()  # the server's latest log lines, oldest first
     updated: float = field(default_factory=time.time)
 
     @classmethod
-    def of(cls, server: Any, location: str | None = None) -> PanelState:
+    def of(cls, server: Any, location: str | None = None, log: tuple[str, ...] = ()) -> PanelState:
         """Read ``server``; ``location`` names it once it has stopped."""
         running = bool(server.running)
         return cls(
@@ -41,6 +44,7 @@ class PanelState:
             running=running,
             stats=server.stats_json(),
             staged=tuple(_staged_commands(server)),
+            log=log,
         )
 
     def requests_frame(self) -> pd.DataFrame:
@@ -108,7 +112,16 @@ class PanelState:
             "<h5 style='margin:0.5em 0 0.2em 0'>requests served per API</h5>"
             f"<table><tr><th>api</th><th>requests</th><th>errors</th></tr>{per_api}</table>"
             "<h5 style='margin:0.5em 0 0.2em 0'>staged commands</h5>"
-            f"{staged_table}</div>"
+            f"{staged_table}{self._log_html()}</div>"
+        )
+
+    def _log_html(self) -> str:
+        if not self.log:
+            return ""
+        lines = html.escape("\n".join(self.log))
+        return (
+            "<h5 style='margin:0.5em 0 0.2em 0'>latest requests (server log)</h5>"
+            f"<pre style='font-size:85%;margin:0;white-space:pre-wrap'>{lines}</pre>"
         )
 
     def _repr_html_(self) -> str:
@@ -127,6 +140,9 @@ class PanelState:
             lines.append(f"  {r.api}: {r.requests} requests, {r.errors} errors")
         last = s.get("last_error")
         lines.append(f"  last error: {_last_error_text(last)}")
+        if self.log:
+            lines.append("  latest requests (server log):")
+            lines.extend(f"    {line}" for line in self.log)
         return "\n".join(lines)
 
 
@@ -156,6 +172,34 @@ def _last_error_html(last: Mapping[str, Any] | None) -> str:
     )
 
 
+SERVER_LOGGER = "flightlab.server"  # one INFO line per request (server.lifecycle)
+
+
+class RecentLog(logging.Handler):
+    """The last ``size`` lines of the server's log, for the panel: a server
+    thread's log lines would otherwise land under whichever cell ran last."""
+
+    def __init__(self, size: int = 8):
+        super().__init__(level=logging.INFO)
+        self.lines: deque[str] = deque(maxlen=size)
+        self.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+        except Exception:  # a logging handler must not raise into the server
+            self.handleError(record)
+
+    def attach(self) -> None:
+        logger = logging.getLogger(SERVER_LOGGER)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+        logger.addHandler(self)
+
+    def detach(self) -> None:
+        logging.getLogger(SERVER_LOGGER).removeHandler(self)
+
+
 class ServerPanel:
     """A live ipywidgets panel of a running server: address, staged commands,
     requests per API, rows and bytes sent, last error, and a **Stop** button.
@@ -164,7 +208,8 @@ class ServerPanel:
     ``live`` (the default) a background thread refreshes it every ``interval``
     seconds, so the kernel stays free for other cells; the thread ends, after
     one last refresh, once the server stops (the button, ``server.stop()`` or
-    :func:`serve_for`).
+    :func:`serve_for`). It also shows the server's latest log lines (every
+    in-process server's: they share the ``flightlab.server`` logger).
     """
 
     def __init__(self, server: Any, interval: float = 1.0, live: bool = True):
@@ -179,6 +224,8 @@ class ServerPanel:
         self.stop_button.on_click(self.stop_server)
         self.widget = widgets.VBox([self.html, self.stop_button])
         self.state: PanelState | None = None
+        self.recent = RecentLog()
+        self.recent.attach()
         # refresh() runs in the kernel's thread and the refresher's: one at a time.
         self._lock = threading.Lock()
         self._halt = threading.Event()
@@ -216,9 +263,10 @@ class ServerPanel:
     def refresh(self) -> PanelState:
         with self._lock:
             previous = self.state.location if self.state else None
-            self.state = PanelState.of(self.server, previous)
+            self.state = PanelState.of(self.server, previous, tuple(self.recent.lines))
             self.html.value = self.state.to_html()
             if not self.state.running:
+                self.recent.detach()
                 self.stop_button.disabled = True
                 self.stop_button.description = "Server stopped"
             return self.state

@@ -17,19 +17,36 @@ import pandas as pd
 
 def setup(log_level: str | None = None) -> None:
     """Quiet, readable notebook output: wide pandas columns, no deprecation
-    noise from the libraries under Feast, and (with ``log_level``) flightlab's
-    own log lines (one per request on a server) without Feast's chatter."""
+    noise from the libraries under Feast, no DuckDB progress widgets, and
+    (with ``log_level``) flightlab's own log lines (one per request on a
+    server) without Feast's chatter."""
     import logging
     import warnings
+
+    import feast  # noqa: F401  (importing Feast turns DeprecationWarnings back on: filter after)
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     pd.set_option("display.max_colwidth", 120)
+    _no_duckdb_progress_bars()
     if log_level is not None:
         logging.basicConfig(
             level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
         logging.getLogger("flightlab").setLevel(log_level.upper())
+
+
+def _no_duckdb_progress_bars() -> None:
+    """DuckDB draws an ipywidgets bar for its slow queries under whichever cell
+    ran last, even from a server thread (a black bar below an unrelated cell);
+    the notebooks show their own progress. Feast's duckdb store queries through
+    ibis's default backend, whose connection (and its cursors) this turns off."""
+    try:
+        import ibis
+
+        ibis.get_backend().con.execute("SET enable_progress_bar = false")
+    except (ImportError, AttributeError):  # no ibis, or not a duckdb backend
+        pass
 
 
 def location_of(host: str, port: int) -> str:
