@@ -194,7 +194,7 @@ return Array.from(document.querySelectorAll('.jp-Notebook .jp-CodeCell')).map(ce
     text: outputs.map(o => o.innerText).join('\\n'),
     stderr: Array.from(cell.querySelectorAll(
       '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
-    )).map(o => o.innerText).join('\n'),
+    )).map(o => o.innerText).join('\\n'),
     images: Array.from(cell.querySelectorAll('.jp-RenderedImage img'))
       .filter(img => img.complete && img.naturalWidth > 0).length,
   };
@@ -219,6 +219,8 @@ for (const row of panel.querySelectorAll('tr')) {
   }
 }
 figures.requests = requests;
+const log = panel.querySelector('pre');
+figures.log = log ? log.innerText : '';
 const button = Array.from(document.querySelectorAll('button'))
   .find(b => b.innerText.includes('Stop server') || b.innerText.includes('Server stopped'));
 figures.button = button ? button.innerText.trim() : null;
@@ -281,10 +283,32 @@ def number(text: str) -> int:
     return int(text.replace(",", "").split()[0])
 
 
+def accept_kernel_dialog(driver: Any) -> bool:
+    """JupyterLab asks which kernel to start when it opens a notebook before it
+    has listed the kernels (a busy machine): accept its choice, the notebook's
+    own kernel. True if there was such a dialog."""
+    from selenium.webdriver.common.by import By
+
+    for dialog in driver.find_elements(By.CSS_SELECTOR, ".jp-Dialog"):
+        if "Select Kernel" in dialog.text:
+            dialog.find_element(By.CSS_SELECTOR, ".jp-Dialog-button.jp-mod-accept").click()
+            return True
+    return False
+
+
 def open_notebook(driver: Any, url: str, timeout: float = 180) -> None:
     driver.get(url)
     wait_for(lambda: cells(driver), timeout, f"the notebook's cells at {url}")
-    wait_for(lambda: kernel_idle(driver), timeout, "an idle kernel")
+    wait_for(
+        lambda: kernel_idle(driver) and not accept_kernel_dialog(driver),
+        timeout,
+        "an idle kernel",
+    )
+    kernel = driver.execute_script(
+        "const k = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)"
+        " .jp-KernelName'); return k ? k.innerText : '';"
+    )
+    assert "flightlab" in kernel, f"the notebook runs on {kernel!r}, not the project's kernel"
 
 
 def click_menu(driver: Any, menu: str, command: str) -> None:
