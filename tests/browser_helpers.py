@@ -50,7 +50,10 @@ CHROMIUM_FLAGS = (
 # full-page screenshot and the checks see all of them), no news or update
 # pop-ups.
 LAB_SETTINGS = {
-    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {
+        "windowingMode": "none",
+        "scrollPastEnd": False,  # else each taller page adds as much blank space below
+    },
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
         "checkForUpdates": False,
         "fetchNews": "false",
