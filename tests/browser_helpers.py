@@ -286,31 +286,46 @@ def number(text: str) -> int:
     return int(text.replace(",", "").split()[0])
 
 
-def accept_kernel_dialog(driver: Any) -> bool:
+KERNEL_NAME_JS = (
+    "const k = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)"
+    " .jp-KernelName'); return k ? k.innerText : '';"
+)
+
+
+def choose_project_kernel(driver: Any) -> bool:
     """JupyterLab asks which kernel to start when it opens a notebook before it
-    has listed the kernels (a busy machine): accept its choice, the notebook's
-    own kernel. True if there was such a dialog."""
+    has listed the kernels (a busy machine). Pick the project's kernel in that
+    dialog once it is listed. True if there was such a dialog."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
 
     for dialog in driver.find_elements(By.CSS_SELECTOR, ".jp-Dialog"):
-        if "Select Kernel" in dialog.text:
-            dialog.find_element(By.CSS_SELECTOR, ".jp-Dialog-button.jp-mod-accept").click()
-            return True
+        if "Kernel" not in dialog.text:
+            continue
+        select = Select(dialog.find_element(By.TAG_NAME, "select"))
+        wanted = [o for o in select.options if "flightlab" in o.text]
+        if not wanted:
+            return True  # not listed yet: look again
+        select.select_by_visible_text(wanted[0].text)
+        dialog.find_element(By.CSS_SELECTOR, ".jp-Dialog-button.jp-mod-accept").click()
+        return True
     return False
 
 
 def open_notebook(driver: Any, url: str, timeout: float = 180) -> None:
     driver.get(url)
     wait_for(lambda: cells(driver), timeout, f"the notebook's cells at {url}")
-    wait_for(
-        lambda: kernel_idle(driver) and not accept_kernel_dialog(driver),
-        timeout,
-        "an idle kernel",
-    )
-    kernel = driver.execute_script(
-        "const k = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)"
-        " .jp-KernelName'); return k ? k.innerText : '';"
-    )
+
+    def project_kernel_idle() -> bool:
+        if choose_project_kernel(driver):
+            return False
+        if driver.execute_script(KERNEL_NAME_JS) == "No Kernel":
+            click_menu(driver, "Kernel", "kernelmenu:change")  # opens the dialog above
+            return False
+        return kernel_idle(driver)
+
+    wait_for(project_kernel_idle, timeout, "the project's kernel, idle", interval=1.0)
+    kernel = driver.execute_script(KERNEL_NAME_JS)
     assert "flightlab" in kernel, f"the notebook runs on {kernel!r}, not the project's kernel"
 
 
