@@ -65,6 +65,7 @@ def execute(notebook: Path, output: Path, parameters: dict, cwd: Path) -> float:
             kernel_name=KERNEL,
             progress_bar=False,
             execution_timeout=CELL_TIMEOUT,
+            store_widget_state=True,  # widgets shown stay viewable in the copy (nbclient default)
         )
     except Exception as exc:  # PapermillExecutionError names the cell and the error
         raise RunFailed(f"{notebook.name} failed: {exc}") from exc
@@ -210,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     output = args.output if args.output.is_absolute() else ROOT / args.output
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # quieter kernels
+    # No page draws widgets here: progress bars print one final line instead
+    # (flightlab.notebook.progress); the kernels inherit this.
+    os.environ["FLIGHTLAB_HEADLESS"] = "1"
     try:
         run(output, args.ci)
     except RunFailed as exc:

@@ -179,23 +179,108 @@ def _arrow(frame):
     return pa.Table.from_pandas(frame, preserve_index=False)
 
 
-def test_serve_for_stops_on_time_on_a_stop_file_and_ticks(tmp_path):
-    ticks = []
+def test_serve_for_without_a_limit_leaves_the_server_serving(tools_repo):
+    server = nb.start_server(tools_repo)
+    try:
+        assert nb.serve_for(server) == "serving in the background"
+        assert server.running and nb.server_answers("127.0.0.1", server.port)
+    finally:
+        server.stop()
+
+
+def test_serve_for_stops_the_server_on_time_on_a_stop_file_or_when_stopped(tools_repo, tmp_path):
+    server = nb.start_server(tools_repo)
     started = time.monotonic()
-    assert nb.serve_for(0.3, interval=0.05, on_tick=lambda: ticks.append(1)) == "time is up"
-    assert 0.25 < time.monotonic() - started < 5
-    assert len(ticks) >= 3
+    assert nb.serve_for(server, 0.3, interval=0.05) == "time is up"
+    assert 0.25 < time.monotonic() - started < 10
+    assert not server.running
 
     stop = tmp_path / "stop"
+    server = nb.start_server(tools_repo)
     threading.Timer(0.2, stop.touch).start()
-    assert nb.serve_for(0, stop_file=stop, interval=0.05) == "stop file"
+    assert nb.serve_for(server, 0, stop_file=stop, interval=0.05) == "stop file"
+    assert not server.running
+
+    server = nb.start_server(tools_repo)
+    threading.Timer(0.2, server.stop).start()
+    assert nb.serve_for(server, 60, interval=0.05) == "stopped"
 
 
-def test_serve_for_ends_on_an_interrupt():
+def test_serve_for_ends_on_an_interrupt_and_stops_the_server(tools_repo, tmp_path):
     import _thread
 
+    server = nb.start_server(tools_repo)
     threading.Timer(0.2, _thread.interrupt_main).start()
-    assert nb.serve_for(0, interval=0.05) == "interrupted"
+    assert nb.serve_for(server, stop_file=tmp_path / "never", interval=0.05) == "interrupted"
+    assert not server.running
+
+
+def _wait_until(condition, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_live_panel_refreshes_itself_and_its_button_stops_the_server(tools_repo, tmp_path):
+    server = nb.start_server(tools_repo)
+    panel = nb.ServerPanel(server, interval=0.1)
+    try:
+        assert panel.live and "no requests yet" in panel.html.value
+        store = client_store(server, tools_repo, tmp_path)
+        store.get_historical_features(entity_frame(12), FEATURES).to_arrow()
+        # Nobody calls refresh(): the panel's own thread shows the request.
+        assert _wait_until(lambda: "<td>12</td>" in panel.html.value), panel.html.value
+        assert "get_historical_features" in panel.html.value
+        # The request's log line, in the panel rather than under some cell.
+        assert _wait_until(lambda: "rows_out=12" in panel.html.value)
+        assert "rows_out=12" in panel.state.to_text()
+        assert not panel.stop_button.disabled
+
+        panel.stop_button.click()  # what a click in JupyterLab runs, in the kernel
+        assert not server.running and not panel.live
+        assert "stopped" in panel.html.value and "<td>12</td>" in panel.html.value
+        assert panel.stop_button.disabled and panel.stop_button.description == "Server stopped"
+        assert not nb.server_answers("127.0.0.1", store.config.offline_store.port, timeout=1)
+    finally:
+        server.stop()
+        panel.close()
+
+
+def test_the_panel_stops_refreshing_once_the_server_stops_elsewhere(tools_repo):
+    server = nb.start_server(tools_repo)
+    panel = nb.ServerPanel(server, interval=0.05)
+    server.stop()
+    assert _wait_until(lambda: not panel.live)
+    assert "stopped" in panel.html.value and panel.stop_button.disabled
+    quiet = nb.ServerPanel(server, live=False)
+    assert not quiet.live
+
+
+def test_a_client_finds_the_announced_server(tools_repo, tmp_path):
+    repo = tmp_path / "repo"  # announce only writes into the repo's data folder
+    server = nb.start_server(tools_repo)
+    try:
+        path = nb.announce(server, repo)
+        assert path == nb.server_file(repo) and path.is_file()
+        assert nb.announced(repo) == ("127.0.0.1", server.port)
+        connection = nb.connect_or_start(tools_repo, port=0)
+        assert connection.started_here  # tools_repo announced nothing: one is started
+        connection.close()
+        found = nb.connect_or_start(repo, port=0)
+        assert not found.started_here and found.port == server.port
+    finally:
+        server.stop()
+    assert _wait_until(lambda: not path.exists())  # withdrawn once the server stopped
+    assert nb.announced(repo) is None
+
+    # A file left by a server that is gone (killed kernel) names nobody.
+    path.write_text(f'{{"host": "127.0.0.1", "port": {nb.free_port()}}}')
+    assert nb.announced(repo, timeout=1) is None
+    path.write_text("not json")
+    assert nb.announced(repo) is None
 
 
 # --- progress --------------------------------------------------------------------------------
@@ -214,6 +299,26 @@ def test_a_progress_bar_follows_a_real_remote_retrieval(tools_client):
         tools_client.get_historical_features(entity_frame(30), FEATURES), total=30
     )
     assert table.num_rows == 30
+
+
+def test_a_headless_progress_bar_prints_one_final_line(tools_client, capsys, monkeypatch):
+    monkeypatch.setenv("FLIGHTLAB_HEADLESS", "1")
+    assert nb.headless()
+    job = tools_client.get_historical_features(entity_frame(40), FEATURES)
+    table = nb.fetch_with_progress(job, total=40, desc="remote retrieval")
+    assert table.num_rows == 40
+    out = capsys.readouterr()
+    assert out.out.count("\n") == 1 and out.err == "", out
+    line = out.out.strip()
+    assert line.startswith("remote retrieval: 100%") and "40.0/40.0 " in line, line
+    assert "batches=" in line and "Progress(" not in line
+
+    monkeypatch.setenv("FLIGHTLAB_HEADLESS", "0")
+    assert not nb.headless()
+    with nb.ProgressBar(5, quiet=True) as bar:
+        bar.bar.update(5)
+    assert bar.final_line is not None and "100%" in bar.final_line
+    assert capsys.readouterr().out.strip() == bar.final_line
 
 
 # --- timing and plots -------------------------------------------------------------------

@@ -4,8 +4,11 @@ requests, rows, bytes and errors, refreshed while it serves."""
 from __future__ import annotations
 
 import html
+import logging
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +32,11 @@ class PanelState:
     running: bool
     stats: dict[str, Any]
     staged: tuple[Any, ...] = ()  # flightlab.server.staging.StagedSummary
+    log: tuple[str, ...] = ()  # the server's latest log lines, oldest first
     updated: float = field(default_factory=time.time)
 
     @classmethod
-    def of(cls, server: Any, location: str | None = None) -> PanelState:
+    def of(cls, server: Any, location: str | None = None, log: tuple[str, ...] = ()) -> PanelState:
         """Read ``server``; ``location`` names it once it has stopped."""
         running = bool(server.running)
         return cls(
@@ -40,6 +44,7 @@ class PanelState:
             running=running,
             stats=server.stats_json(),
             staged=tuple(_staged_commands(server)),
+            log=log,
         )
 
     def requests_frame(self) -> pd.DataFrame:
@@ -107,7 +112,16 @@ class PanelState:
             "<h5 style='margin:0.5em 0 0.2em 0'>requests served per API</h5>"
             f"<table><tr><th>api</th><th>requests</th><th>errors</th></tr>{per_api}</table>"
             "<h5 style='margin:0.5em 0 0.2em 0'>staged commands</h5>"
-            f"{staged_table}</div>"
+            f"{staged_table}{self._log_html()}</div>"
+        )
+
+    def _log_html(self) -> str:
+        if not self.log:
+            return ""
+        lines = html.escape("\n".join(self.log))
+        return (
+            "<h5 style='margin:0.5em 0 0.2em 0'>latest requests (server log)</h5>"
+            f"<pre style='font-size:85%;margin:0;white-space:pre-wrap'>{lines}</pre>"
         )
 
     def _repr_html_(self) -> str:
@@ -126,6 +140,9 @@ class PanelState:
             lines.append(f"  {r.api}: {r.requests} requests, {r.errors} errors")
         last = s.get("last_error")
         lines.append(f"  last error: {_last_error_text(last)}")
+        if self.log:
+            lines.append("  latest requests (server log):")
+            lines.extend(f"    {line}" for line in self.log)
         return "\n".join(lines)
 
 
@@ -155,27 +172,111 @@ def _last_error_html(last: Mapping[str, Any] | None) -> str:
     )
 
 
+SERVER_LOGGER = "flightlab.server"  # one INFO line per request (server.lifecycle)
+
+
+class RecentLog(logging.Handler):
+    """The last ``size`` lines of the server's log, for the panel: a server
+    thread's log lines would otherwise land under whichever cell ran last."""
+
+    def __init__(self, size: int = 8):
+        super().__init__(level=logging.INFO)
+        self.lines: deque[str] = deque(maxlen=size)
+        self.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+        except Exception:  # a logging handler must not raise into the server
+            self.handleError(record)
+
+    def attach(self) -> None:
+        logger = logging.getLogger(SERVER_LOGGER)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+        logger.addHandler(self)
+
+    def detach(self) -> None:
+        logging.getLogger(SERVER_LOGGER).removeHandler(self)
+
+
 class ServerPanel:
     """A live ipywidgets panel of a running server: address, staged commands,
-    requests per API, rows and bytes sent, last error.
+    requests per API, rows and bytes sent, last error, and a **Stop** button.
 
-    Display it (it is the last expression of a cell, or ``display(panel)``),
-    then call :meth:`refresh` (``serve_for`` does, every second).
+    Display it (the last expression of a cell, or ``display(panel)``). With
+    ``live`` (the default) a background thread refreshes it every ``interval``
+    seconds, so the kernel stays free for other cells; the thread ends, after
+    one last refresh, once the server stops (the button, ``server.stop()`` or
+    :func:`serve_for`). It also shows the server's latest log lines (every
+    in-process server's: they share the ``flightlab.server`` logger).
     """
 
-    def __init__(self, server: Any):
+    def __init__(self, server: Any, interval: float = 1.0, live: bool = True):
         import ipywidgets as widgets
 
         self.server = server
+        self.interval = interval
         self.html = widgets.HTML()
-        self.widget = widgets.VBox([self.html])
+        self.stop_button = widgets.Button(
+            description="Stop server", button_style="danger", icon="stop"
+        )
+        self.stop_button.on_click(self.stop_server)
+        self.widget = widgets.VBox([self.html, self.stop_button])
         self.state: PanelState | None = None
+        self.recent = RecentLog()
+        self.recent.attach()
+        # refresh() runs in the kernel's thread and the refresher's: one at a time.
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+        self._thread: threading.Thread | None = None
         self.refresh()
+        if live:
+            self.start()
+
+    @property
+    def live(self) -> bool:
+        """True while the background refresher runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Refresh from a background thread until the server stops."""
+        if self.live:
+            return
+        self._halt.clear()
+        self._thread = threading.Thread(
+            target=self._refresh_while_serving, name="flightlab-panel", daemon=True
+        )
+        self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop refreshing (the server keeps serving)."""
+        self._halt.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _refresh_while_serving(self) -> None:
+        while not self._halt.wait(self.interval):
+            if not self.refresh().running:
+                return
 
     def refresh(self) -> PanelState:
-        self.state = PanelState.of(self.server, self.state.location if self.state else None)
-        self.html.value = self.state.to_html()
-        return self.state
+        with self._lock:
+            previous = self.state.location if self.state else None
+            self.state = PanelState.of(self.server, previous, tuple(self.recent.lines))
+            self.html.value = self.state.to_html()
+            if not self.state.running:
+                self.recent.detach()
+                self.stop_button.disabled = True
+                self.stop_button.description = "Server stopped"
+            return self.state
+
+    def stop_server(self, _button: Any = None) -> PanelState:
+        """Stop the server (the button calls this), then show it stopped."""
+        self.stop_button.disabled = True
+        self.server.stop()
+        self.close()
+        return self.refresh()
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
@@ -190,36 +291,36 @@ class ServerPanel:
 
 
 def serve_for(
+    server: Any,
     seconds: float = 0,
     *,
     stop_file: str | Path | None = None,
-    interval: float = 1.0,
-    on_tick: Callable[[], Any] | None = None,
+    interval: float = 0.5,
 ) -> str:
-    """Block while a server serves (from its own thread), calling ``on_tick``
-    every ``interval`` seconds. Returns why it stopped:
+    """Serve for a while, then stop ``server``; returns why serving ended.
 
-    - ``seconds`` > 0 elapsed ("time is up"),
-    - ``stop_file`` appeared ("stop file"),
-    - the kernel was interrupted ("interrupted"; ``seconds=0`` waits for that).
+    With neither ``seconds`` nor ``stop_file`` it returns at once ("serving in
+    the background"): the server runs on in its own thread until it is stopped
+    (the panel's button, ``server.stop()``). Otherwise it blocks, as headless
+    runs need, until ``seconds`` elapsed ("time is up"), ``stop_file`` appeared
+    ("stop file"), the kernel was interrupted ("interrupted") or someone else
+    stopped the server ("stopped"), and then stops the server.
     """
+    if not (seconds and seconds > 0) and stop_file is None:
+        return "serving in the background"
     deadline = time.monotonic() + seconds if seconds and seconds > 0 else None
     stop = Path(stop_file) if stop_file else None
     try:
         while True:
-            if on_tick is not None:
-                on_tick()
+            if not server.running:
+                return "stopped"
             if stop is not None and stop.exists():
                 return "stop file"
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return "time is up"
-                time.sleep(min(interval, remaining))
-            else:
-                time.sleep(interval)
+            if deadline is not None and deadline - time.monotonic() <= 0:
+                return "time is up"
+            wait = interval if deadline is None else min(interval, deadline - time.monotonic())
+            time.sleep(max(wait, 0))
     except KeyboardInterrupt:
         return "interrupted"
     finally:
-        if on_tick is not None:
-            on_tick()
+        server.stop()

@@ -3,6 +3,7 @@ port, start one in this kernel, connect to one or the other."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -16,19 +17,36 @@ import pandas as pd
 
 def setup(log_level: str | None = None) -> None:
     """Quiet, readable notebook output: wide pandas columns, no deprecation
-    noise from the libraries under Feast, and (with ``log_level``) flightlab's
-    own log lines (one per request on a server) without Feast's chatter."""
+    noise from the libraries under Feast, no DuckDB progress widgets, and
+    (with ``log_level``) flightlab's own log lines (one per request on a
+    server) without Feast's chatter."""
     import logging
     import warnings
+
+    import feast  # noqa: F401  (importing Feast turns DeprecationWarnings back on: filter after)
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     pd.set_option("display.max_colwidth", 120)
+    _no_duckdb_progress_bars()
     if log_level is not None:
         logging.basicConfig(
             level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
         logging.getLogger("flightlab").setLevel(log_level.upper())
+
+
+def _no_duckdb_progress_bars() -> None:
+    """DuckDB draws an ipywidgets bar for its slow queries under whichever cell
+    ran last, even from a server thread (a black bar below an unrelated cell);
+    the notebooks show their own progress. Feast's duckdb store queries through
+    ibis's default backend, whose connection (and its cursors) this turns off."""
+    try:
+        import ibis
+
+        ibis.get_backend().con.execute("SET enable_progress_bar = false")
+    except (ImportError, AttributeError):  # no ibis, or not a duckdb backend
+        pass
 
 
 def location_of(host: str, port: int) -> str:
@@ -113,6 +131,49 @@ def start_server(
     return OfflineServer(repo, host=host, port=port, limits=limits).start()
 
 
+SERVER_FILE = "flightlab_server.json"  # in the repo's data folder
+
+
+def server_file(repo: str | Path) -> Path:
+    """Where a notebook's server says where it listens: ``data/flightlab_server.json``."""
+    return Path(repo) / "data" / SERVER_FILE
+
+
+def announce(server: Any, repo: str | Path) -> Path:
+    """Write where ``server`` listens to :func:`server_file` so that a client
+    notebook started with ``port = 0`` finds it; the file is removed once the
+    server stops (a watcher thread; a stale file is ignored anyway, see
+    :func:`announced`)."""
+    path = server_file(repo)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"host": server.host, "port": server.port, "location": server.location}
+    path.write_text(json.dumps(body) + "\n")
+
+    def withdraw_when_stopped() -> None:
+        while server.running:
+            time.sleep(0.5)
+        try:
+            if json.loads(path.read_text()).get("port") == body["port"]:
+                path.unlink()
+        except (OSError, ValueError):  # gone, or rewritten by another server
+            pass
+
+    threading.Thread(target=withdraw_when_stopped, name="flightlab-announce", daemon=True).start()
+    return path
+
+
+def announced(repo: str | Path, timeout: float = 3.0) -> tuple[str, int] | None:
+    """``(host, port)`` of the server :func:`announce` named for ``repo``, if
+    it answers; None when there is no file or nothing answers there."""
+    try:
+        body = json.loads(server_file(repo).read_text())
+        host, port = str(body["host"]), int(body["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return (host, port) if server_answers(host, port, timeout=timeout) else None
+
+
 @dataclass
 class Connection:
     """Where a client notebook's server is, and whether the notebook started it."""
@@ -172,8 +233,15 @@ def connect_or_start(
     repo: str | Path, host: str = "127.0.0.1", port: int = 8815, start: bool = False
 ) -> Connection:
     """Use the server at ``host:port``, or start one in this process (on a
-    free port) when ``start`` is True or nothing answers there."""
-    if not start and server_answers(host, port):
+    free port) when ``start`` is True or nothing answers there.
+
+    ``port=0``: the server a notebook announced for ``repo`` (:func:`announce`).
+    """
+    if not start and port == 0:
+        found = announced(repo)
+        if found is not None:
+            return Connection(*found)
+    elif not start and server_answers(host, port):
         return Connection(host, port)
     server = start_server(repo, host="127.0.0.1", port=0)
     return Connection("127.0.0.1", server.port, server)
