@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# PostgreSQL and Java for the backend tests (the tests start their own cluster).
+bash scripts/backends.sh
 export PATH="$PWD/.venv/bin:$PATH"
 
 echo "test: ruff"
