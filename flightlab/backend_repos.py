@@ -164,7 +164,8 @@ def create_spark_repo(path: str | Path, apply: bool = True) -> Path:
     for name, table in _frames().items():
         folder = repo / "data" / name
         folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, folder / "part-0.parquet")
+        # Spark reads no nanosecond timestamps.
+        pq.write_table(table, folder / "part-0.parquet", coerce_timestamps="us")
     if apply:
         apply_repo(repo)
     return repo
