@@ -32,7 +32,7 @@ from flightlab.sample_repo import (
 PROJECT = "flightlab_sample"
 PERSISTED = "persisted_rows"
 
-_FILE_SOURCES = '''\
+_FILE_SOURCES = """\
 driver_stats_source = FileSource(
     name="driver_stats_source",
     path=str(DATA / "driver_stats.parquet"),
@@ -44,9 +44,9 @@ customer_stats_source = FileSource(
     path=str(DATA / "customer_stats.parquet"),
     timestamp_field="event_timestamp",
 )
-'''
+"""
 
-_POSTGRES_SOURCES = '''\
+_POSTGRES_SOURCES = """\
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
     PostgreSQLSource,
 )
@@ -65,9 +65,9 @@ customer_stats_source = PostgreSQLSource(
 persisted_rows = PostgreSQLSource(
     name="persisted_rows", table="persisted_rows", timestamp_field="event_timestamp"
 )
-'''
+"""
 
-_SPARK_SOURCES = '''\
+_SPARK_SOURCES = """\
 from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 
 # Folders of parquet files: Spark appends offline writes as new files.
@@ -90,7 +90,7 @@ persisted_rows = SparkSource(
     file_format="parquet",
     timestamp_field="event_timestamp",
 )
-'''
+"""
 
 # Spark in one process on two cores; UTC so timestamps read back as written.
 SPARK_STORE_YAML = """\
@@ -147,11 +147,21 @@ def _write_repo(repo: Path, yaml: str, sources: str) -> Path:
     return repo
 
 
-def create_postgres_repo(path: str | Path, server: PostgresServer, apply: bool = True) -> Path:
-    """The sample repo on ``server``: its tables, offline store and SQL registry."""
-    for name, table in _frames().items():
-        load_table(server, name, table)
-    yaml = repo_yaml(server.registry_yaml(), server.offline_store_yaml())
+def create_postgres_repo(
+    path: str | Path,
+    server: PostgresServer,
+    apply: bool = True,
+    sql_registry: bool = True,
+    load: bool = True,
+) -> Path:
+    """The sample repo on ``server``: its tables, its offline store and (with
+    ``sql_registry``, else a registry file in the repo) its SQL registry.
+    ``load=False`` leaves the tables as they are (another repo loaded them)."""
+    if load:
+        for name, table in _frames().items():
+            load_table(server, name, table)
+    registry = server.registry_yaml() if sql_registry else FILE_REGISTRY_YAML
+    yaml = repo_yaml(registry, server.offline_store_yaml())
     repo = _write_repo(Path(path), yaml, _POSTGRES_SOURCES)
     if apply:
         apply_repo(repo)

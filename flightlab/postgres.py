@@ -70,6 +70,15 @@ class PostgresServer:
             "  cache_ttl_seconds: 0\n"
         )
 
+    def pause(self) -> None:
+        """Stop the throwaway cluster but keep it, to :meth:`resume` it (same port)."""
+        if self.folder is not None:
+            _run_script("pause", str(self.folder))
+
+    def resume(self) -> None:
+        if self.folder is not None:
+            _run_script("resume", str(self.folder))
+
     def stop(self) -> None:
         """Stop the throwaway cluster and delete its folder."""
         if self.folder is not None:

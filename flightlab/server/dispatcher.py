@@ -36,6 +36,7 @@ from feast.protos.feast.core.SavedDataset_pb2 import (
 from feast.saved_dataset import SavedDatasetStorage
 from google.protobuf.message import DecodeError
 
+from flightlab.server.backends import StoreBackend, saved_dataset_storage
 from flightlab.wire import protocol as p
 from flightlab.wire.errors import MalformedEntityDataError, MalformedParameterError
 
@@ -61,6 +62,8 @@ class OfflineDispatcher:
         # with "Attempting to execute an unsuccessful or closed pending query
         # result". Such a store is called by one worker at a time.
         self._store_lock = threading.Lock() if _single_threaded(self.offline_store) else None
+        # Spark's session per worker thread; database errors said plainly.
+        self._backend = StoreBackend(store.config.offline_store)
         self._handlers: dict[type[p.Request], Callable[[Any, Any], Any]] = {
             p.GetHistoricalFeatures: lambda r, u: self._retrieval_job(r, u).to_arrow(),
             p.PullLatestFromTableOrQuery: lambda r, u: self._retrieval_job(r, u).to_arrow(),
@@ -74,11 +77,12 @@ class OfflineDispatcher:
 
     def run(self, request: p.Request, user: Any = None) -> pa.Table | dict[str, Any]:
         """Run ``request`` for ``user`` (a Feast ``User``; None without auth)."""
-        # Objects applied after the server started must be found: reload the
-        # registry (a small read) before resolving any name.
-        self._refresh_registry()
-        with self._store_lock or nullcontext():
-            return self._handlers[type(request)](request, user)
+        with self._backend.call():
+            # Objects applied after the server started must be found: reload
+            # the registry (a small read) before resolving any name.
+            self._refresh_registry()
+            with self._store_lock or nullcontext():
+                return self._handlers[type(request)](request, user)
 
     # --- retrievals ----------------------------------------------------------
 
@@ -186,7 +190,7 @@ class OfflineDispatcher:
     def _persist_destination(self, request: p.Persist) -> tuple[DataSource, SavedDatasetStorage]:
         if request.destination_name is not None:
             destination = self.store.get_data_source(request.destination_name)
-            return destination, SavedDatasetStorage.from_data_source(destination)
+            return destination, saved_dataset_storage(destination)
         storage = _storage_from_bytes(request.storage)
         if not self.enforce_permissions:
             return storage.to_data_source(), storage
@@ -329,7 +333,7 @@ def _data_source_from_bytes(raw: bytes) -> DataSource:
 def _storage_proto(source: DataSource) -> SavedDatasetStorageProto | None:
     """Where a data source stores its rows, comparable across sources."""
     try:
-        return SavedDatasetStorage.from_data_source(source).to_proto()
+        return saved_dataset_storage(source).to_proto()
     except (ValueError, AttributeError):
         return None  # a source kind that cannot be a saved-dataset storage
 
