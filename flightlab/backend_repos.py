@@ -99,8 +99,10 @@ offline_store:
   spark_conf:
     spark.master: "local[2]"
     spark.ui.enabled: "false"
+    spark.ui.showConsoleProgress: "false"
     spark.sql.session.timeZone: UTC
-    spark.sql.shuffle.partitions: "4"
+    spark.sql.shuffle.partitions: "2"
+    spark.default.parallelism: "2"
     spark.driver.memory: 1g
     spark.sql.execution.arrow.pyspark.enabled: "true"
 """

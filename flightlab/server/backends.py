@@ -6,7 +6,13 @@
   active session per thread, and the server's workers are threads that never
   started one: store code that asks ``SparkSession.getActiveSession()`` there
   gets None. The session is created once, from the repo's ``spark_conf``, and
-  made active on every worker before the call.
+  made active on every worker before the call. And calls run one at a time:
+  Feast's point-in-time query creates temporary views with fixed names
+  (``entity_dataframe``, ``<view>__cleaned``) in the session, so two joins in
+  flight in one session read each other's entity rows (seen in Feast 0.67,
+  locally too). pyspark's notion of the active session is process-wide, so a
+  session per thread is no way out. Each join still runs in parallel on the
+  Spark executors; more throughput comes from more flightlab replicas.
 - **SQL databases** (PostgreSQL...): the driver's connection and query errors
   become flightlab errors that say what happened and cross the wire as the
   right Flight class: the database unreachable (``FlightUnavailableError``,
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from flightlab.wire.errors import (
@@ -39,14 +45,14 @@ class StoreBackend:
         self.kind = getattr(offline_store_config, "type", "")
         self._spark: Any = None
         self._spark_lock = threading.Lock()
+        self._spark_calls = threading.Lock()  # one Spark call at a time: see above
 
     @contextmanager
     def call(self) -> Iterator[None]:
         """Around one call of the store: bind what it needs, translate its errors."""
-        if self._is_spark():
-            self._bind_spark_session()
         try:
-            yield
+            with self._spark_call() if self._is_spark() else nullcontext():
+                yield
         except Exception as exc:
             translated = self.translate(exc)
             if translated is exc:
@@ -57,6 +63,12 @@ class StoreBackend:
 
     def _is_spark(self) -> bool:
         return self.kind == "spark" or type(self.config).__name__ == "SparkOfflineStoreConfig"
+
+    @contextmanager
+    def _spark_call(self) -> Iterator[None]:
+        with self._spark_calls:
+            self._bind_spark_session()
+            yield
 
     def _bind_spark_session(self) -> None:
         with self._spark_lock:

@@ -187,13 +187,17 @@ class OfflineDispatcher:
         job.persist(storage, allow_overwrite=request.allow_overwrite)
         return {"persisted_to": str(storage.to_proto()).strip()}
 
-    def _persist_destination(self, request: p.Persist) -> tuple[DataSource, SavedDatasetStorage]:
+    def _persist_destination(
+        self, request: p.Persist
+    ) -> tuple[DataSource | None, SavedDatasetStorage]:
         if request.destination_name is not None:
             destination = self.store.get_data_source(request.destination_name)
             return destination, saved_dataset_storage(destination)
         storage = _storage_from_bytes(request.storage)
         if not self.enforce_permissions:
-            return storage.to_data_source(), storage
+            # The destination is only checked with permissions; and some
+            # storages (Spark's) cannot make an unnamed source.
+            return None, storage
         # With permissions, a destination must be a registered data source, so
         # that the check is made against its real name and tags: a storage the
         # client makes up could name any file the server can write.
