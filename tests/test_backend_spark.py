@@ -122,9 +122,7 @@ def new_driver_rows(hours_after_end: int, drivers: tuple[int, ...]) -> pd.DataFr
 
 
 @pytest.mark.parametrize("client,hours", [("flightlab", 3), ("feast", 9)])
-def test_offline_write_batch_appends_rows_the_local_store_then_reads(
-    client, hours, local, remotes
-):
+def test_offline_write_batch_appends_rows_the_local_store_then_reads(client, hours, local, remotes):
     rows = new_driver_rows(hours_after_end=hours, drivers=(1001, 1002))
     at = rows["event_timestamp"][0]
     window = {"start_date": at, "end_date": at + timedelta(minutes=30)}
