@@ -234,3 +234,32 @@ def test_refused_credentials_are_a_clear_server_side_error(pg, local, tmp_path):
         assert server.stats_json()["errors_by_api"]["get_historical_features"] == 2
     finally:
         server.stop()
+
+
+# --- the MNIST demo's postgres profile -------------------------------------------
+
+
+def test_the_mnist_postgres_profile_serves_the_shipped_images(pg, tmp_path):
+    from flightlab import mnist
+    from flightlab.mnist.postgres_repo import create_postgres_feature_repo
+
+    data = mnist.load_mnist().head(1500)  # holds image 1000, corrected 30 days later
+    repo = create_postgres_feature_repo(tmp_path / "mnist_pg", pg, data)
+    mnist.apply(repo)
+    local = FeatureStore(repo_path=str(repo))
+    assert type(offline_store_of(local)).__name__ == "PostgreSQLOfflineStore"
+    with OfflineServer(repo, host="127.0.0.1", port=0) as server:
+        client = mnist.write_client_repo(tmp_path / "client", "127.0.0.1", server.port, repo)
+        remote = FeatureStore(repo_path=str(client))
+        entity_df = mnist.entity_frame(count=len(data))
+        expected = local.get_historical_features(
+            entity_df, features=local.get_feature_service("mnist")
+        ).to_arrow()
+        got = remote.get_historical_features(
+            entity_df, features=remote.get_feature_service("mnist")
+        ).to_arrow()
+        assert mnist.matches_data(mnist.sort_by_image(got), data)
+        comparison = mnist.compare_retrievals(expected, got)
+        assert comparison.equal and comparison.rows == len(data), comparison.differences
+        case = mnist.point_in_time_case(data)
+        case.check(remote.get_historical_features(case.entity_df, ["mnist:label"]).to_df())
