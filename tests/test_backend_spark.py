@@ -164,7 +164,9 @@ def test_feasts_client_cannot_persist_to_spark_storage_before_any_call(
     # which Feast refuses on the client, whatever the server.
     job = remotes["feast"].get_historical_features(entity_frame(5), FEATURES)
     before = spark_server.stats_json()["requests_by_api"].get("persist", 0)
-    storage = SavedDatasetSparkStorage(path=str(spark_repo / "data" / "persisted_rows"))
+    storage = SavedDatasetSparkStorage(
+        path=str(spark_repo / "data" / "persisted_rows"), file_format="parquet"
+    )
     with pytest.raises(DataSourceNoNameException):
         job.persist(storage)
     assert spark_server.stats_json()["requests_by_api"].get("persist", 0) == before
