@@ -15,6 +15,12 @@ non-zero.
 
     python scripts/run_notebooks.py                 # the demo
     python scripts/run_notebooks.py --output out/ci-notebooks --ci
+    python scripts/run_notebooks.py --store postgres   # the proof of concept's backend
+
+``--store postgres`` starts a throwaway PostgreSQL (scripts/postgres.sh), loads
+MNIST into it and runs the same notebooks on a repo whose offline store is
+Feast's postgres store (``<output>/feature_repo_postgres``); the cluster is
+removed at the end. The default is the committed repo on the embedded duckdb store.
 """
 
 from __future__ import annotations
@@ -147,13 +153,36 @@ def check_client_results(path: Path) -> str:
     return f"{accuracy.strip()}; {images} plots"
 
 
-def run(output: Path, ci: bool) -> None:
+def run(output: Path, ci: bool, store: str = "duckdb") -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    if store == "duckdb":
+        run_profile(output, ci, {}, {})
+        return
+    from flightlab.mnist.postgres_repo import create_postgres_feature_repo
+    from flightlab.postgres import start_postgres
+
+    log("starting a throwaway PostgreSQL (scripts/postgres.sh)")
+    server = start_postgres()
+    try:
+        repo = output / "feature_repo_postgres"
+        log(f"loading MNIST into PostgreSQL on port {server.port}; repo {_shown(repo)}")
+        started = time.perf_counter()
+        create_postgres_feature_repo(repo, server)
+        log(f"loaded in {time.perf_counter() - started:.0f} s")
+        run_profile(output, ci, {"repo": str(repo)}, {"repo": str(repo), "profile": store})
+    finally:
+        log("stopping PostgreSQL")
+        server.stop()
+
+
+def run_profile(output: Path, ci: bool, demo_params: dict, client_params: dict) -> None:
+    """The notebooks in order; ``demo_params`` go to the mnist_demo notebooks and
+    the server's, ``client_params`` to the client's (both name the repo)."""
     from flightlab.notebook import free_port, server_answers, wait_for_server
 
-    output.mkdir(parents=True, exist_ok=True)
     total = time.perf_counter()
-    execute(DEMO / "01_prepare_mnist.ipynb", output / "01_prepare_mnist.ipynb", {}, DEMO)
-    execute(DEMO / "02_setup_feast.ipynb", output / "02_setup_feast.ipynb", {}, DEMO)
+    execute(DEMO / "01_prepare_mnist.ipynb", output / "01_prepare_mnist.ipynb", demo_params, DEMO)
+    execute(DEMO / "02_setup_feast.ipynb", output / "02_setup_feast.ipynb", demo_params, DEMO)
 
     port = free_port(HOST)
     stop_file = output / ".arrow_server.stop"
@@ -161,7 +190,13 @@ def run(output: Path, ci: bool) -> None:
     server = start_background(
         NOTEBOOKS / "ArrowServer.ipynb",
         output / "ArrowServer.ipynb",
-        {"host": HOST, "port": port, "serve_seconds": SERVE_SECONDS, "stop_file": stop_file},
+        {
+            "host": HOST,
+            "port": port,
+            "serve_seconds": SERVE_SECONDS,
+            "stop_file": stop_file,
+            **demo_params,
+        },
         NOTEBOOKS,
         output / "ArrowServer.log",
     )
@@ -177,7 +212,13 @@ def run(output: Path, ci: bool) -> None:
         execute(
             NOTEBOOKS / "ArrowClient.ipynb",
             output / "ArrowClient.ipynb",
-            {"host": HOST, "port": port, "start_server": False, "timing_runs": 2 if ci else 3},
+            {
+                "host": HOST,
+                "port": port,
+                "start_server": False,
+                "timing_runs": 2 if ci else 3,
+                **client_params,
+            },
             NOTEBOOKS,
         )
     except BaseException as exc:
@@ -208,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ci", action="store_true", help="CI run: fewer timing repeats, same checks"
     )
+    parser.add_argument(
+        "--store",
+        choices=("duckdb", "postgres"),
+        default="duckdb",
+        help="the server repo's offline store (default: duckdb, embedded)",
+    )
     args = parser.parse_args(argv)
     output = args.output if args.output.is_absolute() else ROOT / args.output
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # quieter kernels
@@ -215,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     # (flightlab.notebook.progress); the kernels inherit this.
     os.environ["FLIGHTLAB_HEADLESS"] = "1"
     try:
-        run(output, args.ci)
+        run(output, args.ci, args.store)
     except RunFailed as exc:
         log(f"FAILED: {exc}")
         return 1

@@ -8,6 +8,8 @@ bash scripts/setup.sh
 # Debian's chromium and chromedriver for the browser test; a failed install
 # stops the run here (in CI the test would fail without them anyway).
 bash scripts/browser.sh
+# PostgreSQL and Java for the backend tests (the tests start their own cluster).
+bash scripts/backends.sh
 export PATH="$PWD/.venv/bin:$PATH"
 
 echo "test: ruff"

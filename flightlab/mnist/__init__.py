@@ -28,10 +28,14 @@ from __future__ import annotations
 from flightlab.mnist.calls import (
     feature_log,
     log_features,
+    no_writes_note,
     offline_store_of,
     persist_retrieval,
     pull_all,
     pull_latest,
+    read_saved,
+    saved_storage,
+    store_writes,
     validate_source,
     write_predictions,
 )
@@ -106,6 +110,10 @@ from flightlab.mnist.training import (
 )
 
 __all__ = [
+    "no_writes_note",
+    "read_saved",
+    "saved_storage",
+    "store_writes",
     "AS_OF",
     "CORRECTED_EVERY",
     "CORRECTION_DELAY",

@@ -87,10 +87,16 @@ def write_predictions(store: Any, predictions: pd.DataFrame) -> None:
 
 
 def persist_retrieval(
-    store: Any, job: Any, name: str, path: str | Path, allow_overwrite: bool = True
+    store: Any,
+    job: Any,
+    name: str,
+    path: str | Path,
+    allow_overwrite: bool = True,
+    storage: Any = None,
 ) -> Any:
     """``persist``: save a retrieval's result as a Feast saved dataset at
-    ``path`` (a parquet file, written by whoever runs the offline store)."""
+    ``path`` (a parquet file, written by whoever runs the offline store), or
+    in ``storage`` (see :func:`saved_storage`)."""
     from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 
     with warnings.catch_warnings():
@@ -98,7 +104,7 @@ def persist_retrieval(
         return store.create_saved_dataset(
             from_=job,
             name=name,
-            storage=SavedDatasetFileStorage(path=str(path)),
+            storage=storage or SavedDatasetFileStorage(path=str(path)),
             allow_overwrite=allow_overwrite,
         )
 
@@ -148,3 +154,59 @@ def log_features(store: Any, rows: pa.Table | pd.DataFrame, request_id: str = "d
     logs = feature_log(store, rows, request_id=request_id)
     store.write_logged_features(logs=logs, source=store.get_feature_service(FEATURE_SERVICE))
     return logs
+
+
+# --- the store profiles (scripts/demo.sh --store) ---------------------------------
+
+# The profiles whose offline store implements offline_write_batch and
+# write_logged_features (Feast's PostgreSQL store has neither).
+_WRITING_PROFILES = ("duckdb", "file")
+
+
+def store_writes(profile: str) -> bool:
+    """Whether the server repo's offline store (its demo profile) takes writes."""
+    return profile in _WRITING_PROFILES
+
+
+def no_writes_note(profile: str, api: str) -> str:
+    return (
+        f"skipped {api}: Feast's {profile} offline store does not implement it "
+        "(the server answers NotImplementedError, as a local call does)"
+    )
+
+
+def saved_storage(profile: str, path: str | Path, table: str) -> Any:
+    """Where ``persist`` writes in a profile: a parquet file, or a PostgreSQL table."""
+    if profile == "postgres":
+        from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
+            SavedDatasetPostgreSQLStorage,
+        )
+
+        return SavedDatasetPostgreSQLStorage(table_ref=table)
+    from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
+
+    return SavedDatasetFileStorage(path=str(path))
+
+
+def read_saved(server_store: Any, storage: Any) -> pd.DataFrame:
+    """The rows a persist wrote, read where they are (with the server repo's config)."""
+    from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
+
+    if isinstance(storage, SavedDatasetFileStorage):
+        return pd.read_parquet(storage.file_options.uri)
+    import psycopg
+
+    config = server_store.config.offline_store
+    with (
+        psycopg.connect(
+            host=config.host,
+            port=config.port,
+            dbname=config.database,
+            user=config.user,
+            password=config.password,
+            sslmode=config.sslmode,
+        ) as conn,
+        conn.cursor() as cur,
+    ):
+        cur.execute(f'SELECT * FROM "{storage.postgres_options._table}"')
+        return pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description])

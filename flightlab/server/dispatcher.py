@@ -40,6 +40,7 @@ from google.protobuf.message import DecodeError
 from flightlab.engine.results import ResultStream
 from flightlab.engine.runner import Engine
 from flightlab.engine.settings import EngineMode, EngineSettings
+from flightlab.server.backends import StoreBackend, saved_dataset_storage
 from flightlab.server.planning import HistoricalPlan, check_request_data, plan_historical
 from flightlab.wire import protocol as p
 from flightlab.wire.errors import MalformedEntityDataError, MalformedParameterError
@@ -73,6 +74,8 @@ class OfflineDispatcher:
         # result". Such a store is called by one worker at a time; flightlab's
         # engine, with a database per request, needs no such lock.
         self._store_lock = threading.Lock() if _single_threaded(self.offline_store) else None
+        # Spark's session per worker thread; database errors said plainly.
+        self._backend = StoreBackend(store.config.offline_store)
         self._handlers: dict[type[p.Request], Callable[[Any, Any], Any]] = {
             p.GetTableColumnNamesAndTypes: self._column_names_and_types,
             p.OfflineWriteBatch: self._offline_write_batch,
@@ -87,13 +90,14 @@ class OfflineDispatcher:
         A request that returns data gets a :class:`ResultStream`; the others a
         small summary dict.
         """
-        # Objects applied after the server started must be found: reload the
-        # registry (a small read) before resolving any name.
-        self._refresh_registry()
-        if isinstance(request, p.RETRIEVAL_REQUESTS):
-            return self._retrieve(request, user)
-        with self._feast_store():
-            result = self._handlers[type(request)](request, user)
+        with self._backend.call():
+            # Objects applied after the server started must be found: reload
+            # the registry (a small read) before resolving any name.
+            self._refresh_registry()
+            if isinstance(request, p.RETRIEVAL_REQUESTS):
+                return self._retrieve(request, user)
+            with self._feast_store():
+                result = self._handlers[type(request)](request, user)
         return ResultStream.of_table(result) if isinstance(result, pa.Table) else result
 
     def _feast_store(self):
@@ -265,13 +269,17 @@ class OfflineDispatcher:
         job.persist(storage, allow_overwrite=request.allow_overwrite)
         return {"persisted_to": str(storage.to_proto()).strip()}
 
-    def _persist_destination(self, request: p.Persist) -> tuple[DataSource, SavedDatasetStorage]:
+    def _persist_destination(
+        self, request: p.Persist
+    ) -> tuple[DataSource | None, SavedDatasetStorage]:
         if request.destination_name is not None:
             destination = self.store.get_data_source(request.destination_name)
-            return destination, SavedDatasetStorage.from_data_source(destination)
+            return destination, saved_dataset_storage(destination)
         storage = _storage_from_bytes(request.storage)
         if not self.enforce_permissions:
-            return storage.to_data_source(), storage
+            # The destination is only checked with permissions; and some
+            # storages (Spark's) cannot make an unnamed source.
+            return None, storage
         # With permissions, a destination must be a registered data source, so
         # that the check is made against its real name and tags: a storage the
         # client makes up could name any file the server can write.
@@ -387,7 +395,7 @@ def _data_source_from_bytes(raw: bytes) -> DataSource:
 def _storage_proto(source: DataSource) -> SavedDatasetStorageProto | None:
     """Where a data source stores its rows, comparable across sources."""
     try:
-        return SavedDatasetStorage.from_data_source(source).to_proto()
+        return saved_dataset_storage(source).to_proto()
     except (ValueError, AttributeError):
         return None  # a source kind that cannot be a saved-dataset storage
 

@@ -101,6 +101,22 @@ class ConnectionFailedError(FlightlabError):
     status = UNAVAILABLE
 
 
+class OfflineStoreUnavailableError(FlightlabError):
+    """The server's offline store (its database) cannot be reached; retry later."""
+
+    status = UNAVAILABLE
+
+
+class OfflineStoreCredentialsError(FlightlabError):
+    """The offline store's database refused the server's own credentials."""
+
+
+class OfflineStoreQueryError(FlightlabError):
+    """A query the request made the offline store run failed in its database."""
+
+    status = INVALID_ARGUMENT
+
+
 class RemoteServerError(FlightlabError):
     """An error from the server that the client cannot map to a known class."""
 
@@ -214,6 +230,8 @@ def failure_status(exc: BaseException) -> str:
         return PERMISSION_DENIED
     if isinstance(exc, FeastObjectNotFoundException):
         return NOT_FOUND
+    if isinstance(exc, NotImplementedError):  # an API the server's store lacks
+        return UNIMPLEMENTED
     if _is_input_error(exc):
         return INVALID_ARGUMENT
     return INTERNAL

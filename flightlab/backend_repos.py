@@ -1,0 +1,206 @@
+"""The sample repo (:mod:`flightlab.sample_repo`) on Feast's PostgreSQL and Spark stores.
+
+Same entities, views, on-demand view and feature service, same rows; only the
+sources and the store differ:
+
+- ``create_postgres_repo``: the rows are PostgreSQL tables, the offline store is
+  Feast's ``postgres`` store and the registry is Feast's SQL registry, all in
+  one database (the proof of concept's set-up);
+- ``create_spark_repo``: the rows are parquet folders read by ``SparkSource``,
+  the offline store is Feast's ``spark`` store in local mode.
+
+Each repo also registers a source to persist retrievals into.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flightlab.postgres import PostgresServer, load_table
+from flightlab.sample_repo import (
+    DEFINITIONS,
+    customer_stats_frame,
+    driver_stats_frame,
+)
+
+PROJECT = "flightlab_sample"
+PERSISTED = "persisted_rows"
+
+_FILE_SOURCES = """\
+driver_stats_source = FileSource(
+    name="driver_stats_source",
+    path=str(DATA / "driver_stats.parquet"),
+    timestamp_field="event_timestamp",
+    created_timestamp_column="created",
+)
+customer_stats_source = FileSource(
+    name="customer_stats_source",
+    path=str(DATA / "customer_stats.parquet"),
+    timestamp_field="event_timestamp",
+)
+"""
+
+_POSTGRES_SOURCES = """\
+from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
+    PostgreSQLSource,
+)
+
+driver_stats_source = PostgreSQLSource(
+    name="driver_stats_source",
+    table="driver_stats",
+    timestamp_field="event_timestamp",
+    created_timestamp_column="created",
+)
+customer_stats_source = PostgreSQLSource(
+    name="customer_stats_source",
+    table="customer_stats",
+    timestamp_field="event_timestamp",
+)
+persisted_rows = PostgreSQLSource(
+    name="persisted_rows", table="persisted_rows", timestamp_field="event_timestamp"
+)
+"""
+
+_SPARK_SOURCES = """\
+from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+
+# Folders of parquet files: Spark appends offline writes as new files.
+driver_stats_source = SparkSource(
+    name="driver_stats_source",
+    path=str(DATA / "driver_stats"),
+    file_format="parquet",
+    timestamp_field="event_timestamp",
+    created_timestamp_column="created",
+)
+customer_stats_source = SparkSource(
+    name="customer_stats_source",
+    path=str(DATA / "customer_stats"),
+    file_format="parquet",
+    timestamp_field="event_timestamp",
+)
+persisted_rows = SparkSource(
+    name="persisted_rows",
+    path=str(DATA / "persisted_rows"),
+    file_format="parquet",
+    timestamp_field="event_timestamp",
+)
+"""
+
+# Spark in one process on two cores; UTC so timestamps read back as written.
+SPARK_STORE_YAML = """\
+offline_store:
+  type: spark
+  spark_conf:
+    spark.master: "local[2]"
+    spark.ui.enabled: "false"
+    spark.ui.showConsoleProgress: "false"
+    spark.sql.session.timeZone: UTC
+    spark.sql.shuffle.partitions: "2"
+    spark.default.parallelism: "2"
+    spark.driver.memory: 1g
+    spark.sql.execution.arrow.pyspark.enabled: "true"
+"""
+
+_REPO_YAML = """\
+project: {project}
+provider: local
+{registry}online_store:
+  type: sqlite
+  path: data/online.db
+{offline_store}entity_key_serialization_version: 3
+"""
+
+FILE_REGISTRY_YAML = """\
+registry:
+  path: data/registry.db
+  cache_ttl_seconds: 0
+"""
+
+
+def definitions_with(sources: str) -> str:
+    """The sample repo's definitions, with ``sources`` in place of its file sources."""
+    base = textwrap.dedent(DEFINITIONS)
+    if _FILE_SOURCES not in base:
+        raise RuntimeError("flightlab.sample_repo's sources changed: update backend_repos")
+    return base.replace(_FILE_SOURCES, sources)
+
+
+def repo_yaml(registry: str, offline_store: str, project: str = PROJECT) -> str:
+    return _REPO_YAML.format(project=project, registry=registry, offline_store=offline_store)
+
+
+def _frames() -> dict[str, pa.Table]:
+    return {
+        "driver_stats": pa.Table.from_pandas(driver_stats_frame(), preserve_index=False),
+        "customer_stats": pa.Table.from_pandas(customer_stats_frame(), preserve_index=False),
+    }
+
+
+def _write_repo(repo: Path, yaml: str, sources: str) -> Path:
+    (repo / "data" / "logs").mkdir(parents=True, exist_ok=True)
+    (repo / "feature_store.yaml").write_text(yaml)
+    (repo / "definitions.py").write_text(definitions_with(sources))
+    return repo
+
+
+def create_postgres_repo(
+    path: str | Path,
+    server: PostgresServer,
+    apply: bool = True,
+    sql_registry: bool = True,
+    load: bool = True,
+) -> Path:
+    """The sample repo on ``server``: its tables, its offline store and (with
+    ``sql_registry``, else a registry file in the repo) its SQL registry.
+    ``load=False`` leaves the tables as they are (another repo loaded them)."""
+    if load:
+        for name, table in _frames().items():
+            load_table(server, name, table)
+    registry = server.registry_yaml() if sql_registry else FILE_REGISTRY_YAML
+    yaml = repo_yaml(registry, server.offline_store_yaml())
+    repo = _write_repo(Path(path), yaml, _POSTGRES_SOURCES)
+    if apply:
+        apply_repo(repo)
+    return repo
+
+
+def create_spark_repo(path: str | Path, apply: bool = True) -> Path:
+    """The sample repo over parquet folders, on Feast's spark store (local mode)."""
+    repo = _write_repo(Path(path), repo_yaml(FILE_REGISTRY_YAML, SPARK_STORE_YAML), _SPARK_SOURCES)
+    for name, table in _frames().items():
+        folder = repo / "data" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        # Spark reads no nanosecond timestamps.
+        pq.write_table(table, folder / "part-0.parquet", coerce_timestamps="us")
+    if apply:
+        apply_repo(repo)
+    return repo
+
+
+def apply_repo(repo: Path) -> None:
+    """``feast apply`` in a child process (see flightlab.sample_repo.apply_repo);
+    a failure raises with what Feast printed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "feast.cli.cli", "-c", str(repo.resolve()), "apply"],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"feast apply failed in {repo}:\n{done.stdout}{done.stderr}")
+
+
+def client_yaml(
+    registry: str, port: int, offline_type: str = "flightlab.client.RemoteOfflineStore"
+) -> str:
+    """A client repo's yaml: ``registry`` (a yaml block), the server on 127.0.0.1:``port``.
+
+    ``offline_type`` is flightlab's client or Feast's stock ``remote``.
+    """
+    offline = f"offline_store:\n  type: {offline_type}\n  host: 127.0.0.1\n  port: {port}\n"
+    return repo_yaml(registry, offline)

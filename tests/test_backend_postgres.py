@@ -1,0 +1,265 @@
+"""flightlab in front of Feast's PostgreSQL offline store, on a real PostgreSQL.
+
+The module starts a throwaway cluster (``scripts/postgres.sh``: PostgreSQL is
+installed first where missing; no mocks, no skip) and builds the sample repo
+on it: its tables, Feast's ``postgres`` offline store and Feast's SQL registry
+in the same database, as in the proof of concept. One flightlab server serves
+it; every call through flightlab's client and Feast's stock client must give
+what the same call gives on the server repo's own FeatureStore.
+
+The store lacks offline_write_batch and write_logged_features: through the
+server they fail with the class they fail with locally. Database trouble
+reaches the client as a clear error (down, credentials refused, a failing
+query) and the server goes on serving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import psycopg
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+from backend_helpers import (
+    assert_concurrent_same,
+    assert_historical_same,
+    assert_pulls_same,
+    client_stores,
+)
+from feast import FeatureStore
+from feast.feature_logging import FeatureServiceLoggingSource
+from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
+    SavedDatasetPostgreSQLStorage,
+)
+from offline_helpers import ENTITY_KEYS, FEATURES, arrow, logged_rows, offline_store_of
+
+from flightlab.backend_repos import FILE_REGISTRY_YAML, create_postgres_repo
+from flightlab.postgres import PostgresServer, load_table, start_postgres
+from flightlab.sample_repo import driver_stats_frame, entity_frame
+from flightlab.server import OfflineServer
+from flightlab.wire.errors import (
+    OfflineStoreCredentialsError,
+    OfflineStoreQueryError,
+    OfflineStoreUnavailableError,
+)
+
+CLIENTS = ["flightlab", "feast"]
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PostgresServer]:
+    server = start_postgres()  # raises, with the script's output, if it cannot
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def pg_repo(pg, tmp_path_factory) -> Path:
+    return create_postgres_repo(tmp_path_factory.mktemp("pg").resolve() / "server", pg)
+
+
+@pytest.fixture(scope="module")
+def pg_server(pg_repo) -> Iterator[OfflineServer]:
+    with OfflineServer(pg_repo, host="127.0.0.1", port=0) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def local(pg_repo) -> FeatureStore:
+    store = FeatureStore(repo_path=str(pg_repo))
+    assert type(offline_store_of(store)).__name__ == "PostgreSQLOfflineStore"
+    return store
+
+
+@pytest.fixture(scope="module")
+def remotes(pg, pg_server, tmp_path_factory) -> dict[str, FeatureStore]:
+    return client_stores(tmp_path_factory.mktemp("pg_clients"), pg_server, pg.registry_yaml())
+
+
+def rows_of(pg: PostgresServer, table: str) -> pd.DataFrame:
+    with psycopg.connect(pg.conninfo()) as conn, conn.cursor() as cur:
+        cur.execute(f'SELECT * FROM "{table}"')
+        return pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description])
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_historical_features_match_the_local_store(client, local, remotes):
+    assert_historical_same(local, remotes[client])
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_pull_latest_and_pull_all_match_the_local_store(client, local, remotes):
+    assert_pulls_same(local, remotes[client])
+
+
+def test_concurrent_retrievals_each_match_the_local_store(local, remotes):
+    assert_concurrent_same(local, remotes["flightlab"])
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_an_entity_query_runs_in_the_database_as_locally(client, pg, local, remotes):
+    load_table(pg, "entity_rows", arrow(entity_frame(25, seed=5)))
+    sql = "SELECT * FROM entity_rows"
+    expected = local.get_historical_features(sql, FEATURES).to_df()
+    assert len(expected) == 25
+    got = remotes[client].get_historical_features(sql, FEATURES).to_df()
+    pd.testing.assert_frame_equal(
+        got.sort_values(ENTITY_KEYS).reset_index(drop=True)[list(expected.columns)],
+        expected.sort_values(ENTITY_KEYS).reset_index(drop=True),
+    )
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_persist_writes_the_table_the_local_store_writes(client, pg, local, remotes):
+    entities = entity_frame(30, seed=8)
+    local.get_historical_features(entities, FEATURES).persist(
+        SavedDatasetPostgreSQLStorage(table_ref=f"persisted_local_{client}")
+    )
+    # Feast's client sends only the destination's name: it must be registered
+    # (the repo's persisted_rows); flightlab's sends the whole storage.
+    destination = "persisted_rows" if client == "feast" else "persisted_remote"
+    job = remotes[client].get_historical_features(entities, FEATURES)
+    job.persist(SavedDatasetPostgreSQLStorage(table_ref=destination))
+
+    expected = rows_of(pg, f"persisted_local_{client}")
+    got = rows_of(pg, destination)
+    assert len(expected) == 30
+    pd.testing.assert_frame_equal(
+        got.sort_values(ENTITY_KEYS).reset_index(drop=True),
+        expected.sort_values(ENTITY_KEYS).reset_index(drop=True),
+    )
+
+
+def write_batch(store: FeatureStore) -> None:
+    view = store.get_feature_view("driver_stats")
+    rows = pa.Table.from_pandas(driver_stats_frame().head(3), preserve_index=False)
+    offline_store_of(store).offline_write_batch(store.config, view, rows, progress=None)
+
+
+def write_logs(store: FeatureStore) -> None:
+    service = store.get_feature_service("driver_activity")
+    offline_store_of(store).write_logged_features(
+        config=store.config,
+        data=logged_rows(store),
+        source=FeatureServiceLoggingSource(service, store.project),
+        logging_config=service.logging_config,
+        registry=store.registry,
+    )
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("write", [write_batch, write_logs], ids=["write_batch", "write_logs"])
+def test_writes_the_store_lacks_fail_remotely_as_locally(write, client, pg, local, remotes):
+    rows_before = len(rows_of(pg, "driver_stats"))
+    with pytest.raises(NotImplementedError):
+        write(local)
+    with pytest.raises(NotImplementedError):
+        write(remotes[client])
+    assert len(rows_of(pg, "driver_stats")) == rows_before
+    assert_historical_same(local, remotes[client])
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_failing_query_names_the_database_error(client, local, remotes, pg_server):
+    sql = "SELECT * FROM no_such_table"
+    # Locally: pandas' DatabaseError, caused by psycopg's UndefinedTable.
+    with pytest.raises(pd.errors.DatabaseError) as local_failure:
+        local.get_historical_features(sql, FEATURES).to_df()
+    assert isinstance(local_failure.value.__cause__, psycopg.errors.UndefinedTable)
+    with pytest.raises(OfflineStoreQueryError) as failed:
+        remotes[client].get_historical_features(sql, FEATURES).to_df()
+    assert 'relation "no_such_table" does not exist' in str(failed.value)
+    if client == "flightlab":
+        assert isinstance(failed.value.__cause__, flight.FlightServerError)
+    assert pg_server.staging.summaries(everyone=True) == []
+    assert_historical_same(local, remotes[client])
+
+
+# --- the database down, credentials refused: servers of their own -------------
+
+
+@pytest.fixture
+def own_pg() -> Iterator[PostgresServer]:
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+def file_registry_server(repo: Path, folder: Path) -> tuple[OfflineServer, dict[str, FeatureStore]]:
+    server = OfflineServer(repo, host="127.0.0.1", port=0).start()
+    registry = FILE_REGISTRY_YAML.replace("data/registry.db", str(repo / "data" / "registry.db"))
+    return server, client_stores(folder, server, registry)
+
+
+def test_the_database_down_is_unavailable_naming_it_then_served_again(own_pg, tmp_path):
+    # The registry is a file, so that only the offline store needs the database.
+    repo = create_postgres_repo(tmp_path / "server", own_pg, sql_registry=False)
+    local = FeatureStore(repo_path=str(repo))
+    server, clients = file_registry_server(repo, tmp_path / "clients")
+    try:
+        assert_historical_same(local, clients["flightlab"])
+        own_pg.pause()
+        for client in CLIENTS:
+            with pytest.raises(OfflineStoreUnavailableError) as down:
+                clients[client].get_historical_features(entity_frame(5), FEATURES).to_df()
+            message = str(down.value)
+            assert f"127.0.0.1:{own_pg.port}" in message and "unreachable" in message
+        with pytest.raises(OfflineStoreUnavailableError) as down:
+            clients["flightlab"].get_historical_features(entity_frame(5), FEATURES).to_df()
+        assert isinstance(down.value.__cause__, flight.FlightUnavailableError)
+        own_pg.resume()
+        for client in CLIENTS:
+            assert_historical_same(local, clients[client])
+    finally:
+        server.stop()
+
+
+def test_refused_credentials_are_a_clear_server_side_error(pg, local, tmp_path):
+    repo = create_postgres_repo(tmp_path / "server", pg, sql_registry=False, load=False)
+    yaml = repo / "feature_store.yaml"
+    yaml.write_text(yaml.read_text().replace("password: flightlab", "password: wrong"))
+    server, clients = file_registry_server(repo, tmp_path / "clients")
+    try:
+        for client in CLIENTS:
+            with pytest.raises(OfflineStoreCredentialsError) as refused:
+                clients[client].get_historical_features(entity_frame(5), FEATURES).to_df()
+            message = str(refused.value)
+            assert "refused the server's credentials" in message
+            assert 'password authentication failed for user "flightlab"' in message
+        assert isinstance(refused.value, OfflineStoreCredentialsError)
+        # The server still answers what needs no database.
+        assert server.stats_json()["errors_by_api"]["get_historical_features"] == 2
+    finally:
+        server.stop()
+
+
+# --- the MNIST demo's postgres profile -------------------------------------------
+
+
+def test_the_mnist_postgres_profile_serves_the_shipped_images(pg, tmp_path):
+    from flightlab import mnist
+    from flightlab.mnist.postgres_repo import create_postgres_feature_repo
+
+    data = mnist.load_mnist().head(1500)  # holds image 1000, corrected 30 days later
+    repo = create_postgres_feature_repo(tmp_path / "mnist_pg", pg, data)
+    mnist.apply(repo)
+    local = FeatureStore(repo_path=str(repo))
+    assert type(offline_store_of(local)).__name__ == "PostgreSQLOfflineStore"
+    with OfflineServer(repo, host="127.0.0.1", port=0) as server:
+        client = mnist.write_client_repo(tmp_path / "client", "127.0.0.1", server.port, repo)
+        remote = FeatureStore(repo_path=str(client))
+        entity_df = mnist.entity_frame(count=len(data))
+        expected = local.get_historical_features(
+            entity_df, features=local.get_feature_service("mnist")
+        ).to_arrow()
+        got = remote.get_historical_features(
+            entity_df, features=remote.get_feature_service("mnist")
+        ).to_arrow()
+        assert mnist.matches_data(mnist.sort_by_image(got), data)
+        comparison = mnist.compare_retrievals(expected, got)
+        assert comparison.equal and comparison.rows == len(data), comparison.differences
+        case = mnist.point_in_time_case(data)
+        case.check(remote.get_historical_features(case.entity_df, ["mnist:label"]).to_df())

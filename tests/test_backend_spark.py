@@ -1,0 +1,191 @@
+"""flightlab in front of Feast's Spark offline store (local mode, ``local[2]``).
+
+The sample repo over parquet folders, read by SparkSource; one flightlab server
+with four workers serves it for the whole module (a JVM start is slow). Every
+call through flightlab's client and Feast's stock client must give what the
+same call gives on the repo's own FeatureStore: retrievals (several in flight
+at once, on the server's worker threads, where no Spark session is active
+until the server binds one), offline writes and persist. The store has no
+write_logged_features: remotely it fails with the class it fails with locally.
+
+Java comes from ``scripts/backends.sh`` (installed where missing), pyspark
+from the ``backends`` extra: nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from backend_helpers import (
+    assert_concurrent_same,
+    assert_pulls_same,
+    client_stores,
+    historical_in_flight,
+)
+from feast import FeatureStore
+from feast.errors import DataSourceNoNameException
+from feast.feature_logging import FeatureServiceLoggingSource
+from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import (
+    SavedDatasetSparkStorage,
+)
+from offline_helpers import (
+    DRIVER_KEYS,
+    ENTITY_KEYS,
+    FEATURES,
+    assert_same_rows,
+    logged_rows,
+    offline_store_of,
+    pull,
+)
+
+from flightlab.backend_repos import FILE_REGISTRY_YAML, create_spark_repo
+from flightlab.postgres import SCRIPT as POSTGRES_SCRIPT
+from flightlab.sample_repo import DAYS, START, entity_frame
+from flightlab.server import OfflineServer
+from flightlab.server.limits import ServerLimits
+
+CLIENTS = ["flightlab", "feast"]
+DRIVER_FEATURES = ["driver_stats:conv_rate", "driver_stats:acc_rate"]
+
+
+@pytest.fixture(scope="module")
+def spark_repo(tmp_path_factory) -> Path:
+    # Java where missing (loudly failing when it cannot be installed).
+    subprocess.run(
+        ["bash", str(POSTGRES_SCRIPT.parent / "backends.sh")],
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
+    return create_spark_repo(tmp_path_factory.mktemp("spark").resolve() / "server")
+
+
+@pytest.fixture(scope="module")
+def spark_server(spark_repo) -> Iterator[OfflineServer]:
+    limits = ServerLimits(workers=4)
+    with OfflineServer(spark_repo, host="127.0.0.1", port=0, limits=limits) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def local(spark_repo) -> FeatureStore:
+    store = FeatureStore(repo_path=str(spark_repo))
+    assert type(offline_store_of(store)).__name__ == "SparkOfflineStore"
+    return store
+
+
+@pytest.fixture(scope="module")
+def remotes(spark_repo, spark_server, tmp_path_factory) -> dict[str, FeatureStore]:
+    registry = FILE_REGISTRY_YAML.replace(
+        "data/registry.db", str(spark_repo / "data" / "registry.db")
+    )
+    return client_stores(tmp_path_factory.mktemp("spark_clients"), spark_server, registry)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_several_retrievals_in_flight_on_the_workers_match_the_local_store(
+    client, local, remotes, spark_server
+):
+    # First in the module: the server's workers have never touched Spark.
+    assert_concurrent_same(local, remotes[client], requests=3)
+    assert spark_server.stats_json()["errors_by_api"] == {}
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_pull_latest_and_pull_all_match_the_local_store(client, local, remotes):
+    assert_pulls_same(local, remotes[client])
+
+
+def new_driver_rows(hours_after_end: int, drivers: tuple[int, ...]) -> pd.DataFrame:
+    """Driver stats later than any in the sample data, with recognisable values."""
+    at = START + timedelta(days=DAYS, hours=hours_after_end)
+    n = len(drivers)
+    return pd.DataFrame(
+        {
+            "driver_id": pd.Series(drivers, dtype="int64"),
+            "event_timestamp": pd.Series([at] * n).dt.as_unit("us"),
+            "conv_rate": pd.Series([0.125 * (i + 1) for i in range(n)], dtype="float32"),
+            "acc_rate": pd.Series([0.5] * n, dtype="float32"),
+            "avg_daily_trips": pd.Series([4242 + i for i in range(n)], dtype="int64"),
+            "created": pd.Series([at + timedelta(minutes=1)] * n).dt.as_unit("us"),
+        }
+    )
+
+
+@pytest.mark.parametrize("client,hours", [("flightlab", 3), ("feast", 9)])
+def test_offline_write_batch_appends_rows_the_local_store_then_reads(client, hours, local, remotes):
+    rows = new_driver_rows(hours_after_end=hours, drivers=(1001, 1002))
+    at = rows["event_timestamp"][0]
+    window = {"start_date": at, "end_date": at + timedelta(minutes=30)}
+    assert pull(local, "pull_all_from_table_or_query", **window).to_df().empty
+
+    remotes[client].write_to_offline_store("driver_stats", rows)
+
+    written = pull(local, "pull_all_from_table_or_query", **window).to_df()
+    assert sorted(written["avg_daily_trips"]) == [4242, 4243]
+    assert sorted(written["conv_rate"]) == sorted(rows["conv_rate"])
+    # Both sides read the new rows in a retrieval.
+    entities = pd.DataFrame(
+        {
+            "driver_id": pd.Series([1001, 1002], dtype="int64"),
+            "event_timestamp": pd.Series([at + timedelta(minutes=5)] * 2).dt.as_unit("us"),
+        }
+    )
+    expected = local.get_historical_features(entities, DRIVER_FEATURES).to_df()
+    assert sorted(expected["conv_rate"]) == sorted(rows["conv_rate"])
+    got = remotes[client].get_historical_features(entities, DRIVER_FEATURES).to_df()
+    assert_same_rows(expected, got, DRIVER_KEYS)
+
+
+def test_persist_writes_what_the_local_store_writes(spark_repo, local, remotes):
+    entities = entity_frame(30, seed=8)
+    local_path = spark_repo / "data" / "persisted_local"
+    local.get_historical_features(entities, FEATURES).persist(
+        SavedDatasetSparkStorage(path=str(local_path), file_format="parquet")
+    )
+    remote_path = spark_repo / "data" / "persisted_remote"
+    job = remotes["flightlab"].get_historical_features(entities, FEATURES)
+    job.persist(SavedDatasetSparkStorage(path=str(remote_path), file_format="parquet"))
+
+    expected = pd.read_parquet(local_path)
+    assert len(expected) == 30
+    assert_same_rows(expected, pd.read_parquet(remote_path), ENTITY_KEYS)
+
+
+def test_feasts_client_cannot_persist_to_spark_storage_before_any_call(
+    spark_repo, remotes, spark_server
+):
+    # Feast 0.67's client sends the destination's name, made by
+    # SavedDatasetSparkStorage.to_data_source(): a SparkSource without a name,
+    # which Feast refuses on the client, whatever the server.
+    job = remotes["feast"].get_historical_features(entity_frame(5), FEATURES)
+    before = spark_server.stats_json()["requests_by_api"].get("persist", 0)
+    storage = SavedDatasetSparkStorage(
+        path=str(spark_repo / "data" / "persisted_rows"), file_format="parquet"
+    )
+    with pytest.raises(DataSourceNoNameException):
+        job.persist(storage)
+    assert spark_server.stats_json()["requests_by_api"].get("persist", 0) == before
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_write_logged_features_fails_remotely_as_locally(client, local, remotes):
+    def write_logs(store: FeatureStore) -> None:
+        service = store.get_feature_service("driver_activity")
+        offline_store_of(store).write_logged_features(
+            config=store.config,
+            data=logged_rows(store),
+            source=FeatureServiceLoggingSource(service, store.project),
+            logging_config=service.logging_config,
+            registry=store.registry,
+        )
+
+    with pytest.raises(NotImplementedError):
+        write_logs(local)
+    with pytest.raises(NotImplementedError):
+        write_logs(remotes[client])
+    assert len(historical_in_flight(remotes[client], 2)) == 2
