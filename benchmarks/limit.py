@@ -51,8 +51,7 @@ def limit_query(repo: Path, refs: list[str], entity_columns: list[str]) -> str:
         ts = source.timestamp_field
         columns = [*keys, ts, *features]
         ctes.append(
-            f"v{i} AS (SELECT {', '.join(map(_name, columns))} "
-            f"FROM {_parquet(source.path, repo)})"
+            f"v{i} AS (SELECT {', '.join(map(_name, columns))} FROM {_parquet(source.path, repo)})"
         )
         selected += [f"v{i}.{_name(f)}" for f in features]
         conditions = [f"e.{_name(k)} = v{i}.{_name(k)}" for k in keys]

@@ -48,7 +48,6 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().with_name("worker.py")
 
 
-
 class Mode(NamedTuple):
     description: str
     server: str | None  # "flightlab", "feast", or None: in-process
@@ -293,7 +292,8 @@ class Benchmark:
             "clients": clients,
             "repeats": repeats,
         }
-        self.log(f"{store} {case_label(case)}: {clients} concurrent clients, {MODES[mode].description}")
+        description = MODES[mode].description
+        self.log(f"{store} {case_label(case)}: {clients} concurrent clients, {description}")
         workers = []
         for i in range(clients):
             argv = self._client_argv(worker_mode, store, case, repeats)
