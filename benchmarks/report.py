@@ -449,7 +449,7 @@ def _target_line(t: dict[str, Any]) -> str:
     else:
         value = "no ratio" if t["met"] is not None else "not measured"
     detail = f" ({t['detail']})" if t.get("detail") else ""
-    case = t["case"].replace("rows:", "") if t["case"] != "mnist" else "MNIST"
+    case = case_label_short(t["case"])
     if t["met"] is False and t["value"] is not None:
         if t.get("direction") == ">=":
             close = t["value"] * NOISE >= t["threshold"]
