@@ -170,6 +170,8 @@ def engine_targets(document: dict[str, Any]) -> list[dict[str, Any]]:
                 f"answered before the large one ended: {sum(run['in_flight'])}/"
                 f"{len(run['in_flight'])}"
             )
+        if run.get("call_errors"):
+            detail += f"; {len(run['call_errors'])} call(s) failed: {run['call_errors'][0][:120]}"
         target = _target(
             f"1k-row latency with a 1M in flight <= 3 x idle ({run['mode']} server)",
             run["store"],

@@ -424,7 +424,7 @@ class Benchmark:
                 for proc, reader in ((big, big_reader), (small, small_reader)):
                     _send(proc, str(srv.port))  # warm up one at a time
                     reader.expect("READY", timeout)
-                idle, busy, in_flight, triggers = [], [], [], []
+                idle, busy, in_flight, triggers, errors = [], [], [], [], []
                 for repeat in range(repeats):
                     if repeat:
                         small_reader.expect("READY", timeout)
@@ -438,8 +438,14 @@ class Benchmark:
                     big_reader.expect("CALLING", timeout)
                     triggers.append(self._wait_busy(big_reader, big_mode))
                     _send(small, "go")
-                    small_call = _checked(json.loads(small_reader.expect("RESULT", timeout)))
-                    big_call = _checked(json.loads(big_reader.expect("RESULT", timeout)))
+                    small_call = json.loads(small_reader.expect("RESULT", timeout))
+                    big_call = json.loads(big_reader.expect("RESULT", timeout))
+                    # A server that fails a call under load: reported, not hidden.
+                    for side, call in (("small", small_call), ("large", big_call)):
+                        if "error" in call:
+                            errors.append(f"{side} call: {call['error']}")
+                    if "error" in small_call:
+                        continue
                     busy.append(small_call)
                     in_flight.append(small_call["end"] <= big_call["end"])
                     record.setdefault("big_seconds", []).append(big_call["seconds"])
@@ -454,11 +460,18 @@ class Benchmark:
             idle_seconds=[c["seconds"] for c in idle],
             busy_seconds=[c["seconds"] for c in busy],
             idle_median=statistics.median(c["seconds"] for c in idle),
-            busy_median=statistics.median(c["seconds"] for c in busy),
             in_flight=in_flight,
             triggers=triggers,
+            call_errors=errors,
         )
+        if not busy:
+            record["error"] = f"every call under load failed: {errors[0]}"
+            self.log(f"  FAILED: {record['error']}")
+            return record
+        record["busy_median"] = statistics.median(c["seconds"] for c in busy)
         record["ratio"] = record["busy_median"] / record["idle_median"]
+        if errors:
+            self.log(f"  {len(errors)} call(s) FAILED under load: {errors[0]}")
         self.log(
             f"  idle {record['idle_median']:.3f}s, busy {record['busy_median']:.3f}s "
             f"(x{record['ratio']:.1f}); answered while the large one was in flight: "
