@@ -167,8 +167,8 @@ def engine_targets(document: dict[str, Any]) -> list[dict[str, Any]]:
         if value is not None:
             detail = (
                 f"{run['busy_median'] * 1e3:.0f} ms vs {run['idle_median'] * 1e3:.0f} ms idle; "
-                f"answered before the large one ended: {sum(run['in_flight'])}/"
-                f"{len(run['in_flight'])}"
+                f"started while the large one was in flight: {sum(run['in_flight'])}/"
+                f"{len(run['in_flight'])}, ended before it: {sum(run['ended_first'])}"
             )
         if run.get("call_errors"):
             detail += f"; {len(run['call_errors'])} call(s) failed: {run['call_errors'][0][:120]}"
@@ -471,12 +471,12 @@ def _latency_table(runs: list[dict[str, Any]]) -> list[str]:
         "(the small call starts once the large one streams, or 1 s into it):",
     ]
     header = ["store", "server", "small rows", "large rows", "idle ms", "busy ms", "x idle"]
-    header += ["overlapped", "started at", "large s"]
+    header += ["overlapped", "ended first", "started at", "large s"]
     rows = []
     for run in runs:
         cells = [run["store"], run["mode"], f"{run['small_rows']:,}", f"{run['big_rows']:,}"]
         if "ratio" not in run:
-            rows.append([*cells, "FAILED", run.get("error", "")[:80], "", "", "", ""])
+            rows.append([*cells, "FAILED", run.get("error", "")[:80], "", "", "", "", ""])
             continue
         rows.append(
             [
@@ -485,11 +485,12 @@ def _latency_table(runs: list[dict[str, Any]]) -> list[str]:
                 f"{run['busy_median'] * 1e3:.0f}",
                 f"{run['ratio']:.1f}",
                 f"{sum(run['in_flight'])}/{len(run['in_flight'])}",
+                f"{sum(run['ended_first'])}/{len(run['ended_first'])}",
                 ", ".join(sorted(set(run["triggers"]))),
                 f"{max(run['big_seconds']):.2f}",
             ]
         )
-    return out + _table(header, rows, right={2, 3, 4, 5, 6, 9})
+    return out + _table(header, rows, right={2, 3, 4, 5, 6, 10})
 
 
 MODE_COLORS = {

@@ -425,6 +425,7 @@ class Benchmark:
                     _send(proc, str(srv.port))  # warm up one at a time
                     reader.expect("READY", timeout)
                 idle, busy, in_flight, triggers, errors = [], [], [], [], []
+                ended_first: list[bool] = []
                 for repeat in range(repeats):
                     if repeat:
                         small_reader.expect("READY", timeout)
@@ -447,7 +448,10 @@ class Benchmark:
                     if "error" in small_call:
                         continue
                     busy.append(small_call)
-                    in_flight.append(small_call["end"] <= big_call["end"])
+                    # Overlapped: the small call started before the large one
+                    # ended; ended_first: it also ended before the large one.
+                    in_flight.append(small_call["start"] < big_call["end"])
+                    ended_first.append(small_call["end"] <= big_call["end"])
                     record.setdefault("big_seconds", []).append(big_call["seconds"])
         except Exception as exc:
             record["error"] = f"{type(exc).__name__}: {exc}"
@@ -461,6 +465,7 @@ class Benchmark:
             busy_seconds=[c["seconds"] for c in busy],
             idle_median=statistics.median(c["seconds"] for c in idle),
             in_flight=in_flight,
+            ended_first=ended_first,
             triggers=triggers,
             call_errors=errors,
         )
@@ -474,8 +479,8 @@ class Benchmark:
             self.log(f"  {len(errors)} call(s) FAILED under load: {errors[0]}")
         self.log(
             f"  idle {record['idle_median']:.3f}s, busy {record['busy_median']:.3f}s "
-            f"(x{record['ratio']:.1f}); answered while the large one was in flight: "
-            f"{sum(in_flight)} of {len(in_flight)}"
+            f"(x{record['ratio']:.1f}); started while the large one was in flight: "
+            f"{sum(in_flight)} of {len(in_flight)}, ended before it: {sum(ended_first)}"
         )
         return record
 
