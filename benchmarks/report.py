@@ -7,7 +7,21 @@ from typing import Any
 
 MB = 1e6
 # Modes whose server is flightlab's: compared with Feast's server too.
-FLIGHTLAB_SERVER_MODES = ("flightlab", "flightlab-stream", "flightlab+feast-client")
+FLIGHTLAB_SERVER_MODES = (
+    "flightlab",
+    "flightlab-stream",
+    "flightlab-feast-engine",
+    "flightlab-engine",
+    "flightlab+feast-client",
+)
+# Issue 10's targets, judged on the duckdb store at 1M entity rows (1M-row source).
+ENGINE_STORE = "duckdb"
+ENGINE_ROWS = 1_000_000
+LIMIT_FRACTION = 0.8  # flightlab's rows/s >= this x the engine limit's
+FEAST_SPEEDUP = 5.0  # flightlab's rows/s >= this x Feast's serve_offline
+MNIST_LOCAL_FRACTION = 0.5  # MNIST through the server <= this x local
+SERVER_RSS_FRACTION = 0.5  # streamed server RSS growth <= this x Feast server's
+LATENCY_FACTOR = 3.0  # a 1k-row call with a 1M-row one in flight <= this x idle
 LOCAL_RATIO_TARGET = 1.05
 LOCAL_RATIO_ROWS = (100_000, 1_000_000)
 # "well under the result size": the streaming client's call may grow its RSS by
@@ -42,11 +56,145 @@ def _rows(case: str) -> int | None:
     return int(case.split(":")[1]) if case.startswith("rows:") else None
 
 
+def _target(
+    name: str,
+    store: str,
+    case: str,
+    value: float | None,
+    threshold: float,
+    at_least: bool = False,
+    detail: str = "",
+    judged: bool = True,
+) -> dict[str, Any]:
+    """A target line; ``judged`` False: measured off the target's conditions
+    (a smaller case), so shown but neither met nor missed."""
+    met = None
+    if value is not None and judged:
+        met = value >= threshold if at_least else value <= threshold
+    return {
+        "target": name,
+        "store": store,
+        "case": case,
+        "value": value,
+        "threshold": threshold,
+        "direction": ">=" if at_least else "<=",
+        "detail": detail,
+        "met": met,
+        "group": "engine",
+    }
+
+
+def _engine_case(results: list[dict[str, Any]]) -> tuple[str, bool]:
+    """The case the 1M-row targets are judged on: 1M, or else the largest
+    rows case measured (then only indicative)."""
+    measured = [
+        _rows(r["case"])
+        for r in results
+        if r["store"] == ENGINE_STORE and _rows(r["case"]) is not None
+    ]
+    if ENGINE_ROWS in measured or not measured:
+        return f"rows:{ENGINE_ROWS}", True
+    return f"rows:{max(measured)}", False
+
+
+def _off_target(case: str, judged: bool) -> str:
+    if judged:
+        return ""
+    return f"; indicative only: measured at {case.replace('rows:', '')}, judged at 1M"
+
+
+def engine_targets(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 10's targets for flightlab's engine (the duckdb store)."""
+    results = document["results"]
+    case, judged = _engine_case(results)
+    off = _off_target(case, judged)
+    targets = []
+    ours = _find(results, ENGINE_STORE, case, "flightlab")
+    for mode, threshold, name in (
+        ("engine-limit", LIMIT_FRACTION, "flightlab rows/s >= 0.8 x engine limit's"),
+        ("feast", FEAST_SPEEDUP, "flightlab rows/s >= 5 x Feast serve_offline's"),
+    ):
+        other = _find(results, ENGINE_STORE, case, mode)
+        value = detail = None
+        if ours and other:
+            value = ours["rows_per_second"] / other["rows_per_second"]
+            detail = (
+                f"{_rate(ours['rows_per_second'])} vs {_rate(other['rows_per_second'])} rows/s"
+                + off
+            )
+        targets.append(
+            _target(name, ENGINE_STORE, case, value, threshold, True, detail or "", judged)
+        )
+
+    ours, local = (_find(results, ENGINE_STORE, "mnist", m) for m in ("flightlab", "local"))
+    value = ours["median"] / local["median"] if ours and local else None
+    detail = f"{ours['median']:.2f}s vs {local['median']:.2f}s" if value is not None else ""
+    targets.append(
+        _target(
+            "MNIST through the server <= 0.5 x local duckdb store",
+            ENGINE_STORE,
+            "mnist",
+            value,
+            MNIST_LOCAL_FRACTION,
+            detail=detail,
+        )
+    )
+
+    stream, feast = (_find(results, ENGINE_STORE, case, m) for m in ("flightlab-stream", "feast"))
+    value, detail = None, ""
+    if stream and feast and stream.get("server_call_rss") and feast.get("server_call_rss"):
+        value = stream["server_call_rss"] / feast["server_call_rss"]
+        detail = (
+            f"+{stream['server_call_rss'] / MB:.0f} MB vs "
+            f"+{feast['server_call_rss'] / MB:.0f} MB" + off
+        )
+    targets.append(
+        _target(
+            "streamed retrieval's server RSS growth <= 0.5 x Feast server's",
+            ENGINE_STORE,
+            case,
+            value,
+            SERVER_RSS_FRACTION,
+            detail=detail,
+            judged=judged,
+        )
+    )
+
+    for run in document.get("latency", []):
+        big = f"rows:{run['big_rows']}"
+        contrast = run["mode"] != "flightlab"
+        value, detail = run.get("ratio"), run.get("error", "")
+        if value is not None:
+            detail = (
+                f"{run['busy_median'] * 1e3:.0f} ms vs {run['idle_median'] * 1e3:.0f} ms idle; "
+                f"started while the large one was in flight: {sum(run['in_flight'])}/"
+                f"{len(run['in_flight'])}, ended before it: {sum(run['ended_first'])}"
+            )
+        if run.get("call_errors"):
+            detail += f"; {len(run['call_errors'])} call(s) failed: {run['call_errors'][0][:120]}"
+        target = _target(
+            f"1k-row latency with a 1M in flight <= 3 x idle ({run['mode']} server)",
+            run["store"],
+            big,
+            value,
+            LATENCY_FACTOR,
+            detail=detail + _off_target(big, run["big_rows"] == ENGINE_ROWS),
+            judged=run["big_rows"] == ENGINE_ROWS,
+        )
+        if contrast:  # Feast's store, for comparison: no verdict
+            target.update(met=None, contrast=True)
+        elif value is not None and not all(run["in_flight"]):
+            target["detail"] += " - the small call did not always overlap the large one"
+        targets.append(target)
+    return targets
+
+
 def evaluate_targets(document: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets, each with its measured value and whether it is met
-    (``None``: not measured in this run)."""
+    (``None``: not measured in this run): issue 10's engine targets first,
+    then the earlier ones."""
     results = document["results"]
-    targets: list[dict[str, Any]] = []
+    targets: list[dict[str, Any]] = engine_targets(document)
     stores = sorted({r["store"] for r in results})
     cases = sorted({r["case"] for r in results}, key=_case_key)
 
@@ -162,6 +310,15 @@ def _case_key(case: str) -> tuple[int, int]:
     return (1, 0) if rows is None else (0, rows)
 
 
+def _rate(value: float | None) -> str:
+    """Rows per second, short: 1.23M, 456k."""
+    if not value:
+        return "-"
+    if value >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    return f"{value / 1e3:.0f}k" if value >= 1e3 else f"{value:.0f}"
+
+
 def _mb(value: float | None) -> str:
     return "-" if not value else f"{value / MB:,.0f}"
 
@@ -194,11 +351,12 @@ def format_report(document: dict[str, Any]) -> str:
         "x local: median / local in-process median (same store, case); "
         "x feast: median / (feast serve_offline + stock client) median.",
         "srv/cli peak: peak RSS (VmHWM) of the server process and of the client process "
-        "during the timed calls; cli +: how far the client's RSS rose during one call.",
+        "during the timed calls; srv + / cli +: how far the server's / the client's RSS "
+        "rose during one call. rows/s: result rows / median.",
         "",
     ]
-    header = ["store", "case", "mode", "median s", "x local", "x feast"]
-    header += ["srv peak MB", "cli peak MB", "cli + MB", "result MB", "rows"]
+    header = ["store", "case", "mode", "median s", "rows/s", "x local", "x feast"]
+    header += ["srv peak MB", "srv + MB", "cli peak MB", "cli + MB", "result MB", "rows"]
     rows = []
     for r in document["results"]:
         if "median" not in r:
@@ -211,9 +369,11 @@ def format_report(document: dict[str, Any]) -> str:
                 r["case_label"],
                 r["mode"],
                 f"{r['median']:.3f}",
+                _rate(r.get("rows_per_second")),
                 _ratio(r.get("ratio_vs_local")),
                 _ratio(r.get("ratio_vs_feast")),
                 _mb(r.get("server_peak_rss")),
+                _mb(r.get("server_call_rss")),
                 _mb(r.get("client_peak_rss")),
                 _mb(r.get("client_call_rss")),
                 f"{r['result_bytes'] / MB:,.1f}",
@@ -250,6 +410,8 @@ def format_report(document: dict[str, Any]) -> str:
         for c in failures:
             out.append(f"  FAILED {c['store']} {c['mode']}: {c['error']}")
 
+    out += _latency_table(document.get("latency", []))
+
     if document.get("loopback"):
         out += ["", "Raw Arrow Flight loopback (in-memory table, 64k-row batches, do_get):"]
         header = ["case", "median s", "GB/s", "result MB", "rows"]
@@ -269,28 +431,75 @@ def format_report(document: dict[str, Any]) -> str:
             )
         out += _table(header, rows, right={1, 2, 3, 4})
 
-    out += ["", "Targets:"]
-    for t in document.get("targets", []):
-        verdict = {True: "MET   ", False: "MISSED", None: "n/a   "}[t["met"]]
-        if t["value"] is not None:
-            value = f"{t['value']:.2f}"
-        else:
-            value = "no ratio" if t["met"] is not None else "not measured"
-        detail = f" ({t['detail']})" if t.get("detail") else ""
-        case = t["case"].replace("rows:", "") if t["case"] != "mnist" else "MNIST"
-        if t["met"] is False and t["value"] is not None and t["value"] <= NOISE * t["threshold"]:
-            detail += " - within 2% of the threshold: noise"
-        out.append(f"  {verdict} {t['target']}: {t['store']} {case}: {value}{detail}")
+    targets = document.get("targets", [])
+    for group, title in (("engine", "Targets (issue 10, the engine):"), (None, "Earlier targets:")):
+        chosen = [t for t in targets if t.get("group") == group]
+        if chosen:
+            out += ["", title] + [_target_line(t) for t in chosen]
     if document.get("notes"):
         out += ["", "Notes:"] + [f"  - {n}" for n in document["notes"]]
     out.append("")
     return "\n".join(out)
 
 
+def _target_line(t: dict[str, Any]) -> str:
+    verdict = {True: "MET   ", False: "MISSED", None: "n/a   "}[t["met"]]
+    if t.get("contrast"):
+        verdict = "info  "
+    if t["value"] is not None:
+        value = f"{t['value']:.2f}"
+    else:
+        value = "no ratio" if t["met"] is not None else "not measured"
+    detail = f" ({t['detail']})" if t.get("detail") else ""
+    case = case_label_short(t["case"])
+    if t["met"] is False and t["value"] is not None:
+        if t.get("direction") == ">=":
+            close = t["value"] * NOISE >= t["threshold"]
+        else:
+            close = t["value"] <= NOISE * t["threshold"]
+        if close:
+            detail += " - within 2% of the threshold: noise"
+    return f"  {verdict} {t['target']}: {t['store']} {case}: {value}{detail}"
+
+
+def _latency_table(runs: list[dict[str, Any]]) -> list[str]:
+    if not runs:
+        return []
+    out = [
+        "",
+        "Latency of a small retrieval, idle and with a large one in flight "
+        "(the small call starts once the large one streams, or 1 s into it):",
+    ]
+    header = ["store", "server", "small rows", "large rows", "idle ms", "busy ms", "x idle"]
+    header += ["overlapped", "ended first", "started at", "large s"]
+    rows = []
+    for run in runs:
+        cells = [run["store"], run["mode"], f"{run['small_rows']:,}", f"{run['big_rows']:,}"]
+        if "ratio" not in run:
+            rows.append([*cells, "FAILED", run.get("error", "")[:80], "", "", "", "", ""])
+            continue
+        rows.append(
+            [
+                *cells,
+                f"{run['idle_median'] * 1e3:.0f}",
+                f"{run['busy_median'] * 1e3:.0f}",
+                f"{run['ratio']:.1f}",
+                f"{sum(run['in_flight'])}/{len(run['in_flight'])}",
+                f"{sum(run['ended_first'])}/{len(run['ended_first'])}",
+                ", ".join(sorted(set(run["triggers"]))),
+                f"{max(run['big_seconds']):.2f}",
+            ]
+        )
+    return out + _table(header, rows, right={2, 3, 4, 5, 6, 10})
+
+
 MODE_COLORS = {
     "local": "#4c72b0",
+    "engine-limit": "#2f2f6f",
     "flightlab": "#dd8452",
     "flightlab-stream": "#f2b880",
+    "flightlab-feast-engine": "#a0522d",
+    "flightlab-engine": "#e8a33c",
     "feast": "#55a868",
     "flightlab+feast-client": "#c44e52",
     "loopback": "#8c8c8c",
@@ -400,7 +609,8 @@ def plot(document: dict[str, Any], path: Path) -> None:
         for store in stores
         for case in sorted({r["case"] for r in results if r["store"] == store}, key=_case_key)
     ]
-    servers = [m for m in ("flightlab", "flightlab+feast-client", "feast") if m in modes]
+    servers = ("flightlab", "flightlab-feast-engine", "flightlab+feast-client", "feast")
+    servers = [m for m in servers if m in modes]
     if servers:
         width = 0.8 / len(servers)
         for i, mode in enumerate(servers):

@@ -36,7 +36,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -47,24 +47,64 @@ from procs import Server  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().with_name("worker.py")
 
-# mode -> (description, server kind or None, worker client mode)
-MODES: dict[str, tuple[str, str | None, str]] = {
-    "local": ("local in-process get_historical_features", None, "local"),
-    "flightlab": ("flightlab server + flightlab client (to_arrow)", "flightlab", "flightlab"),
-    "flightlab-stream": (
-        "flightlab server + flightlab client (to_arrow_batches, streamed)",
+
+class Mode(NamedTuple):
+    description: str
+    server: str | None  # "flightlab", "feast", or None: in-process
+    engine: str | None  # flightlab serve_offline --engine
+    client: str  # the worker's client mode
+
+
+MODES: dict[str, Mode] = {
+    "local": Mode("local in-process get_historical_features", None, None, "local"),
+    "engine-limit": Mode(
+        "in-process plain DuckDB ASOF LEFT JOIN into Arrow (the engine's ceiling)",
+        None,
+        None,
+        "engine-limit",
+    ),
+    "flightlab": Mode(
+        "flightlab server (--engine auto) + flightlab client (to_arrow)",
         "flightlab",
+        "auto",
+        "flightlab",
+    ),
+    "flightlab-stream": Mode(
+        "flightlab server (--engine auto) + flightlab client (to_arrow_batches, streamed)",
+        "flightlab",
+        "auto",
         "flightlab-stream",
     ),
-    "feast": ("feast serve_offline + Feast's stock remote client", "feast", "feast-client"),
-    "flightlab+feast-client": (
-        "flightlab server + Feast's stock remote client",
+    "flightlab-feast-engine": Mode(
+        "flightlab server --engine feast (Feast's store) + flightlab client (to_arrow)",
         "flightlab",
+        "feast",
+        "flightlab",
+    ),
+    "flightlab-engine": Mode(
+        "flightlab server --engine flightlab + flightlab client (to_arrow)",
+        "flightlab",
+        "flightlab",
+        "flightlab",
+    ),
+    "feast": Mode(
+        "feast serve_offline + Feast's stock remote client", "feast", None, "feast-client"
+    ),
+    "flightlab+feast-client": Mode(
+        "flightlab server (--engine auto) + Feast's stock remote client",
+        "flightlab",
+        "auto",
         "feast-client",
     ),
 }
-# The servers 4 concurrent clients are run against: mode -> (server, client).
+# Modes run on some stores only: on duckdb, --engine flightlab is what auto does.
+MODE_STORES = {"flightlab-engine": ("file",)}
+# The servers 4 concurrent clients are run against.
 CONCURRENT_MODES = ("flightlab", "feast", "flightlab+feast-client")
+# The servers a small retrieval's latency is measured on, idle and busy with a
+# large one: the big retrieval streams where the client can.
+LATENCY_MODES = ("flightlab", "flightlab-feast-engine", "feast")
+LATENCY_SMALL_ROWS = 1_000
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
 # A server idle this long with concurrent calls unanswered is deadlocked.
 HANG_SECONDS = 30
@@ -126,6 +166,7 @@ class Benchmark:
         self.repos: dict[tuple[str, str], Path] = {}
         self.results: list[dict[str, Any]] = []
         self.concurrency: list[dict[str, Any]] = []
+        self.latency: list[dict[str, Any]] = []
         self.loopback: list[dict[str, Any]] = []
         self.notes: list[str] = []
         self.repos_root = self.out / "work"
@@ -176,7 +217,7 @@ class Benchmark:
     # --- measurements ------------------------------------------------------------
 
     def run_mode(self, store: str, case: str, mode: str, repeats: int) -> dict[str, Any]:
-        description, server_kind, worker_mode = MODES[mode]
+        description, server_kind, _, worker_mode = MODES[mode]
         tag = f"{store}-{case.replace(':', '')}-{mode}"
         record: dict[str, Any] = {
             "store": store,
@@ -196,8 +237,8 @@ class Benchmark:
                 _send(proc, "0")
                 answer = self._result(reader, log_name)
             else:
-                with self.server(server_kind, store, case, tag) as srv:
-                    _send(proc, str(srv.port))
+                with self.server(mode, store, case, tag) as srv:
+                    _send(proc, f"{srv.port} {srv.pid}")
                     answer = self._result(reader, log_name)
                     record["server_peak_rss"] = srv.peak_rss()
                     record["server_idle_rss"] = srv.idle_rss
@@ -218,6 +259,12 @@ class Benchmark:
             client_peak_rss=max(c["peak_rss"] or 0 for c in calls),
             client_call_rss=max((c["peak_rss"] or 0) - (c["rss_before"] or 0) for c in calls),
         )
+        record["rows_per_second"] = record["result_rows"] / record["median"]
+        if calls and all(c.get("server_reset") for c in calls):
+            # How far the server's RSS rose above its pre-call RSS in one call.
+            record["server_call_rss"] = max(
+                (c["server_call_peak_rss"] or 0) - (c["server_rss_before"] or 0) for c in calls
+            )
         if all("stream_peak_rss" in c for c in calls):
             # Streaming: the RSS rise until the first batch (the entity upload)
             # and from the first batch to the end of the stream.
@@ -234,7 +281,7 @@ class Benchmark:
         return record
 
     def run_concurrent(self, store: str, case: str, mode: str, repeats: int) -> dict[str, Any]:
-        _, server_kind, worker_mode = MODES[mode]
+        worker_mode = MODES[mode].client
         clients = self.args.clients
         tag = f"{store}-{case.replace(':', '')}-concurrent-{mode}"
         record: dict[str, Any] = {
@@ -245,14 +292,15 @@ class Benchmark:
             "clients": clients,
             "repeats": repeats,
         }
-        self.log(f"{store} {case_label(case)}: {clients} concurrent clients, {MODES[mode][0]}")
+        description = MODES[mode].description
+        self.log(f"{store} {case_label(case)}: {clients} concurrent clients, {description}")
         workers = []
         for i in range(clients):
             argv = self._client_argv(worker_mode, store, case, repeats)
             argv += ["--seed", str(11 + i), "--sync"]
             workers.append(self._worker(argv, f"{tag}-client{i}.log"))
         try:
-            with self.server(server_kind, store, case, tag) as srv:
+            with self.server(mode, store, case, tag) as srv:
                 for proc, reader in workers:
                     # Warm up one at a time: only the timed calls overlap.
                     _send(proc, str(srv.port))
@@ -340,6 +388,114 @@ class Benchmark:
                 )
         return [r for r in results if r is not None]
 
+    def run_latency(self, store: str, mode: str, repeats: int) -> dict[str, Any]:
+        """A small retrieval's latency on an idle server, then with a large
+        retrieval in flight: one client process starts the large one and,
+        once its first batch is in hand (or ``--busy-delay`` seconds into the
+        call, whichever comes first: a client that does not stream never
+        says), another times the small one."""
+        small_mode = MODES[mode].client
+        big_mode = "flightlab-stream" if small_mode == "flightlab" else small_mode
+        big_case = f"rows:{self.args.latency_rows}"
+        small_case = f"rows:{LATENCY_SMALL_ROWS}"
+        tag = f"{store}-latency-{mode}"
+        record: dict[str, Any] = {
+            "store": store,
+            "mode": mode,
+            "big_rows": self.args.latency_rows,
+            "small_rows": LATENCY_SMALL_ROWS,
+            "repeats": repeats,
+        }
+        self.log(
+            f"{store}: {size_label(LATENCY_SMALL_ROWS)}-row latency, idle and with a "
+            f"{size_label(self.args.latency_rows)}-row retrieval in flight: "
+            + MODES[mode].description
+        )
+        big, big_reader = self._worker(
+            [*self._client_argv(big_mode, store, big_case, repeats), "--sync"], f"{tag}-big.log"
+        )
+        small, small_reader = self._worker(
+            [*self._client_argv(small_mode, store, small_case, 2 * repeats), "--sync"],
+            f"{tag}-small.log",
+        )
+        timeout = self.args.timeout
+        try:
+            with self.server(mode, store, big_case, tag) as srv:
+                for proc, reader in ((big, big_reader), (small, small_reader)):
+                    _send(proc, str(srv.port))  # warm up one at a time
+                    reader.expect("READY", timeout)
+                idle, busy, in_flight, triggers, errors = [], [], [], [], []
+                ended_first: list[bool] = []
+                for repeat in range(repeats):
+                    if repeat:
+                        small_reader.expect("READY", timeout)
+                    _send(small, "go")
+                    idle.append(_checked(json.loads(small_reader.expect("RESULT", timeout))))
+                for repeat in range(repeats):
+                    small_reader.expect("READY", timeout)
+                    if repeat:  # its first READY came with the warm-up
+                        big_reader.expect("READY", timeout)
+                    _send(big, "go")
+                    big_reader.expect("CALLING", timeout)
+                    triggers.append(self._wait_busy(big_reader, big_mode))
+                    _send(small, "go")
+                    small_call = json.loads(small_reader.expect("RESULT", timeout))
+                    big_call = json.loads(big_reader.expect("RESULT", timeout))
+                    # A server that fails a call under load: reported, not hidden.
+                    for side, call in (("small", small_call), ("large", big_call)):
+                        if "error" in call:
+                            errors.append(f"{side} call: {call['error']}")
+                    if "error" in small_call:
+                        continue
+                    busy.append(small_call)
+                    # Overlapped: the small call started before the large one
+                    # ended; ended_first: it also ended before the large one.
+                    in_flight.append(small_call["start"] < big_call["end"])
+                    ended_first.append(small_call["end"] <= big_call["end"])
+                    record.setdefault("big_seconds", []).append(big_call["seconds"])
+        except Exception as exc:
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            self.log(f"  FAILED: {record['error']} (logs in {self.logs})")
+            return record
+        finally:
+            _finish(big)
+            _finish(small)
+        record.update(
+            idle_seconds=[c["seconds"] for c in idle],
+            busy_seconds=[c["seconds"] for c in busy],
+            idle_median=statistics.median(c["seconds"] for c in idle),
+            in_flight=in_flight,
+            ended_first=ended_first,
+            triggers=triggers,
+            call_errors=errors,
+        )
+        if not busy:
+            record["error"] = f"every call under load failed: {errors[0]}"
+            self.log(f"  FAILED: {record['error']}")
+            return record
+        record["busy_median"] = statistics.median(c["seconds"] for c in busy)
+        record["ratio"] = record["busy_median"] / record["idle_median"]
+        if errors:
+            self.log(f"  {len(errors)} call(s) FAILED under load: {errors[0]}")
+        self.log(
+            f"  idle {record['idle_median']:.3f}s, busy {record['busy_median']:.3f}s "
+            f"(x{record['ratio']:.1f}); started while the large one was in flight: "
+            f"{sum(in_flight)} of {len(in_flight)}, ended before it: {sum(ended_first)}"
+        )
+        return record
+
+    def _wait_busy(self, reader: LineReader, mode: str) -> str:
+        """Wait until the large retrieval is streaming, or ``--busy-delay``
+        seconds; says which came first."""
+        if mode != "flightlab-stream":
+            time.sleep(self.args.busy_delay)
+            return "delay"
+        try:
+            reader.expect("FIRST_BATCH", self.args.busy_delay)
+            return "first batch"
+        except TimeoutError:
+            return "delay"
+
     def run_loopback(self, case: str, repeats: int) -> dict[str, Any]:
         record: dict[str, Any] = {"case": case, "case_label": case_label(case), "repeats": repeats}
         self.log(f"Flight loopback ceiling, a {case_label(case)} result")
@@ -376,8 +532,12 @@ class Benchmark:
 
     # --- the run -------------------------------------------------------------------
 
-    def server(self, kind: str, store: str, case: str, tag: str) -> Server:
-        extra = self.args.flightlab_args if kind == "flightlab" else []
+    def server(self, mode: str, store: str, case: str, tag: str) -> Server:
+        kind, engine = MODES[mode].server, MODES[mode].engine
+        extra = []
+        if kind == "flightlab":
+            # --flightlab-args come last, so they can override the engine.
+            extra = ["--engine", engine, *self.args.flightlab_args]
         log = self.logs / f"{tag}-server.log"
         return Server(kind, self.repo(store, case), log, extra_args=extra)
 
@@ -409,11 +569,15 @@ class Benchmark:
             for case in self.cases_for(store):
                 repeats = 1 if (case == "mnist" and store == "file") else args.repeats
                 for mode in args.modes:
-                    self.results.append(self.run_mode(store, case, mode, repeats))
+                    if store in MODE_STORES.get(mode, (store,)):
+                        self.results.append(self.run_mode(store, case, mode, repeats))
             if args.clients > 0:
                 case = f"rows:{args.concurrency_rows}"
                 for mode in CONCURRENT_MODES:
                     self.concurrency.append(self.run_concurrent(store, case, mode, args.repeats))
+            if args.latency and store in args.latency_stores:
+                for mode in LATENCY_MODES:
+                    self.latency.append(self.run_latency(store, mode, args.repeats))
         if args.loopback:
             cases = {case for store in args.stores for case in self.cases_for(store)}
             for case in sorted(cases, key=_case_order):
@@ -445,15 +609,23 @@ class Benchmark:
                     "mnist_images": 70_000,
                     "mnist_features": len(datagen.MNIST_REFS),
                 },
-                "modes": {mode: MODES[mode][0] for mode in MODES},
+                "modes": {mode: MODES[mode].description for mode in MODES},
             },
             "results": self.results,
             "concurrency": self.concurrency,
+            "latency": self.latency,
             "loopback": self.loopback,
             "notes": self.notes,
         }
         document["targets"] = report.evaluate_targets(document)
         return document
+
+
+def _checked(call: dict[str, Any]) -> dict[str, Any]:
+    """A --sync call's result; a failed call fails the measurement."""
+    if "error" in call:
+        raise RuntimeError(f"a call failed: {call['error']}")
+    return call
 
 
 def _last_error(log: Path) -> str:
@@ -530,6 +702,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--concurrency-rows", help="entity rows per concurrent client (default 100k)"
     )
     parser.add_argument(
+        "--latency",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure a 1k-row retrieval's latency, idle and with a large one in flight "
+        "(default: yes)",
+    )
+    parser.add_argument(
+        "--latency-rows", help="entity rows of the large retrieval in flight (default 1M)"
+    )
+    parser.add_argument(
+        "--latency-stores", default="duckdb", help="stores to measure latency on (default duckdb)"
+    )
+    parser.add_argument(
+        "--busy-delay",
+        type=float,
+        default=1.0,
+        help="seconds into the large retrieval to start the small one at the latest "
+        "(default 1; sooner when the large one's first batch arrives)",
+    )
+    parser.add_argument(
         "--loopback",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -568,6 +760,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.concurrency_rows = parse_size(args.concurrency_rows)
     else:
         args.concurrency_rows = 10_000 if args.quick else 100_000
+    if args.latency_rows:
+        args.latency_rows = parse_size(args.latency_rows)
+    else:
+        args.latency_rows = 100_000 if args.quick else 1_000_000
+    args.latency_stores = [s.strip() for s in args.latency_stores.split(",") if s.strip()]
     args.flightlab_args = shlex.split(args.flightlab_args)
     args.stores = [s.strip() for s in args.stores.split(",") if s.strip()]
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]

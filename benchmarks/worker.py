@@ -5,18 +5,22 @@
     worker.py loopback-client --port P --repeats N
 
 ``client`` imports Feast and builds its entity frame, reads the server's port
-from stdin (a line; ``0`` for ``local``: so it can start while the server
-does), makes one untimed warm-up call (a small frame: imports, registry,
-connections), then times ``--repeats`` fresh calls.
-Before each call it resets its peak RSS, so it reports the peak of the call
-and how far above the pre-call RSS that peak went. Results are one
-``RESULT {json}`` line on stdout.
+and process id from stdin (a line ``PORT PID``; ``0`` for the in-process
+modes: so it can start while the server does), makes one untimed warm-up call
+(a small frame: imports, registry, connections), then times ``--repeats``
+fresh calls.
+Before each call it resets its own peak RSS and the server's, so it reports
+the peak of the call and how far above the pre-call RSS that peak went, for
+itself and for the server. Results are one ``RESULT {json}`` line on stdout.
 
-With ``--sync`` (concurrent clients) it prints ``READY`` after its warm-up and
-waits for a line on stdin before each call, and prints a ``RESULT`` line per
-call; a failed call is reported, not raised.
+With ``--sync`` (concurrent clients, the latency measurement) it prints
+``READY`` after its warm-up and waits for a line on stdin before each call,
+prints ``CALLING`` as the call starts (and ``FIRST_BATCH`` when a streamed
+call's first batch is in hand), and a ``RESULT`` line per call; a failed call
+is reported, not raised.
 
-Modes: ``local`` (in-process ``get_historical_features``), ``flightlab``
+Modes: ``local`` (in-process ``get_historical_features``), ``engine-limit``
+(in-process, one plain DuckDB ASOF join: benchmarks/limit.py), ``flightlab``
 (``flightlab.client.RemoteOfflineStore``, ``to_arrow``), ``flightlab-stream``
 (the same, consuming ``to_arrow_batches(progress=...)`` batch by batch) and
 ``feast-client`` (Feast's stock ``type: remote`` client).
@@ -43,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datagen  # noqa: E402
 import procs  # noqa: E402
 
-CLIENT_MODES = ("local", "flightlab", "flightlab-stream", "feast-client")
+CLIENT_MODES = ("local", "engine-limit", "flightlab", "flightlab-stream", "feast-client")
 WARMUP_ROWS = 1_000
 LOOPBACK_BATCH_ROWS = 65_536
 
@@ -62,9 +66,34 @@ def case_frame(case: str, seed: int) -> tuple[object, list[str]]:
     return datagen.entity_frame(rows, seed=seed), list(datagen.FEATURE_REFS)
 
 
+class EngineLimit:
+    """The ``engine-limit`` mode's store: ``get_historical_features`` answered
+    by one plain DuckDB query (its SQL built once, before the timed calls)."""
+
+    def __init__(self, repo: Path):
+        self.repo = repo
+        self._queries: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
+
+    def get_historical_features(self, entity_df, features: list[str]):
+        import limit
+
+        key = (tuple(entity_df.columns), tuple(features))
+        if key not in self._queries:
+            self._queries[key] = limit.limit_query(self.repo, features, list(entity_df.columns))
+        query = self._queries[key]
+
+        class Job:
+            def to_arrow(self):
+                return limit.run_limit(query, entity_df)
+
+        return Job()
+
+
 def open_store(mode: str, repo: Path, port: int, workdir: Path):
     from feast import FeatureStore
 
+    if mode == "engine-limit":
+        return EngineLimit(repo)
     if mode == "local":
         return FeatureStore(repo_path=str(repo))
     offline = {
@@ -77,10 +106,13 @@ def open_store(mode: str, repo: Path, port: int, workdir: Path):
     return FeatureStore(repo_path=str(workdir))
 
 
-def retrieve(store, mode: str, entity_df, refs: list[str]) -> dict[str, int | None]:
+def retrieve(
+    store, mode: str, entity_df, refs: list[str], announce: bool = False
+) -> dict[str, int | None]:
     """One retrieval, start to end: the result's rows and Arrow bytes and, when
     streaming, the RSS when the first batch arrived (the entity rows are
-    uploaded by then) and the peak from there to the end of the stream."""
+    uploaded by then) and the peak from there to the end of the stream.
+    ``announce``: print ``FIRST_BATCH`` when the first batch is in hand."""
     job = store.get_historical_features(entity_df=entity_df, features=refs)
     if mode != "flightlab-stream":
         table = job.to_arrow()
@@ -90,6 +122,8 @@ def retrieve(store, mode: str, entity_df, refs: list[str]) -> dict[str, int | No
     last = []
     for batch in job.to_arrow_batches(progress=last.append):
         if not seen:
+            if announce:
+                emit("FIRST_BATCH")
             seen["first_batch_rss"] = procs.current_rss()
             seen["upload_peak_rss"] = procs.peak_rss()
             procs.reset_peak_rss()
@@ -110,11 +144,13 @@ def run_client(args: argparse.Namespace) -> None:
         warm_df = datagen.entity_frame(WARMUP_ROWS, seed=args.seed + 1)
     import feast  # noqa: F401 - the slow import, done while the server starts
 
-    line = sys.stdin.readline()
-    if not line.strip():
+    line = sys.stdin.readline().split()
+    if not line:
         return
+    port = int(line[0])
+    server_pid = int(line[1]) if len(line) > 1 else None
     with tempfile.TemporaryDirectory(prefix="flightlab-bench-") as tmp:
-        store = open_store(args.mode, Path(args.repo), int(line), Path(tmp))
+        store = open_store(args.mode, Path(args.repo), port, Path(tmp))
         retrieve(store, args.mode, warm_df, refs)
         calls = []
         for _ in range(args.repeats):
@@ -125,10 +161,13 @@ def run_client(args: argparse.Namespace) -> None:
             gc.collect()
             procs.reset_peak_rss()
             before = procs.current_rss()
+            server = server_before(server_pid)
+            if args.sync:
+                emit("CALLING")
             started, t0 = time.time(), time.perf_counter()
             call: dict[str, object] = {}
             try:
-                call.update(retrieve(store, args.mode, entity_df, refs))
+                call.update(retrieve(store, args.mode, entity_df, refs, announce=args.sync))
             except Exception as exc:
                 if not args.sync:
                     raise
@@ -145,12 +184,27 @@ def run_client(args: argparse.Namespace) -> None:
                 end=started + seconds,
                 rss_before=before,
                 peak_rss=peak,
+                **server_after(server_pid, server),
             )
             calls.append(call)
             if args.sync:
                 emit("RESULT", call)
     if not args.sync:
         emit("RESULT", {"calls": calls})
+
+
+def server_before(pid: int | None) -> dict[str, object]:
+    """Reset the server's peak RSS before a call (the server's peak is then
+    that of this call) and note its RSS; empty without a server."""
+    if pid is None:
+        return {}
+    return {"server_reset": procs.reset_peak_rss(pid), "server_rss_before": procs.current_rss(pid)}
+
+
+def server_after(pid: int | None, before: dict[str, object]) -> dict[str, object]:
+    if pid is None:
+        return {}
+    return {**before, "server_call_peak_rss": procs.peak_rss(pid)}
 
 
 def loopback_table(case: str, repo: Path) -> pa.Table:
