@@ -15,8 +15,20 @@ class ParquetSource:
 
     pattern: str  # a file, or every parquet file below a folder
 
-    def read_sql(self) -> str:
-        return f"read_parquet({sql_string(self.pattern)})"
+    @property
+    def many_files(self) -> bool:
+        return "*" in self.pattern
+
+    def read_sql(self, with_row_ids: bool = False) -> str:
+        """``read_parquet(...)``; ``with_row_ids`` adds the columns that name a
+        row: ``file_row_number`` and, for a folder, ``filename``."""
+        options = ""
+        if with_row_ids:
+            options = ", file_row_number = true" + (", filename = true" if self.many_files else "")
+        return f"read_parquet({sql_string(self.pattern)}{options})"
+
+    def row_id_columns(self) -> list[str]:
+        return ["filename", "file_row_number"] if self.many_files else ["file_row_number"]
 
 
 def parquet_source(source: DataSource | None, repo_path: str | Path | None) -> ParquetSource | None:

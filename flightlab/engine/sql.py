@@ -3,9 +3,15 @@
 A historical retrieval is the entity rows ``ASOF LEFT JOIN``-ed with each
 feature view in turn. DuckDB's ASOF join picks, per entity row, the source row
 with the greatest event timestamp at or before the entity's; the rules Feast's
-duckdb store applies on top of that are spelled out where they are built:
-the created-timestamp tie-break (:func:`_view_rows`), the TTL
-(:func:`_feature_columns`) and ``field_mapping`` (:func:`_renamed_columns`).
+duckdb store applies on top of that are spelled out where they are built: the
+created-timestamp tie-break (:func:`_candidates`), the TTL (:func:`_matched_row`)
+and ``field_mapping`` (:func:`_renamed_columns`).
+
+The joins carry row ids, not features: each ASOF join finds *which* source row
+an entity row gets (by join keys and timestamps alone), and the features are
+fetched afterwards by row id. Sorting wide rows (MNIST's 28 arrays) for the
+ASOF join is what costs; this halves the time there and is no slower on
+narrow views.
 """
 
 from __future__ import annotations
@@ -35,23 +41,38 @@ class ViewQuery:
 
 def historical_sql(entity_columns: list[str], event_timestamp: str, views: list[ViewQuery]) -> str:
     """Every entity row, in the entity table's columns, then each view's features."""
-    ctes = [f"v{i} AS ({_view_rows(view)})" for i, view in enumerate(views)]
-    selected = [f"e.{sql_name(c)}" for c in entity_columns]
-    joins = []
+    ctes = []
+    matched = [f"e.{sql_name(c)}" for c in entity_columns]
+    asof_joins = []
     for i, view in enumerate(views):
-        selected += _feature_columns(f"v{i}", view, event_timestamp)
+        ctes.append(f"c{i} AS ({_candidates(view)})")
+        ctes.append(f"f{i} AS ({_features_by_row(view)})")
+        matched += _matched_row(i, view, event_timestamp)
         conditions = [
-            f"e.{sql_name(entity)} = v{i}.{sql_name(_key_alias(k))}"
+            f"e.{sql_name(entity)} = c{i}.{sql_name(_key_alias(k))}"
             for k, (_, entity) in enumerate(view.join_keys)
         ]
-        conditions.append(f"e.{sql_name(event_timestamp)} >= v{i}.{_TS}")
-        joins.append(f"ASOF LEFT JOIN v{i} ON {' AND '.join(conditions)}")
-    with_clause = f"WITH {', '.join(ctes)} " if ctes else ""
-    return f"{with_clause}SELECT {', '.join(selected)} FROM {ENTITY_TABLE} AS e {' '.join(joins)}"
+        conditions.append(f"e.{sql_name(event_timestamp)} >= c{i}.{_TS}")
+        asof_joins.append(f"ASOF LEFT JOIN c{i} ON {' AND '.join(conditions)}")
+    ctes.append(
+        f"matched AS (SELECT {', '.join(matched)} FROM {ENTITY_TABLE} AS e {' '.join(asof_joins)})"
+    )
+    selected = [f"m.{sql_name(c)}" for c in entity_columns]
+    fetches = []
+    for i, view in enumerate(views):
+        selected += [f"f{i}.{sql_name(out)}" for _, out in view.features]
+        same_row = " AND ".join(
+            f"m.{_row_id(i, column)} = f{i}.{_row_id(0, column)}"
+            for column in view.source.row_id_columns()
+        )
+        fetches.append(f"LEFT JOIN f{i} ON {same_row}")
+    return (
+        f"WITH {', '.join(ctes)} SELECT {', '.join(selected)} FROM matched AS m {' '.join(fetches)}"
+    )
 
 
-def _view_rows(view: ViewQuery) -> str:
-    """A view's candidate rows: keys, the event timestamp (in UTC) and features.
+def _candidates(view: ViewQuery) -> str:
+    """The rows an entity row may get: keys, the event timestamp (in UTC) and row id.
 
     When rows of one key share an event timestamp, Feast's duckdb store keeps
     the one with the greatest created timestamp: keep only that one here, so
@@ -62,11 +83,11 @@ def _view_rows(view: ViewQuery) -> str:
         f"{columns[view_col]} AS {sql_name(_key_alias(k))}"
         for k, (view_col, _) in enumerate(view.join_keys)
     ]
-    features = [f"{columns[view_col]} AS {sql_name(out)}" for view_col, out in view.features]
     timestamp = f"CAST({columns[view.timestamp_field]} AS TIMESTAMPTZ)"
+    row_id = [f"{sql_name(c)} AS {_row_id(0, c)}" for c in view.source.row_id_columns()]
     query = (
-        f"SELECT {', '.join([*keys, f'{timestamp} AS {_TS}', *features])} "
-        f"FROM {view.source.read_sql()}"
+        f"SELECT {', '.join([*keys, f'{timestamp} AS {_TS}', *row_id])} "
+        f"FROM {view.source.read_sql(with_row_ids=True)}"
     )
     created = view.created_timestamp_column
     if created:
@@ -78,17 +99,29 @@ def _view_rows(view: ViewQuery) -> str:
     return query
 
 
-def _feature_columns(alias: str, view: ViewQuery, event_timestamp: str) -> list[str]:
-    """The view's output columns; with a TTL set (and not zero), a row older
-    than the entity timestamp minus the TTL does not count: null instead."""
+def _matched_row(i: int, view: ViewQuery, event_timestamp: str) -> list[str]:
+    """The row id an entity row got from view ``i``. With a TTL set (and not
+    zero), a row older than the entity timestamp minus the TTL does not count:
+    no row, so null features."""
+    ids = [(f"c{i}.{_row_id(0, c)}", _row_id(i, c)) for c in view.source.row_id_columns()]
     if not view.ttl:
-        return [f"{alias}.{sql_name(out)}" for _, out in view.features]
+        return [f"{value} AS {name}" for value, name in ids]
     window = f"to_microseconds({_microseconds(view.ttl)})"
-    fresh = f"{alias}.{_TS} >= e.{sql_name(event_timestamp)} - {window}"
-    return [
-        f"CASE WHEN {fresh} THEN {alias}.{sql_name(out)} END AS {sql_name(out)}"
-        for _, out in view.features
-    ]
+    fresh = f"c{i}.{_TS} >= e.{sql_name(event_timestamp)} - {window}"
+    return [f"CASE WHEN {fresh} THEN {value} END AS {name}" for value, name in ids]
+
+
+def _features_by_row(view: ViewQuery) -> str:
+    columns = dict(_renamed_columns(view))
+    row_id = [f"{sql_name(c)} AS {_row_id(0, c)}" for c in view.source.row_id_columns()]
+    features = [f"{columns[view_col]} AS {sql_name(out)}" for view_col, out in view.features]
+    return (
+        f"SELECT {', '.join([*row_id, *features])} FROM {view.source.read_sql(with_row_ids=True)}"
+    )
+
+
+def _row_id(i: int, column: str) -> str:
+    return sql_name(f"__flightlab_{column}{i}")
 
 
 def _renamed_columns(view: ViewQuery) -> list[tuple[str, str]]:
