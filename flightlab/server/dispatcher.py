@@ -36,6 +36,7 @@ from feast.protos.feast.core.SavedDataset_pb2 import (
 from feast.saved_dataset import SavedDatasetStorage
 from google.protobuf.message import DecodeError
 
+from flightlab.server.writes import ParquetWrites
 from flightlab.wire import protocol as p
 from flightlab.wire.errors import MalformedEntityDataError, MalformedParameterError
 
@@ -61,6 +62,8 @@ class OfflineDispatcher:
         # with "Attempting to execute an unsuccessful or closed pending query
         # result". Such a store is called by one worker at a time.
         self._store_lock = threading.Lock() if _single_threaded(self.offline_store) else None
+        # Parquet files are written by flightlab itself, locked and atomically.
+        self._parquet = ParquetWrites(self.offline_store, store.config.repo_path)
         self._handlers: dict[type[p.Request], Callable[[Any, Any], Any]] = {
             p.GetHistoricalFeatures: lambda r, u: self._retrieval_job(r, u).to_arrow(),
             p.PullLatestFromTableOrQuery: lambda r, u: self._retrieval_job(r, u).to_arrow(),
@@ -144,9 +147,12 @@ class OfflineDispatcher:
     def _offline_write_batch(self, request: p.OfflineWriteBatch, user: Any) -> dict[str, Any]:
         feature_view = self._writable_feature_view(request.feature_view_name)
         self._authorize(user, feature_view, AuthzedAction.WRITE_OFFLINE)
-        self.offline_store.offline_write_batch(
-            self.store.config, feature_view, request.table, progress=None
-        )
+        if self._parquet.handles_source(feature_view.batch_source):
+            self._parquet.append(feature_view.batch_source, request.table)
+        else:
+            self.offline_store.offline_write_batch(
+                self.store.config, feature_view, request.table, progress=None
+            )
         return {"rows_written": request.table.num_rows}
 
     def _writable_feature_view(self, name: str):
@@ -167,6 +173,9 @@ class OfflineDispatcher:
                 f"feature service {service.name!r} has no logging_config, "
                 "so it has nowhere to write logged features"
             )
+        if self._parquet.handles_logging(service.logging_config):
+            self._parquet.write_logs(service.logging_config, request.data)
+            return {"rows_written": request.data.num_rows}
         self.offline_store.write_logged_features(
             config=self.store.config,
             data=request.data,
@@ -180,7 +189,10 @@ class OfflineDispatcher:
         destination, storage = self._persist_destination(request)
         self._authorize(user, destination, AuthzedAction.WRITE_OFFLINE)
         job = self._retrieval_job(request.retrieval, user)
-        job.persist(storage, allow_overwrite=request.allow_overwrite)
+        if self._parquet.handles_storage(storage):
+            self._parquet.persist(job, storage, request.allow_overwrite)
+        else:
+            job.persist(storage, allow_overwrite=request.allow_overwrite)
         return {"persisted_to": str(storage.to_proto()).strip()}
 
     def _persist_destination(self, request: p.Persist) -> tuple[DataSource, SavedDatasetStorage]:
