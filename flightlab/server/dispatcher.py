@@ -36,6 +36,7 @@ from feast.protos.feast.core.SavedDataset_pb2 import (
 from feast.saved_dataset import SavedDatasetStorage
 from google.protobuf.message import DecodeError
 
+from flightlab.server.guards import check_entity_query_supported, named_feature_errors
 from flightlab.server.writes import ParquetWrites
 from flightlab.wire import protocol as p
 from flightlab.wire.errors import MalformedEntityDataError, MalformedParameterError
@@ -80,7 +81,7 @@ class OfflineDispatcher:
         # Objects applied after the server started must be found: reload the
         # registry (a small read) before resolving any name.
         self._refresh_registry()
-        with self._store_lock or nullcontext():
+        with self._store_lock or nullcontext(), named_feature_errors():
             return self._handlers[type(request)](request, user)
 
     # --- retrievals ----------------------------------------------------------
@@ -96,6 +97,7 @@ class OfflineDispatcher:
                 )
             for view in self._views_read_by(request.features):
                 self._authorize(user, view, AuthzedAction.READ_OFFLINE)
+        check_entity_query_supported(self.offline_store, request)
         entity_df: pd.DataFrame | str | None = request.entity_df_sql
         if request.entity_df is not None:
             entity_df = _entity_frame(request.entity_df)

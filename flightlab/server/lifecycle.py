@@ -20,15 +20,17 @@ from typing import Any
 
 import pyarrow as pa
 
+from flightlab.server import memory
 from flightlab.server.auth import Caller, CallMiddlewareFactory
+from flightlab.server.guards import check_request
 from flightlab.server.limits import ServerLimits
-from flightlab.server.service import CALL_MIDDLEWARE, FlightService, caller_of
+from flightlab.server.service import CALL_MIDDLEWARE, FlightService, caller_of, owner_of
 from flightlab.server.staging import CommandStaging
 from flightlab.server.stats import ServerStats
 from flightlab.server.workers import WorkerPool
 from flightlab.wire import protocol as p
 from flightlab.wire import streaming
-from flightlab.wire.errors import INTERNAL, failure_status, to_flight_error
+from flightlab.wire.errors import INTERNAL, failure_status, shortened, to_flight_error
 
 logger = logging.getLogger("flightlab.server")
 
@@ -59,9 +61,10 @@ class ServerTls:
 class _Call:
     """What is known and logged about one RPC."""
 
-    def __init__(self, rpc: str, caller: Caller, api: str | None):
+    def __init__(self, rpc: str, caller: Caller, api: str | None, owner: str | None = None):
         self.rpc = rpc
         self.caller = caller
+        self.owner = owner  # the key its staged commands belong to
         self.api = api
         self.command_id: str | None = None
         self.rows_in = 0
@@ -223,17 +226,21 @@ class OfflineServer:
 
     @contextmanager
     def _handling(self, rpc: str, context, api: str | None = None) -> Iterator[_Call]:
-        call = _Call(rpc, caller_of(context), api)
+        call = _Call(rpc, caller_of(context), api, owner_of(context))
         try:
             yield call
         except Exception as exc:
             self._record_failure(call, exc)
+            memory.release_soon()  # a refused upload may have been large
             raise to_flight_error(exc) from None
         self._record_success(call)
+        if call.rows_in + call.rows_out > 100_000 or call.bytes_out > memory.LARGE_CALL_BYTES:
+            memory.release_soon()
 
     def _execute(self, call: _Call, request: p.Request, context) -> Any:
         """Run a decoded request on the worker pool; note its rows for the log."""
         call.rows_in = request.rows_in()
+        check_request(request, self.limits)
         assert self._pool is not None, "the server is not running"
         user = call.caller.user
         result = self._pool.run(lambda: self.dispatcher.run(request, user), context.is_cancelled)
@@ -266,13 +273,28 @@ class OfflineServer:
             logger.exception("%s command=%s failed", api, call.command_id)
         else:
             logger.warning(
-                "%s command=%s rejected: %s: %s", api, call.command_id, type(exc).__name__, exc
+                "%s command=%s rejected: %s: %s",
+                api,
+                call.command_id,
+                type(exc).__name__,
+                shortened(str(exc)),
             )
         if call.command_id is not None:
             # Whatever failed, the command will not run: keep no state for it.
-            self.staging.drop(call.command_id, call.caller.name)
+            self.staging.drop(call.command_id, call.owner)
 
     def _result_batches(self, table: pa.Table, context):
-        return streaming.result_batches(
+        batches = streaming.result_batches(
             table, self.limits.batch_rows, self.limits.max_batch_bytes, context.is_cancelled
         )
+        if table.nbytes <= memory.LARGE_CALL_BYTES:
+            return batches
+        return _releasing_after(batches)
+
+
+def _releasing_after(batches):
+    """Stream ``batches``; then give the result's memory back (see server.memory)."""
+    try:
+        yield from batches
+    finally:
+        memory.release_soon()
