@@ -81,8 +81,12 @@ class OfflineDispatcher:
         # Objects applied after the server started must be found: reload the
         # registry (a small read) before resolving any name.
         self._refresh_registry()
+        # A retrieval holds off renames of the sources while it reads (not a
+        # write: a persist to a registered source would wait on itself).
+        reads = self.store.list_data_sources() if request.returns_data else []
         with self._store_lock or nullcontext(), named_feature_errors():
-            return self._handlers[type(request)](request, user)
+            with self._parquet.reading(reads):
+                return self._handlers[type(request)](request, user)
 
     # --- retrievals ----------------------------------------------------------
 

@@ -12,6 +12,8 @@ pandas metadata). Any other store or source returns ``False`` from
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -115,6 +117,16 @@ class ParquetWrites:
                 job.persist(temp_storage, allow_overwrite=True)
 
             parquet_writes.replace_atomically(path, write)
+
+    # --- reads ---------------------------------------------------------------------
+
+    def reading(self, sources: Iterable[DataSource]) -> AbstractContextManager[None]:
+        """Hold off renames of the parquet files among ``sources`` while a
+        request reads them (see parquet_writes.reading)."""
+        if not self.enabled:
+            return nullcontext()
+        paths = [self._local_path(s.path) for s in sources if self.handles_source(s)]
+        return parquet_writes.reading(p for p in paths if p is not None)
 
     def _local_path(self, uri: str) -> Path | None:
         """The absolute local path of ``uri``; None for a remote one (s3://...)."""

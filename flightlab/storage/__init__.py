@@ -5,6 +5,7 @@ from flightlab.storage.parquet_writes import (
     add_files_atomically,
     append_to_parquet_source,
     destination_lock,
+    reading,
     replace_atomically,
     write_parquet_atomically,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "add_files_atomically",
     "append_to_parquet_source",
     "destination_lock",
+    "reading",
     "replace_atomically",
     "write_parquet_atomically",
 ]

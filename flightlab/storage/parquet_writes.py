@@ -18,14 +18,19 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from filelock import FileLock
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 # How long a writer waits for another one's lock before giving up.
 DEFAULT_LOCK_TIMEOUT = 600.0
@@ -59,17 +64,47 @@ def destination_lock(path: str | Path, timeout: float = DEFAULT_LOCK_TIMEOUT) ->
 def replace_atomically(path: str | Path, write: Callable[[Path], None]) -> None:
     """Have ``write`` fill a temporary file, make it durable, rename it to ``path``.
 
-    The caller holds :func:`destination_lock` of ``path``.
+    The caller holds :func:`destination_lock` of ``path``. The rename waits
+    for the readers inside :func:`reading` of ``path`` to finish.
     """
     path = Path(path)
     temp = path.parent / f".{path.name}.{uuid.uuid4().hex}{_TEMP_SUFFIX}"
     try:
         write(temp)
         _fsync_file(temp)
-        os.replace(temp, path)
+        with _swap_lock(path, exclusive=True):
+            os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+@contextmanager
+def reading(paths: Iterable[str | Path]) -> Iterator[None]:
+    """Keep ``paths`` from being replaced while the caller reads them.
+
+    A rename is atomic, but a reader that opens a path more than once during
+    one read (duckdb's parallel parquet scan does) could otherwise mix the old
+    file and the new one. Readers share the lock; a writer waits only for the
+    rename itself.
+    """
+    with ExitStack() as stack:
+        for path in sorted({str(Path(p)) for p in paths}):  # one order: no deadlock
+            stack.enter_context(_swap_lock(Path(path), exclusive=False))
+        yield
+
+
+@contextmanager
+def _swap_lock(path: Path, exclusive: bool) -> Iterator[None]:
+    if fcntl is None:  # no flock (Windows): renames are still atomic
+        yield
+        return
+    descriptor = os.open(path.parent / f".{path.name}.swap.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 def write_parquet_atomically(path: str | Path, table: pa.Table) -> None:
