@@ -292,6 +292,7 @@ def concurrent_servers(
                 try:
                     client.fetch(_pull_request())
                     remote["ok"] += 1
+                    time.sleep(0.05)
                 except Exception as exc:
                     remote["failed"] += 1
                     read_errors.append(f"remote pull: {exc!r}"[:300])

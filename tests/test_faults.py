@@ -110,16 +110,17 @@ def drill_server(fault_repo) -> Iterator[ServerProcess]:
 
 
 def test_sigkill_during_writes_loses_no_acknowledged_row(fault_repo):
-    result = sigkill_during_writes(fault_repo, source_rows=100_000, trials=2, rows_per_write=500)
+    result = sigkill_during_writes(fault_repo, source_rows=50_000, trials=1, rows_per_write=500)
     assert result["acknowledged_rows"] > 0
     assert result["unreadable"] == 0
     assert result["lost"] == 0
 
 
-def test_three_servers_writing_to_one_source_lose_nothing(fault_repo):
-    result = concurrent_servers(fault_repo, servers=3, clients_per_server=2, writes_per_client=3)
+def test_servers_writing_to_one_source_lose_nothing(fault_repo):
+    # Two servers here; scripts/faults.py runs three, with more writes.
+    result = concurrent_servers(fault_repo, servers=2, clients_per_server=2, writes_per_client=3)
     assert result["write_errors"] == []
-    assert result["acknowledged_rows"] == 3 * 2 * 3 * 500
+    assert result["acknowledged_rows"] == 2 * 2 * 3 * 500
     assert result["lost"] == 0
     assert result["reads_ok"] > 0 and result["reads_failed"] == 0, result["read_errors"]
     assert result["remote_pulls_ok"] > 0 and result["remote_pulls_failed"] == 0
