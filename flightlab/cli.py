@@ -84,6 +84,20 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         help="cap on the bytes staged by all clients together (default %(default)s)",
     )
     serve.add_argument(
+        "--max-param-bytes",
+        type=int,
+        default=limits.max_param_bytes,
+        metavar="BYTES",
+        help="cap on one parameter other than a table, e.g. a string (default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-entity-rows",
+        type=int,
+        default=limits.max_entity_rows,
+        metavar="ROWS",
+        help="cap on the entity rows of one request (default %(default)s)",
+    )
+    serve.add_argument(
         "--batch-rows",
         type=int,
         default=limits.batch_rows,
@@ -180,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             queue_timeout=args.queue_timeout,
             staged_ttl=args.staged_ttl,
             max_staged_bytes=args.max_staged_bytes,
+            max_param_bytes=args.max_param_bytes,
+            max_entity_rows=args.max_entity_rows,
             batch_rows=args.batch_rows,
         )
         service = ServiceOptions(

@@ -99,11 +99,13 @@ def test_the_module_serves_a_repo_logs_each_request_and_stops_on_sigterm(
         request = p.GetHistoricalFeatures(
             features=tuple(FEATURES), entity_df=pa.Table.from_pandas(fewer)
         )
-        with OfflineFlightClient(cli.location, timeout=60) as client:
+        with OfflineFlightClient(cli.location, timeout=60, owner="cli-test") as client:
             command_id = client.stage(request)
+            # Another connection holding the same owner secret may run it.
             raw = flight.FlightClient(cli.location)
-            info = raw.get_flight_info(p.command_descriptor(command_id))
-            got = raw.do_get(info.endpoints[0].ticket).read_pandas()
+            owner = flight.FlightCallOptions(headers=[(b"x-flightlab-owner", b"cli-test")])
+            info = raw.get_flight_info(p.command_descriptor(command_id), owner)
+            got = raw.do_get(info.endpoints[0].ticket, owner).read_pandas()
             raw.close()
             with pytest.raises(FeatureViewNotFoundException, match="no_such_view"):
                 client.fetch(

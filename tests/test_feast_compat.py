@@ -57,7 +57,7 @@ from flightlab.sample_repo import (
     entity_frame,
 )
 from flightlab.server import OfflineServer
-from flightlab.wire.errors import MalformedParameterError, UnknownApiError
+from flightlab.wire.errors import MalformedParameterError, UnknownApiError, UnsupportedQueryError
 from flightlab.wire.feast_protocol import is_placeholder_table
 
 PROJECT = "flightlab_sample"
@@ -323,10 +323,10 @@ def test_historical_features_of_a_feature_service_match_the_local_store(local, r
 
 
 def test_sql_entity_string_gets_what_the_local_store_gives(local, remote, read_server):
-    # Feast 0.67's duckdb store takes no SQL entity string (it fails with
-    # AttributeError: 'str' object has no attribute 'columns'): the remote
-    # call must then fail with the same class; if a store accepts it, the
-    # answers must match.
+    # Feast 0.67's duckdb store takes no SQL entity string (it fails with an
+    # internal AttributeError: 'str' object has no attribute 'columns'): the
+    # remote call then fails with a named error saying so; if a store accepts
+    # it, the answers must match.
     sql = (
         "SELECT 1001 AS driver_id, 2001 AS customer_id, "
         "TIMESTAMP '2026-01-02 12:00:00+00' AS event_timestamp"
@@ -339,7 +339,8 @@ def test_sql_entity_string_gets_what_the_local_store_gives(local, remote, read_s
         assert_same_rows(expected, got, ENTITY_KEYS)
     else:
         assert remote_error is not None, "the remote call succeeded where the local one failed"
-        assert type(remote_error) is type(local_error)
+        assert isinstance(remote_error, UnsupportedQueryError), repr(remote_error)
+        assert "entity_df_sql is not supported" in str(remote_error)
     assert_still_serving(read_server, remote, local)
 
 

@@ -34,6 +34,7 @@ from flightlab.engine import EngineMode, EngineSettings
 from flightlab.sample_repo import client_repo_yaml, create_sample_repo, entity_frame
 from flightlab.server import OfflineServer
 from flightlab.server.limits import ServerLimits
+from flightlab.server.ownership import OWNER_HEADER, owner_key
 from flightlab.server.staging import CommandStaging
 from flightlab.server.workers import WorkerPool
 from flightlab.wire import protocol as p
@@ -311,17 +312,20 @@ def test_a_large_upload_arrives_in_bounded_batches(server):
         ({"upload_batch_bytes": 4096}, lambda b: b.nbytes <= 4096),
         ({"upload_batch_rows": 100}, lambda b: b.num_rows <= 100),
     ):
-        with OfflineFlightClient(server.location, **bounds) as uploader:
+        with OfflineFlightClient(server.location, owner="uploader", **bounds) as uploader:
             command_id = uploader.stage(request)
-        try:
-            # What the server's do_put read: one chunk per batch received.
-            staged = server.staging.peek(command_id).params["entity_df"]
-            batches = [b for b in staged.to_batches() if b.num_rows]
-            assert len(batches) >= 16
-            assert all(check(b) for b in batches)
-            assert staged.equals(sent)
-        finally:
-            assert raw_drop(raw_client(server), command_id) == {"dropped": True}
+            try:
+                # What the server's do_put read: one chunk per batch received.
+                owner = owner_key(None, {OWNER_HEADER: ["uploader"]}, "")
+                staged = server.staging.peek(command_id, owner).params["entity_df"]
+                batches = [b for b in staged.to_batches() if b.num_rows]
+                assert len(batches) >= 16
+                assert all(check(b) for b in batches)
+                assert staged.equals(sent)
+            finally:
+                # Only its owner may drop it (another client is told "not dropped").
+                assert raw_drop(raw_client(server), command_id) == {"dropped": False}
+                assert uploader.drop(command_id)
     assert idle(server)
 
 
@@ -344,9 +348,10 @@ def test_stats_action_reports_staging_requests_and_errors(server, client):
     staged = raw_stats(raw)
     assert staged["staged_commands"] == before["staged_commands"] + 1
     added = staged["staged_bytes"] - before["staged_bytes"]
-    assert added == server.staging.peek(command_id).nbytes
+    [summary] = [s for s in server.staging.summaries(everyone=True) if s.command_id == command_id]
+    assert added == summary.nbytes
     assert added >= request.entity_df.nbytes
-    assert raw_drop(raw, command_id) == {"dropped": True}
+    assert client.drop(command_id)
     assert raw_stats(raw)["staged_bytes"] == before["staged_bytes"]
 
     assert client.fetch(request).num_rows == 500
@@ -420,7 +425,7 @@ def test_queue_overflow_and_a_call_timing_out_in_the_queue(busy_server):
     thread.start()
     try:
         assert wait_until(lambda: busy_server.stats_json()["workers"]["running"] == 1, 60)
-        staged_for_raw = OfflineFlightClient(busy_server.location).stage(small)
+        staged_for_raw = raw_stage(raw, small)
         with ThreadPoolExecutor(2) as executor:
             through_client = executor.submit(
                 capture, lambda: OfflineFlightClient(busy_server.location).fetch(small)

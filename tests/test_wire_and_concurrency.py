@@ -112,11 +112,15 @@ def test_the_stats_and_drop_actions_do_what_list_actions_says(flight_client, off
     command_id = flight_client.stage(request)
     assert flight_client.stats()["staged_commands"] == 1
 
+    # Another client cannot drop it (for it, the command does not exist)...
     raw = flight.FlightClient(offline_server.location)
     [answer] = raw.do_action(flight.Action(p.ACTION_DROP, command_id.encode()))
-    assert answer.body.to_pybytes() == b'{"dropped": true}'
-    assert flight_client.stats()["staged_commands"] == 0
+    assert answer.body.to_pybytes() == b'{"dropped": false}'
     raw.close()
+    assert flight_client.stats()["staged_commands"] == 1
+    # ...its owner can.
+    assert flight_client.drop(command_id)
+    assert flight_client.stats()["staged_commands"] == 0
 
 
 # --- many clients at once ---------------------------------------------------------------
@@ -159,14 +163,17 @@ def test_a_command_staged_by_one_client_is_never_run_for_another(offline_server,
     staged_counts: list[int] = []
 
     def stage_then_fetch(i: int) -> pd.DataFrame:
-        with OfflineFlightClient(offline_server.location, timeout=60) as client:
+        secret = f"client-{i}"
+        with OfflineFlightClient(offline_server.location, timeout=60, owner=secret) as client:
             command_id = client.stage(requests[i])
             all_staged.wait(timeout=60)
             staged_counts.append(client.stats()["staged_commands"])
+            # A second connection of the same client: it sends the same owner secret.
             raw = flight.FlightClient(offline_server.location)
+            owner = flight.FlightCallOptions(headers=[(b"x-flightlab-owner", secret.encode())])
             try:
-                info = raw.get_flight_info(p.command_descriptor(command_id))
-                return raw.do_get(info.endpoints[0].ticket).read_pandas()
+                info = raw.get_flight_info(p.command_descriptor(command_id), owner)
+                return raw.do_get(info.endpoints[0].ticket, owner).read_pandas()
             finally:
                 raw.close()
 

@@ -9,6 +9,7 @@ where the server raised one).
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from flightlab.wire import streaming
 from flightlab.wire.command_set import params_metadata
 from flightlab.wire.errors import (
     ConnectionFailedError,
+    FlightlabError,
     RemoteServerError,
     decode_detail,
     exception_from_detail,
@@ -30,6 +32,9 @@ from flightlab.wire.errors import (
 DEFAULT_UPLOAD_BATCH_ROWS = 65_536
 DEFAULT_UPLOAD_BATCH_BYTES = 8 * 1024**2
 COMPRESSION_HEADER = b"x-flightlab-compression"
+# Sent on every call: the server binds the commands this client stages to it,
+# so that no other client can see, run or drop them (docs/protocol.md).
+OWNER_HEADER = b"x-flightlab-owner"
 
 
 class OfflineFlightClient:
@@ -38,7 +43,9 @@ class OfflineFlightClient:
     ``timeout`` (seconds) bounds every call; ``None`` waits as long as it takes.
     ``compression`` ("zstd" or "lz4") compresses uploads and asks the server to
     compress results. Uploads go in batches within the two ``upload_batch_*``
-    bounds, so no single message nears gRPC's 2 GiB limit.
+    bounds, so no single message nears gRPC's 2 GiB limit. ``owner`` is the
+    secret the server binds this client's commands to (random by default);
+    clients given the same one share their commands.
     """
 
     def __init__(
@@ -49,6 +56,7 @@ class OfflineFlightClient:
         compression: str | None = None,
         upload_batch_rows: int = DEFAULT_UPLOAD_BATCH_ROWS,
         upload_batch_bytes: int = DEFAULT_UPLOAD_BATCH_BYTES,
+        owner: str | None = None,
         **client_kwargs: Any,
     ):
         self.location = location
@@ -60,6 +68,8 @@ class OfflineFlightClient:
         self._client = flight.FlightClient(location, **client_kwargs)
         # Clients of the replicas that FlightInfo endpoints named, by location.
         self._replicas: dict[str, flight.FlightClient] = {}
+        # The secret this client's commands are bound to: random unless given.
+        self._owner = (owner or secrets.token_urlsafe(24)).encode()
 
     def close(self) -> None:
         self._client.close()
@@ -171,6 +181,13 @@ class OfflineFlightClient:
             return streaming.bounded_stream(value, rows, nbytes)
         return streaming.bounded_batches(value, rows, nbytes)
 
+    def drop(self, command_id: str, timeout: float | None = None) -> bool:
+        """Discard a command this client staged without running it."""
+        action = flight.Action(p.ACTION_DROP, p.ticket_bytes(command_id))
+        with translated_errors():
+            results = list(self._client.do_action(action, self._options(timeout)))
+        return bool(json.loads(results[0].body.to_pybytes())["dropped"])
+
     def stats(self, timeout: float | None = None) -> dict[str, Any]:
         with translated_errors():
             action = flight.Action(p.ACTION_STATS, b"")
@@ -183,11 +200,12 @@ class OfflineFlightClient:
 
     def _options(self, timeout: float | None) -> flight.FlightCallOptions:
         timeout = self.timeout if timeout is None else timeout
+        headers = [(OWNER_HEADER, self._owner)]
         if self.compression is None:
-            return flight.FlightCallOptions(timeout=timeout)
+            return flight.FlightCallOptions(timeout=timeout, headers=headers)
         return flight.FlightCallOptions(
             timeout=timeout,
-            headers=[(COMPRESSION_HEADER, self.compression.encode())],
+            headers=[*headers, (COMPRESSION_HEADER, self.compression.encode())],
             write_options=streaming.write_options(self.compression),
         )
 
@@ -249,6 +267,8 @@ def translated_errors() -> Iterator[None]:
     """Raise a server's error as the exception it described."""
     try:
         yield
+    except FlightlabError:
+        raise  # already flightlab's (a Flight error class too), raised on this side
     except flight.FlightError as exc:
         raise exception_for_flight_error(exc) from exc
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from datetime import datetime
 from typing import Any
 
@@ -41,7 +41,9 @@ from flightlab.engine.results import ResultStream
 from flightlab.engine.runner import Engine
 from flightlab.engine.settings import EngineMode, EngineSettings
 from flightlab.server.backends import StoreBackend, saved_dataset_storage
+from flightlab.server.guards import check_entity_query_supported, named_feature_errors
 from flightlab.server.planning import HistoricalPlan, check_request_data, plan_historical
+from flightlab.server.writes import ParquetWrites
 from flightlab.wire import protocol as p
 from flightlab.wire.errors import MalformedEntityDataError, MalformedParameterError
 
@@ -76,6 +78,8 @@ class OfflineDispatcher:
         self._store_lock = threading.Lock() if _single_threaded(self.offline_store) else None
         # Spark's session per worker thread; database errors said plainly.
         self._backend = StoreBackend(store.config.offline_store)
+        # Parquet files are written by flightlab itself, locked and atomically.
+        self._parquet = ParquetWrites(self.offline_store, store.config.repo_path)
         self._handlers: dict[type[p.Request], Callable[[Any, Any], Any]] = {
             p.GetTableColumnNamesAndTypes: self._column_names_and_types,
             p.OfflineWriteBatch: self._offline_write_batch,
@@ -90,13 +94,16 @@ class OfflineDispatcher:
         A request that returns data gets a :class:`ResultStream`; the others a
         small summary dict.
         """
-        with self._backend.call():
+        with self._backend.call(), named_feature_errors():
             # Objects applied after the server started must be found: reload
             # the registry (a small read) before resolving any name.
             self._refresh_registry()
             if isinstance(request, p.RETRIEVAL_REQUESTS):
                 return self._retrieve(request, user)
-            with self._feast_store():
+            # A retrieval holds off renames of the sources while it reads (not
+            # a write: a persist to a registered source would wait on itself).
+            reads = self.store.list_data_sources() if request.returns_data else []
+            with self._feast_store(), self._parquet.reading(reads):
                 result = self._handlers[type(request)](request, user)
         return ResultStream.of_table(result) if isinstance(result, pa.Table) else result
 
@@ -106,19 +113,28 @@ class OfflineDispatcher:
     # --- retrievals ----------------------------------------------------------
 
     def _retrieve(self, request: p.RetrievalRequest, user: Any) -> ResultStream:
-        """flightlab's engine answers where it can; Feast's store elsewhere."""
+        """flightlab's engine answers where it can; Feast's store elsewhere.
+
+        Either way the sources' renames are held off until the result is read:
+        to its last batch, for a result the engine streams.
+        """
         if isinstance(request, p.GetHistoricalFeatures):
             plan = self._historical_plan(request, user)
-            stream = self._engine_historical(request, plan)
+            answer_with_engine = lambda: self._engine_historical(request, plan)  # noqa: E731
             feast_job = lambda: self._historical_job(request, plan)  # noqa: E731
         else:
             source = self._readable_source(request, user)
-            stream = self._engine_pull(request, source)
+            answer_with_engine = lambda: self._engine_pull(request, source)  # noqa: E731
             feast_job = lambda: self._pull_job(request, source)  # noqa: E731
-        if stream is not None:
+        with ExitStack() as reading:
+            reading.enter_context(self._parquet.reading(self.store.list_data_sources()))
+            stream = answer_with_engine()
+            if stream is None:
+                with self._feast_store():
+                    return ResultStream.of_table(feast_job().to_arrow())
+            # The engine's stream holds the sources until its last batch is read.
+            stream.close = _then(stream.close, reading.pop_all().close)
             return stream
-        with self._feast_store():
-            return ResultStream.of_table(feast_job().to_arrow())
 
     def _retrieval_job(self, request: p.RetrievalRequest, user: Any) -> RetrievalJob:
         """Feast's job for ``request`` (what ``persist`` saves)."""
@@ -161,6 +177,7 @@ class OfflineDispatcher:
         self, request: p.GetHistoricalFeatures, plan: HistoricalPlan
     ) -> RetrievalJob:
         # What FeatureStore.get_historical_features does around the store call.
+        check_entity_query_supported(self.offline_store, request)
         entity_df: pd.DataFrame | str | None = request.entity_df_sql
         if request.entity_df is not None:
             entity_df = _entity_frame(request.entity_df)
@@ -230,9 +247,12 @@ class OfflineDispatcher:
     def _offline_write_batch(self, request: p.OfflineWriteBatch, user: Any) -> dict[str, Any]:
         feature_view = self._writable_feature_view(request.feature_view_name)
         self._authorize(user, feature_view, AuthzedAction.WRITE_OFFLINE)
-        self.offline_store.offline_write_batch(
-            self.store.config, feature_view, request.table, progress=None
-        )
+        if self._parquet.handles_source(feature_view.batch_source):
+            self._parquet.append(feature_view.batch_source, request.table)
+        else:
+            self.offline_store.offline_write_batch(
+                self.store.config, feature_view, request.table, progress=None
+            )
         return {"rows_written": request.table.num_rows}
 
     def _writable_feature_view(self, name: str):
@@ -253,6 +273,9 @@ class OfflineDispatcher:
                 f"feature service {service.name!r} has no logging_config, "
                 "so it has nowhere to write logged features"
             )
+        if self._parquet.handles_logging(service.logging_config):
+            self._parquet.write_logs(service.logging_config, request.data)
+            return {"rows_written": request.data.num_rows}
         self.offline_store.write_logged_features(
             config=self.store.config,
             data=request.data,
@@ -266,7 +289,10 @@ class OfflineDispatcher:
         destination, storage = self._persist_destination(request)
         self._authorize(user, destination, AuthzedAction.WRITE_OFFLINE)
         job = self._retrieval_job(request.retrieval, user)
-        job.persist(storage, allow_overwrite=request.allow_overwrite)
+        if self._parquet.handles_storage(storage):
+            self._parquet.persist(job, storage, request.allow_overwrite)
+        else:
+            job.persist(storage, allow_overwrite=request.allow_overwrite)
         return {"persisted_to": str(storage.to_proto()).strip()}
 
     def _persist_destination(
@@ -409,3 +435,13 @@ def _storage_from_bytes(raw: bytes) -> SavedDatasetStorage:
         raise MalformedParameterError(
             f"'storage' is not a serialized Feast SavedDatasetStorage: {exc}"
         ) from None
+
+
+def _then(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        try:
+            first()
+        finally:
+            second()
+
+    return both

@@ -22,16 +22,24 @@ import pyarrow as pa
 
 from flightlab.engine.results import ResultStream
 from flightlab.engine.settings import EngineSettings
+from flightlab.server import memory
 from flightlab.server.auth import Caller, CallMiddlewareFactory
+from flightlab.server.guards import check_request
 from flightlab.server.limits import ServerLimits
 from flightlab.server.operations import Operations, ServiceOptions
-from flightlab.server.service import CALL_MIDDLEWARE, FlightService, caller_of
+from flightlab.server.service import CALL_MIDDLEWARE, FlightService, caller_of, owner_of
 from flightlab.server.staging import CommandStaging
 from flightlab.server.stats import ServerStats
 from flightlab.server.workers import WorkerPool
 from flightlab.wire import protocol as p
 from flightlab.wire import streaming
-from flightlab.wire.errors import INTERNAL, ClientGoneError, failure_status, to_flight_error
+from flightlab.wire.errors import (
+    INTERNAL,
+    ClientGoneError,
+    failure_status,
+    shortened,
+    to_flight_error,
+)
 
 logger = logging.getLogger("flightlab.server")
 
@@ -62,9 +70,10 @@ class ServerTls:
 class _Call:
     """What is known and logged about one RPC."""
 
-    def __init__(self, rpc: str, caller: Caller, api: str | None):
+    def __init__(self, rpc: str, caller: Caller, api: str | None, owner: str | None = None):
         self.rpc = rpc
         self.caller = caller
+        self.owner = owner  # the key its staged commands belong to
         self.api = api
         self.command_id: str | None = None
         self.rows_in = 0
@@ -252,7 +261,7 @@ class OfflineServer:
 
     @contextmanager
     def _handling(self, rpc: str, context, api: str | None = None) -> Iterator[_Call]:
-        call = _Call(rpc, caller_of(context), api)
+        call = _Call(rpc, caller_of(context), api, owner_of(context))
         with self.ops.drain.active():
             try:
                 self.ops.drain.admit(rpc)
@@ -260,13 +269,17 @@ class OfflineServer:
             except Exception as exc:
                 if not call.streaming:  # a streamed result records its own end
                     self._record_failure(call, exc)
+                memory.release_soon()  # a refused upload may have been large
                 raise to_flight_error(exc) from None
             self._record_success(call)
+            if not call.streaming:
+                _release_memory_after(call)
 
     def _execute(self, call: _Call, request: p.Request, context) -> Any:
         """Run a decoded request that returns no data on the worker pool."""
         call.rows_in = request.rows_in()
         call.request = request
+        check_request(request, self.limits)
         assert self._pool is not None, "the server is not running"
         user = call.caller.user
         result = self._pool.run(lambda: self.dispatcher.run(request, user), context.is_cancelled)
@@ -281,6 +294,7 @@ class OfflineServer:
         is counted and logged once the last batch is out."""
         call.rows_in = request.rows_in()
         call.request = request
+        check_request(request, self.limits)
         assert self._pool is not None, "the server is not running"
         user = call.caller.user
         limits = self.limits
@@ -320,6 +334,7 @@ class OfflineServer:
             raise
         finally:
             source.close()  # frees the worker however the stream ended
+            _release_memory_after(call)
         self._record_success(call, finished_stream=True)
 
     def _record_success(self, call: _Call, finished_stream: bool = False) -> None:
@@ -353,11 +368,15 @@ class OfflineServer:
             logger.exception("%s command=%s failed", api, call.command_id)
         else:
             logger.warning(
-                "%s command=%s rejected: %s: %s", api, call.command_id, type(exc).__name__, exc
+                "%s command=%s rejected: %s: %s",
+                api,
+                call.command_id,
+                type(exc).__name__,
+                shortened(str(exc)),
             )
         if call.command_id is not None:
             # Whatever failed, the command will not run: keep no state for it.
-            self.staging.drop(call.command_id, call.caller.name)
+            self.staging.drop(call.command_id, call.owner)
 
 
 def _closing(batches: Iterator[pa.RecordBatch], close) -> Iterator[pa.RecordBatch]:
@@ -366,3 +385,9 @@ def _closing(batches: Iterator[pa.RecordBatch], close) -> Iterator[pa.RecordBatc
         yield from batches
     finally:
         close()
+
+
+def _release_memory_after(call: _Call) -> None:
+    """Give a large call's memory back to the system (see server.memory)."""
+    if call.rows_in + call.rows_out > 100_000 or call.bytes_out > memory.LARGE_CALL_BYTES:
+        memory.release_soon()

@@ -14,6 +14,10 @@ DEFAULT_QUEUE_TIMEOUT = 60.0
 DEFAULT_STAGED_TTL = 600.0
 # The bytes staged by all clients together stay under this cap.
 DEFAULT_MAX_STAGED_BYTES = 4 * 1024**3
+# One parameter other than a table (a string, feature references, a proto).
+DEFAULT_MAX_PARAM_BYTES = 4 * 1024**2
+# Entity rows of one request.
+DEFAULT_MAX_ENTITY_ROWS = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -26,9 +30,18 @@ class ServerLimits:
     queue_timeout: float = DEFAULT_QUEUE_TIMEOUT
     staged_ttl: float = DEFAULT_STAGED_TTL
     max_staged_bytes: int = DEFAULT_MAX_STAGED_BYTES
+    max_param_bytes: int = DEFAULT_MAX_PARAM_BYTES
+    max_entity_rows: int = DEFAULT_MAX_ENTITY_ROWS
 
     def __post_init__(self) -> None:
-        for name in ("batch_rows", "max_batch_bytes", "workers", "max_staged_bytes"):
+        for name in (
+            "batch_rows",
+            "max_batch_bytes",
+            "workers",
+            "max_staged_bytes",
+            "max_param_bytes",
+            "max_entity_rows",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         for name in ("queue_timeout", "staged_ttl"):

@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from flightlab.server.auth import ANONYMOUS, Caller, CallMiddleware
+from flightlab.server.guards import check_staged_parameter
+from flightlab.server.ownership import owner_key
 from flightlab.wire import feast_protocol, streaming
 from flightlab.wire import protocol as p
 from flightlab.wire.command_set import check_complete
@@ -54,6 +56,13 @@ def _call_middleware(context) -> CallMiddleware | None:
 def caller_of(context) -> Caller:
     middleware = _call_middleware(context)
     return middleware.caller if middleware is not None else ANONYMOUS
+
+
+def owner_of(context) -> str:
+    """Whose commands this call may see and run (see flightlab.server.ownership)."""
+    middleware = _call_middleware(context)
+    headers = middleware.headers if middleware is not None else {}
+    return owner_key(caller_of(context).name, headers, context.peer())
 
 
 def _requested_compression(context) -> str | None:
@@ -94,9 +103,8 @@ class FlightService(flight.FlightServerBase):
             call.api = header.api
             table = p.strip_protocol_metadata(reader.read_all())
             call.rows_in = table.num_rows
-            self._server.staging.stage(
-                call.command_id, header.api, header.param, table, call.caller.name
-            )
+            check_staged_parameter(header.api, header.param, table, self._server.limits)
+            self._server.staging.stage(call.command_id, header.api, header.param, table, call.owner)
 
     def _feast_put(self, context, call, command: feast_protocol.FeastCommand, reader) -> None:
         call.command_id, call.api = command.command_id, command.api
@@ -107,9 +115,7 @@ class FlightService(flight.FlightServerBase):
         # Older Feast clients read with get_flight_info + do_get: stage the
         # request as flightlab parameters so the usual path serves it.
         for name, table in p.encode_request(request).items():
-            self._server.staging.stage(
-                command.command_id, command.api, name, table, call.caller.name
-            )
+            self._server.staging.stage(command.command_id, command.api, name, table, call.owner)
 
     def get_flight_info(self, context, descriptor):
         with self._server._handling("get_flight_info", context) as call:
@@ -119,7 +125,7 @@ class FlightService(flight.FlightServerBase):
                 if feast_command is not None
                 else p.command_id_from_descriptor(descriptor)
             )
-            staged = self._server.staging.peek(call.command_id, call.caller.name)
+            staged = self._server.staging.peek(call.command_id, call.owner)
             call.api = staged.api
             p.decode_request(staged.api, check_complete(call.command_id, staged.params))
             if not p.api_type(staged.api).returns_data:
@@ -137,7 +143,7 @@ class FlightService(flight.FlightServerBase):
 
     def list_flights(self, context, criteria):
         # Each caller sees only the commands it staged.
-        for staged in self._server.staging.summaries(caller_of(context).name):
+        for staged in self._server.staging.summaries(owner_of(context)):
             yield flight.FlightInfo(
                 pa.schema([]),
                 p.command_descriptor(staged.command_id),
@@ -151,7 +157,7 @@ class FlightService(flight.FlightServerBase):
     def do_get(self, context, ticket):
         with self._server._handling("do_get", context) as call:
             call.command_id = p.command_id_from_ticket(ticket.ticket)
-            staged = self._server.staging.take(call.command_id, call.caller.name)
+            staged = self._server.staging.take(call.command_id, call.owner)
             call.api = staged.api
             request = p.decode_request(staged.api, check_complete(call.command_id, staged.params))
             if not request.returns_data:
@@ -190,13 +196,13 @@ class FlightService(flight.FlightServerBase):
                 return [json.dumps(self._server.ops.health_json()).encode()]
             call.command_id = p.command_id_from_ticket(action.body.to_pybytes())
             if action.type == p.ACTION_DROP:
-                dropped = self._server.staging.drop(call.command_id, call.caller.name)
+                dropped = self._server.staging.drop(call.command_id, call.owner)
                 return [json.dumps({"dropped": dropped}).encode()]
             if p.api_type(action.type).returns_data:
                 raise ProtocolError(
                     f"{action.type} returns data: fetch it with get_flight_info and do_get"
                 )
-            staged = self._server.staging.take(call.command_id, call.caller.name)
+            staged = self._server.staging.take(call.command_id, call.owner)
             if staged.api != action.type:
                 raise ProtocolError(
                     f"command {call.command_id} was staged for {staged.api!r}, "

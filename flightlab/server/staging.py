@@ -14,6 +14,7 @@ from flightlab.wire.errors import (
     MalformedParameterError,
     ResourceExhaustedError,
     UnknownCommandError,
+    quoted,
 )
 
 # How many expired command ids are remembered, to say "expired" rather than
@@ -78,11 +79,11 @@ class CommandStaging:
                 )
             if command is not None and command.api != api:
                 raise MalformedParameterError(
-                    f"command {command_id} was staged for {command.api!r}, not for {api!r}"
+                    f"command {command_id} was staged for {command.api!r}, not for {quoted(api)}"
                 )
             if command is not None and param in command.params:
                 raise MalformedParameterError(
-                    f"command {command_id} already has the parameter {param!r}"
+                    f"command {command_id} already has the parameter {quoted(param)}"
                 )
             if self._bytes + table.nbytes > self.max_bytes:
                 raise ResourceExhaustedError(
@@ -161,10 +162,10 @@ class CommandStaging:
             return command
         if command is None and command_id in self._expired:
             raise UnknownCommandError(
-                f"command {command_id!r} expired: it was not run within "
+                f"command {quoted(command_id)} expired: it was not run within "
                 f"{self.ttl_seconds:g} s of being staged"
             )
         raise UnknownCommandError(
-            f"no staged command {command_id!r}: it was never staged, "
+            f"no staged command {quoted(command_id)}: it was never staged, "
             "has already run, or was dropped"
         )

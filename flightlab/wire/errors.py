@@ -32,11 +32,39 @@ CANCELLED = "cancelled"
 DEADLINE_EXCEEDED = "deadline_exceeded"
 INTERNAL = "internal"
 
+# An error's message never exceeds this many characters, and a value quoted in
+# it is cut to QUOTE_CHARS: the message travels twice in gRPC headers (status
+# text and details), whose total is capped at 16 KiB. A longer one would reach
+# the client as gRPC's own "metadata size exceeds hard limit" instead.
+MAX_MESSAGE_CHARS = 800
+QUOTE_CHARS = 80
+
+
+def quoted(value: object, limit: int = QUOTE_CHARS) -> str:
+    """``repr(value)``, cut to ``limit`` characters with the size of the rest."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def shortened(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
 
 class FlightlabError(Exception):
-    """Base class of the errors flightlab raises itself."""
+    """Base class of the errors flightlab raises itself.
+
+    Each subclass is also the pyarrow.flight error class of its status, so
+    ``except pyarrow.flight.FlightUnauthenticatedError`` (say) catches it.
+    """
 
     status: str = INTERNAL
+    # pyarrow's FlightError sets this in __init__; a copy re-created from the
+    # wire (by Feast's client, without __init__) still has one.
+    extra_info: bytes = b""
 
     def __str__(self) -> str:
         # Feast's client re-creates a remote error without __init__ and hands
@@ -48,7 +76,7 @@ class FlightlabError(Exception):
         return str(self)
 
 
-class ProtocolError(FlightlabError):
+class ProtocolError(FlightlabError, flight.FlightServerError):
     """A request that does not follow the wire protocol."""
 
     status = INVALID_ARGUMENT
@@ -81,44 +109,94 @@ class MalformedEntityDataError(ProtocolError):
     """Entity data the offline store cannot join on."""
 
 
-class AuthenticationFailedError(FlightlabError):
+class AuthenticationFailedError(FlightlabError, flight.FlightUnauthenticatedError):
     """No credentials, or credentials the server does not accept."""
 
     status = UNAUTHENTICATED
 
 
-class ResourceExhaustedError(FlightlabError):
+class ResourceExhaustedError(FlightlabError, flight.FlightUnavailableError):
+    """Over one of the server's caps (staged bytes, a parameter's size, entity rows)."""
+
     status = RESOURCE_EXHAUSTED
 
 
-class ServerBusyError(FlightlabError):
+class ServerBusyError(FlightlabError, flight.FlightUnavailableError):
     status = UNAVAILABLE
 
 
-class ConnectionFailedError(FlightlabError):
+class ConnectionFailedError(FlightlabError, flight.FlightUnavailableError):
     """The client could not reach the server, or the TLS handshake failed."""
 
     status = UNAVAILABLE
 
 
-class OfflineStoreUnavailableError(FlightlabError):
+class OfflineStoreUnavailableError(FlightlabError, flight.FlightUnavailableError):
     """The server's offline store (its database) cannot be reached; retry later."""
 
     status = UNAVAILABLE
 
 
-class OfflineStoreCredentialsError(FlightlabError):
+class OfflineStoreCredentialsError(FlightlabError, flight.FlightInternalError):
     """The offline store's database refused the server's own credentials."""
 
 
-class OfflineStoreQueryError(FlightlabError):
+class OfflineStoreQueryError(FlightlabError, flight.FlightServerError):
     """A query the request made the offline store run failed in its database."""
 
     status = INVALID_ARGUMENT
 
 
-class RemoteServerError(FlightlabError):
+class RemoteServerError(FlightlabError, flight.FlightServerError):
     """An error from the server that the client cannot map to a known class."""
+
+
+class UnsupportedQueryError(ProtocolError):
+    """``entity_df_sql`` sent to a store that cannot run SQL entity queries."""
+
+
+class UnknownFeatureError(FlightlabError, KeyError, flight.FlightServerError):
+    """A feature reference to a view that has no such feature. A KeyError, as
+    Feast raises locally, with Feast's text."""
+
+    status = NOT_FOUND
+
+    def __str__(self) -> str:
+        # As a local KeyError prints: the repr of its text.
+        return KeyError.__str__(self)
+
+
+def _permission_denied_class() -> type:
+    # Built on first use: importing feast costs seconds, and wire.errors is
+    # imported by processes that never see a permission error.
+    global _PERMISSION_DENIED
+    if _PERMISSION_DENIED is None:
+        from feast.errors import FeastPermissionError
+
+        def __init__(self, message: str = "") -> None:
+            Exception.__init__(self, message)
+            self.extra_info = b""
+
+        _PERMISSION_DENIED = type(
+            "PermissionDeniedError",
+            (FlightlabError, FeastPermissionError, flight.FlightUnauthorizedError),
+            {
+                "__doc__": "Feast's FeastPermissionError, as a pyarrow FlightUnauthorizedError.",
+                "__module__": __name__,
+                "__init__": __init__,
+                "status": PERMISSION_DENIED,
+            },
+        )
+    return _PERMISSION_DENIED
+
+
+_PERMISSION_DENIED: type | None = None
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PermissionDeniedError":
+        return _permission_denied_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def error_detail(exc: BaseException, status: str) -> dict[str, str]:
@@ -127,7 +205,7 @@ def error_detail(exc: BaseException, status: str) -> dict[str, str]:
     return {
         "module": cls.__module__,
         "class": cls.__name__,
-        "message": _message(exc) or cls.__name__,
+        "message": shortened(_message(exc)) or cls.__name__,
         "status": status,
     }
 
@@ -171,6 +249,10 @@ def exception_from_detail(detail: dict[str, str]) -> Exception:
     cls = _trusted_exception_class(detail["module"], detail["class"])
     if cls is None:
         return RemoteServerError(f"{detail['class']}: {message}")
+    if detail.get("status") == PERMISSION_DENIED and not issubclass(cls, FlightlabError):
+        # Feast's FeastPermissionError, which a caller may also catch as
+        # Flight's FlightUnauthorizedError.
+        cls = _permission_denied_class()
     return _instantiate_without_init(cls, message)
 
 
@@ -250,7 +332,7 @@ def _is_input_error(exc: BaseException) -> bool:
 
 def to_flight_error(exc: BaseException) -> flight.FlightError:
     """The Flight error a client receives for ``exc``: never a traceback."""
-    if isinstance(exc, flight.FlightError):
+    if isinstance(exc, flight.FlightError) and not isinstance(exc, FlightlabError):
         return exc
     status = failure_status(exc)
     detail = encode_detail(error_detail(exc, status))

@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from flightlab.wire import protocol as p
-from flightlab.wire.errors import MalformedParameterError, MissingParameterError
+from flightlab.wire.errors import MalformedParameterError, MissingParameterError, quoted
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def _data_source_request(cls: type[p.Request]):
 def _persist(params: dict[str, Any], table: pa.Table | None) -> p.Persist:
     retrieval_api = _string(params, "retrieve_func")
     if retrieval_api not in p.RETRIEVAL_TYPES:
-        raise MalformedParameterError(f"persist cannot save the result of {retrieval_api!r}")
+        raise MalformedParameterError(f"persist cannot save the result of {quoted(retrieval_api)}")
     if retrieval_api != p.GetHistoricalFeatures.api:
         # Feast's client sends one 'data_source_name' that is both the pull's
         # source and the destination: saving would overwrite the source.
@@ -199,7 +199,7 @@ def _date(params: dict[str, Any], name: str) -> datetime | None:
         moment = datetime.fromisoformat(value)
     except (TypeError, ValueError):
         raise MalformedParameterError(
-            f"parameter {name!r} must be an ISO 8601 timestamp, got {value!r}"
+            f"parameter {name!r} must be an ISO 8601 timestamp, got {quoted(value)}"
         ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 

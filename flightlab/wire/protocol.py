@@ -32,6 +32,7 @@ from flightlab.wire.errors import (
     UnknownApiError,
     UnknownCommandError,
     UnknownParameterError,
+    quoted,
 )
 from flightlab.wire.params import Kind, decode_text, decode_value, encode_value, param
 
@@ -87,7 +88,7 @@ class GetHistoricalFeatures(Request):
             view, sep, name = ref.partition(":")
             if not (sep and view and name):
                 raise MalformedParameterError(
-                    f"malformed feature reference {ref!r}: expected 'feature_view:feature'"
+                    f"malformed feature reference {quoted(ref)}: expected 'feature_view:feature'"
                 )
         if self.entity_df is not None and self.entity_df_sql is not None:
             raise MalformedParameterError("send 'entity_df' or 'entity_df_sql', not both")
@@ -257,7 +258,7 @@ def api_type(api: str) -> type[Request]:
         return REQUEST_TYPES[api]
     except KeyError:
         raise UnknownApiError(
-            f"unknown API {api!r}; this server offers: {', '.join(sorted(REQUEST_TYPES))}"
+            f"unknown API {quoted(api)}; this server offers: {', '.join(sorted(REQUEST_TYPES))}"
         ) from None
 
 
@@ -295,13 +296,13 @@ def read_put_header(schema: pa.Schema, descriptor_command_id: str | None) -> Put
     header = PutHeader(values["command"], values["api"], values["param"])
     if descriptor_command_id is not None and descriptor_command_id != header.command_id:
         raise MalformedParameterError(
-            f"do_put metadata names command {header.command_id!r} "
-            f"but its descriptor names {descriptor_command_id!r}"
+            f"do_put metadata names command {quoted(header.command_id)} "
+            f"but its descriptor names {quoted(descriptor_command_id)}"
         )
     cls = api_type(header.api)
     if header.param not in wire_param_names(cls):
         raise UnknownParameterError(
-            f"{header.api} has no parameter {header.param!r}; "
+            f"{header.api} has no parameter {quoted(header.param)}; "
             f"it takes: {', '.join(wire_param_names(cls))}"
         )
     return header
@@ -374,7 +375,7 @@ def _decode_persist(params: Mapping[str, pa.Table]) -> Persist:
     retrieval_api = decode_value("retrieval_api", Kind.STRING, params["retrieval_api"])
     if retrieval_api not in RETRIEVAL_TYPES:
         raise MalformedParameterError(
-            f"persist cannot save the result of {retrieval_api!r}; "
+            f"persist cannot save the result of {quoted(retrieval_api)}; "
             f"it saves one of: {', '.join(RETRIEVAL_TYPES)}"
         )
     retrieval_params = {k: v for k, v in params.items() if k not in PERSIST_OWN_PARAMS}

@@ -1,0 +1,214 @@
+"""Crash-safe, cross-process writes of parquet files.
+
+Feast's file and duckdb stores append to a parquet source by rewriting the
+file in place, with nothing between processes: two writers, or a crash in the
+middle, leave a torn or empty file and every row in it is lost. The writes
+here take a lock per destination file that every process honours (``filelock``:
+an OS lock, released when its holder dies, SIGKILL included), build the new
+content in a temporary file in the same folder, flush it to disk and rename it
+over the old one. A reader, or whoever comes after a crash, sees the old file
+or the new one, never a part of one; once a call returns, its rows are on disk.
+
+The temporary files are hidden (a leading dot), so Arrow and duckdb dataset
+scans skip them; one left by a killed writer is removed by the next writer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from filelock import FileLock
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+# How long a writer waits for another one's lock before giving up.
+DEFAULT_LOCK_TIMEOUT = 600.0
+_TEMP_SUFFIX = ".tmp.parquet"
+
+
+class ParquetWriteError(ValueError):
+    """Rows that cannot be appended to a parquet file (wrong columns)."""
+
+
+def lock_path(path: str | Path) -> Path:
+    """The lock file guarding writes to ``path`` (beside it, hidden)."""
+    path = Path(path)
+    return path.parent / f".{path.name}.lock"
+
+
+@contextmanager
+def destination_lock(path: str | Path, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold the cross-process write lock of ``path``, then clear stale temp files.
+
+    Every temporary file of ``path`` is written under this lock, so one found
+    while holding it belongs to a writer that died.
+    """
+    path = Path(path)
+    with FileLock(str(lock_path(path)), timeout=timeout):
+        for stale in path.parent.glob(f".{path.name}.*{_TEMP_SUFFIX}"):
+            stale.unlink(missing_ok=True)
+        yield
+
+
+def replace_atomically(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Have ``write`` fill a temporary file, make it durable, rename it to ``path``.
+
+    The caller holds :func:`destination_lock` of ``path``. The rename waits
+    for the readers inside :func:`reading` of ``path`` to finish.
+    """
+    path = Path(path)
+    temp = path.parent / f".{path.name}.{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+    try:
+        write(temp)
+        _fsync_file(temp)
+        with _swap_lock(path, exclusive=True):
+            os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+@contextmanager
+def reading(paths: Iterable[str | Path]) -> Iterator[None]:
+    """Keep ``paths`` from being replaced while the caller reads them.
+
+    A rename is atomic, but a reader that opens a path more than once during
+    one read (duckdb's parallel parquet scan does) could otherwise mix the old
+    file and the new one. Readers share the lock; a writer waits only for the
+    rename itself.
+    """
+    with ExitStack() as stack:
+        for path in sorted({str(Path(p)) for p in paths}):  # one order: no deadlock
+            stack.enter_context(_swap_lock(Path(path), exclusive=False))
+        yield
+
+
+@contextmanager
+def _swap_lock(path: Path, exclusive: bool) -> Iterator[None]:
+    if fcntl is None:  # no flock (Windows): renames are still atomic
+        yield
+        return
+    descriptor = os.open(path.parent / f".{path.name}.swap.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
+
+
+def write_parquet_atomically(path: str | Path, table: pa.Table) -> None:
+    """Write ``table`` as the parquet file ``path``, replacing it whole or not at all."""
+    with destination_lock(path):
+        replace_atomically(path, lambda temp: pq.write_table(table, temp))
+
+
+def append_to_parquet_source(
+    path: str | Path,
+    table: pa.Table,
+    *,
+    timestamp_unit: str | None = None,
+    keep_metadata: bool = True,
+) -> int:
+    """Append ``table`` to the parquet file ``path``; return the rows it then holds.
+
+    The rows come out as Feast's own stores leave them: the new rows first,
+    cast to the file's schema. ``timestamp_unit`` (``"us"`` for the duckdb
+    store, whose writer keeps microseconds) recasts timestamp columns;
+    ``keep_metadata=False`` drops the schema metadata (pandas'), which the
+    duckdb writer does not keep either.
+    """
+    with destination_lock(path):
+        old = pq.read_table(path)
+        if table.column_names != old.column_names:
+            raise ParquetWriteError(
+                f"the rows have the incorrect columns {table.column_names}: {Path(path).name} "
+                f"holds the columns (in this exact order) {old.column_names}"
+            )
+        if table.schema != old.schema:
+            table = table.cast(old.schema)
+        combined = pa.concat_tables([table, old])
+        combined = _normalized(combined, timestamp_unit, keep_metadata)
+        replace_atomically(path, lambda temp: pq.write_table(combined, temp))
+        return combined.num_rows
+
+
+def add_files_atomically(
+    folder: str | Path,
+    table: pa.Table,
+    partitioning: list[str] | None = None,
+    *,
+    timestamp_unit: str | None = None,
+    keep_metadata: bool = True,
+) -> list[Path]:
+    """Write ``table`` as new parquet files under ``folder`` (hive-partitioned by
+    ``partitioning``), each appearing whole or not at all; return their paths.
+
+    The files are built in a hidden folder beside ``folder`` and renamed into
+    it. ``timestamp_unit`` and ``keep_metadata`` as for
+    :func:`append_to_parquet_source`.
+    """
+    folder = Path(folder)
+    table = _normalized(table, timestamp_unit, keep_metadata)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f".{folder.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        ds.write_dataset(
+            table,
+            base_dir=str(staging),
+            basename_template=f"{uuid.uuid4().hex}-{{i}}.parquet",
+            partitioning=partitioning or None,
+            partitioning_flavor="hive" if partitioning else None,
+            format="parquet",
+            use_threads=False,
+        )
+        return [_move_in(file, staging, folder) for file in sorted(staging.rglob("*.parquet"))]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_in(file: Path, staging: Path, folder: Path) -> Path:
+    target = folder / file.relative_to(staging)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _fsync_file(file)
+    os.replace(file, target)
+    _fsync_dir(target.parent)
+    return target
+
+
+def _normalized(table: pa.Table, timestamp_unit: str | None, keep_metadata: bool) -> pa.Table:
+    if timestamp_unit is not None:
+        fields = [
+            pa.field(f.name, pa.timestamp(timestamp_unit, tz=f.type.tz), f.nullable)
+            if pa.types.is_timestamp(f.type)
+            else f
+            for f in table.schema
+        ]
+        table = table.cast(pa.schema(fields, metadata=table.schema.metadata), safe=False)
+    if not keep_metadata:
+        table = table.replace_schema_metadata(None)
+    return table
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    # The rename itself is durable only once the folder's entry is on disk.
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,124 @@
+"""The fault suite at full size, with a printed report.
+
+    .venv/bin/python scripts/faults.py            # full size (~10-20 min)
+    .venv/bin/python scripts/faults.py --quick    # about CI size
+
+Runs the drills of tests/fault_scenarios.py against real `flightlab
+serve_offline` processes on a fresh sample repo: SIGKILL during writes to a
+3M-row source, three servers writing to one source under a polling reader,
+dying clients, a 1,000-request soak, hostile inputs. Exits 1 if any check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from fault_scenarios import (  # noqa: E402
+    concurrent_servers,
+    drill_options,
+    dying_clients,
+    hostile_inputs,
+    server_process,
+    sigkill_during_writes,
+    soak,
+)
+
+from flightlab.sample_repo import create_sample_repo  # noqa: E402
+
+FULL = {
+    "kill": {"source_rows": 3_000_000, "trials": 10, "rows_per_write": 2000},
+    "servers": {"servers": 3, "clients_per_server": 3, "writes_per_client": 15},
+    "servers_source_rows": 200_000,
+    "soak": {"requests": 1000, "threads": 4},
+    "hostile": {"entity_rows": 5_000_000, "string_bytes": 100 * 1024**2, "refs": 10_000},
+    "caps": {"max_entity_rows": 1_000_000, "max_param_bytes": 4 * 1024**2},
+}
+QUICK = {
+    "kill": {"source_rows": 100_000, "trials": 2, "rows_per_write": 500},
+    "servers": {"servers": 3, "clients_per_server": 2, "writes_per_client": 3},
+    "servers_source_rows": 0,
+    "soak": {"requests": 100, "threads": 4},
+    "hostile": {"entity_rows": 60_000, "string_bytes": 8 * 1024**2, "refs": 10_000},
+    "caps": {"max_entity_rows": 50_000, "max_param_bytes": 1024**2},
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="run at about CI size")
+    size = QUICK if parser.parse_args().quick else FULL
+    checks: list[tuple[str, bool]] = []
+    with tempfile.TemporaryDirectory(prefix="flightlab-faults-") as folder:
+        drills = create_sample_repo(Path(folder) / "drills", "duckdb")
+        writes = create_sample_repo(Path(folder) / "writes", "duckdb")
+        kills = create_sample_repo(Path(folder) / "kills", "duckdb")
+
+        kill = _timed("SIGKILL during writes", sigkill_during_writes, kills, **size["kill"])
+        checks += [
+            ("kill: source readable after every kill", kill["unreadable"] == 0),
+            ("kill: no acknowledged row lost", kill["lost"] == 0 and kill["acknowledged_rows"] > 0),
+        ]
+        many = _timed(
+            "servers on one repo",
+            concurrent_servers,
+            writes,
+            source_rows=size["servers_source_rows"],
+            **size["servers"],
+        )
+        checks += [
+            ("servers: no write error", not many["write_errors"]),
+            ("servers: no acknowledged row lost", many["lost"] == 0),
+            ("servers: every poll read the file", many["reads_failed"] == 0),
+            ("servers: every pull through a server ran", many["remote_pulls_failed"] == 0),
+        ]
+        options = drill_options(staged_ttl=3.0, **size["caps"])
+        with server_process(drills, *options) as server:
+            dying = _timed("dying clients", dying_clients, server, staged_ttl=3.0)
+            checks += [
+                ("dying: nothing staged afterwards", dying["staged_after_ttl"] == 0),
+                ("dying: server answers", dying["server_answers"]),
+            ]
+        with server_process(drills, *options) as server:
+            soaked = _timed("soak", soak, server, **size["soak"])
+            checks += [
+                ("soak: 0 unexpected errors", not soaked["unexpected_errors"]),
+                ("soak: RSS last quarter within 10% of first", abs(soaked["rss_change"]) <= 0.10),
+            ]
+        with server_process(drills, *options) as server:
+            hostile = _timed("hostile inputs", hostile_inputs, server, **size["hostile"])
+            refused = all(o.startswith("refused") for o in hostile["outcomes"].values())
+            checks += [
+                ("hostile: each refused with a named error", refused),
+                ("hostile: server still serving", hostile["server_answers"]),
+                ("hostile: RSS back within 10%", abs(hostile["rss_change"]) <= 0.10),
+            ]
+    print("\n== checks ==")
+    for name, ok in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {name}")
+    failed = [name for name, ok in checks if not ok]
+    print(f"\n{len(checks) - len(failed)}/{len(checks)} checks passed")
+    return 1 if failed else 0
+
+
+def _timed(title: str, drill, *args, **kwargs) -> dict:
+    print(f"\n== {title} ==", flush=True)
+    started = time.perf_counter()
+    result = drill(*args, **kwargs)
+    result = {**result, "drill_seconds": round(time.perf_counter() - started, 1)}
+    print(json.dumps(result, indent=2, default=_rounded), flush=True)
+    return result
+
+
+def _rounded(value):
+    return round(value, 3) if isinstance(value, float) else str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Faults, at a size that fits CI: killed servers, several servers on one repo,
+dying clients, a short soak, hostile inputs (``scripts/faults.py`` runs the same
+drills at full size). Plus the pieces they rest on: flightlab's own parquet
+writes give the file a local Feast write gives, commands belong to whoever
+staged them, and errors are the pyarrow.flight classes a user catches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import pyarrow.parquet as pq
+import pytest
+from fault_scenarios import (
+    ServerProcess,
+    concurrent_servers,
+    drill_options,
+    dying_clients,
+    hostile_inputs,
+    marked_rows,
+    server_process,
+    sigkill_during_writes,
+    soak,
+)
+from feast import FeatureStore
+from offline_helpers import (
+    DRIVER_KEYS,
+    assert_same_rows,
+    file_store_view_repo,
+    logged_rows,
+    pull,
+    registry_of,
+)
+
+from flightlab.client.transport import OfflineFlightClient
+from flightlab.sample_repo import create_sample_repo, entity_frame
+from flightlab.server import OfflineServer
+from flightlab.server.limits import ServerLimits
+from flightlab.wire import errors
+from flightlab.wire import protocol as p
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def fault_repo(tmp_path_factory) -> Path:
+    return create_sample_repo(tmp_path_factory.mktemp("faults").resolve() / "repo", "duckdb")
+
+
+# --- the writes: what a local Feast write gives -------------------------------------------
+
+
+@pytest.mark.parametrize("store", ["duckdb", "file"])
+def test_a_remote_write_leaves_the_file_a_local_write_leaves(store, fault_repo, tmp_path):
+    # The file store's repo reads the duckdb repo's registry, so its data too.
+    repo = (
+        fault_repo
+        if store == "duckdb"
+        else file_store_view_repo(tmp_path / "file", registry_of(fault_repo))
+    )
+    local = FeatureStore(repo_path=str(repo))
+    source, logs_folder = fault_repo / "data" / "driver_stats.parquet", fault_repo / "data" / "logs"
+    original = source.read_bytes()
+    rows, logs = marked_rows(10**9, 7), logged_rows(local, 4)
+
+    with OfflineServer(repo, port=0) as server:
+        with OfflineFlightClient(server.location, timeout=60) as client:
+            client.run_action(p.OfflineWriteBatch(feature_view_name="driver_stats", table=rows))
+            logs_before = set(logs_folder.rglob("*.parquet"))
+            client.run_action(
+                p.WriteLoggedFeatures(feature_service_name="driver_activity", data=logs)
+            )
+    written, remote_pull = (
+        pq.read_table(source),
+        pull(local, "pull_all_from_table_or_query").to_df(),
+    )
+    remote_logs = _read(set(logs_folder.rglob("*.parquet")) - logs_before)
+    # Nothing but the data is left beside it: no temporary file.
+    assert not list(source.parent.glob(".*.tmp.parquet"))
+
+    source.write_bytes(original)
+    local.write_to_offline_store("driver_stats", rows.to_pandas())
+    logs_before = set(logs_folder.rglob("*.parquet"))
+    local.write_logged_features(logs, local.get_feature_service("driver_activity"))
+    expected = pq.read_table(source)
+    local_logs = _read(set(logs_folder.rglob("*.parquet")) - logs_before)
+
+    assert written.schema.equals(expected.schema, check_metadata=True)
+    assert written.equals(expected)  # same rows in the same order: the new ones first
+    local_pull = pull(local, "pull_all_from_table_or_query").to_df()
+    assert_same_rows(local_pull, remote_pull, DRIVER_KEYS + ["avg_daily_trips"])
+    assert remote_logs.num_rows == 4 and remote_logs.equals(local_logs)
+
+
+def _read(files: set[Path]) -> pa.Table:
+    return pa.concat_tables(pq.read_table(f) for f in sorted(files)).sort_by("__request_id")
+
+
+# --- the drills, small --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def drill_server(fault_repo) -> Iterator[ServerProcess]:
+    options = drill_options(staged_ttl=2.0, max_entity_rows=50_000, max_param_bytes=1024**2)
+    with server_process(fault_repo, *options) as server:
+        yield server
+
+
+def test_sigkill_during_writes_loses_no_acknowledged_row(fault_repo):
+    result = sigkill_during_writes(fault_repo, source_rows=50_000, trials=1, rows_per_write=500)
+    assert result["acknowledged_rows"] > 0
+    assert result["unreadable"] == 0
+    assert result["lost"] == 0
+
+
+def test_servers_writing_to_one_source_lose_nothing(fault_repo):
+    # Two servers here; scripts/faults.py runs three, with more writes.
+    result = concurrent_servers(fault_repo, servers=2, clients_per_server=2, writes_per_client=3)
+    assert result["write_errors"] == []
+    assert result["acknowledged_rows"] == 2 * 2 * 3 * 500
+    assert result["lost"] == 0
+    assert result["reads_ok"] > 0 and result["reads_failed"] == 0, result["read_errors"]
+    assert result["remote_pulls_ok"] > 0 and result["remote_pulls_failed"] == 0
+
+
+def test_dying_clients_leave_nothing_staged(drill_server):
+    result = dying_clients(drill_server, rows=5_000, staged_ttl=2.0)
+    assert result["staged_after_ttl"] == 0
+    assert result["server_answers"]
+
+
+def test_a_short_soak_has_no_unexpected_error(drill_server):
+    result = soak(drill_server, requests=60, threads=4, warmup=5)
+    assert result["unexpected_errors"] == []
+
+
+def test_hostile_inputs_are_refused_by_name_and_the_server_serves_on(drill_server):
+    result = hostile_inputs(drill_server, entity_rows=60_000, string_bytes=8 * 1024**2)
+    for name, outcome in result["outcomes"].items():
+        assert outcome.startswith("refused"), (name, outcome)
+    assert result["server_answers"]
+
+
+# --- ownership of commands, without auth ---------------------------------------------------
+
+
+@pytest.fixture
+def server(fault_repo) -> Iterator[OfflineServer]:
+    with OfflineServer(fault_repo, port=0, limits=ServerLimits(max_param_bytes=64 * 1024)) as s:
+        yield s
+
+
+def _request(rows: int = 10) -> p.GetHistoricalFeatures:
+    return p.GetHistoricalFeatures(
+        features=("driver_stats:conv_rate",), entity_df=pa.Table.from_pandas(entity_frame(rows))
+    )
+
+
+def test_a_strangers_refused_put_leaves_the_owners_command_intact(server):
+    with OfflineFlightClient(server.location, timeout=60) as owner:
+        command_id = owner.stage(_request(10))
+        stranger = flight.FlightClient(server.location)
+        table = pa.Table.from_pandas(entity_frame(3, seed=9))
+        schema = table.schema.with_metadata(
+            p.put_metadata(command_id, p.GetHistoricalFeatures.api, "entity_df")
+        )
+        writer, _ = stranger.do_put(p.command_descriptor(command_id), schema)
+        writer.write_table(table.replace_schema_metadata(schema.metadata))
+        with pytest.raises(flight.FlightServerError, match="is taken"):
+            writer.close()
+        assert list(stranger.list_flights()) == []
+        stranger.close()
+        # Still staged, with the owner's rows: the owner runs it.
+        [summary] = server.staging.summaries(everyone=True)
+        assert summary.command_id == command_id
+        assert owner.drop(command_id)
+
+
+def test_a_client_from_the_seed_document_works_without_the_owner_header(server):
+    raw = flight.FlightClient(server.location)  # one connection: the peer is the owner
+    request = _request(12)
+    command_id = p.new_command_id()
+    for name, table in p.encode_request(request).items():
+        metadata = {
+            **(table.schema.metadata or {}),
+            **p.put_metadata(command_id, request.api, name),
+        }
+        table = table.replace_schema_metadata(metadata)
+        writer, _ = raw.do_put(p.command_descriptor(command_id), table.schema)
+        writer.write_table(table)
+        writer.close()
+    assert [i.descriptor.command.decode() for i in raw.list_flights()] == [command_id]
+    info = raw.get_flight_info(p.command_descriptor(command_id))
+    assert raw.do_get(info.endpoints[0].ticket).read_all().num_rows == 12
+    raw.close()
+
+
+# --- errors a user can catch ---------------------------------------------------------------
+
+
+def test_flightlab_errors_are_the_flight_classes_of_their_status(server):
+    with OfflineFlightClient(server.location, timeout=60) as client:
+        with pytest.raises(flight.FlightUnavailableError) as too_big:
+            client.fetch(
+                p.GetHistoricalFeatures(
+                    features=("driver_stats:conv_rate",), entity_df_sql="x" * 100_000
+                )
+            )
+        assert isinstance(too_big.value, errors.ResourceExhaustedError)
+        assert "--max-param-bytes" in str(too_big.value) and "65536" in str(too_big.value)
+
+        with pytest.raises(flight.FlightServerError) as unknown:
+            client.fetch(
+                p.GetHistoricalFeatures(
+                    features=("driver_stats:nope",), entity_df=_request().entity_df
+                )
+            )
+        assert isinstance(unknown.value, (errors.UnknownFeatureError, KeyError))
+        assert "Feature nope not found in projection driver_stats" in str(unknown.value)
+
+        with pytest.raises(errors.UnsupportedQueryError, match="entity_df_sql is not supported"):
+            client.fetch(
+                p.GetHistoricalFeatures(
+                    features=("driver_stats:conv_rate",), entity_df_sql="SELECT 1"
+                )
+            )
+
+    for cls, flight_class in [
+        (errors.AuthenticationFailedError, flight.FlightUnauthenticatedError),
+        (errors.PermissionDeniedError, flight.FlightUnauthorizedError),
+        (errors.ServerBusyError, flight.FlightUnavailableError),
+        (errors.MissingParameterError, flight.FlightServerError),
+    ]:
+        assert issubclass(cls, flight_class)
+        # As Feast's stock client re-creates it: without __init__.
+        again = errors.exception_from_detail(errors.error_detail(cls("why"), cls.status))
+        assert isinstance(again, flight_class) and again.extra_info == b"" and str(again) == "why"
+
+
+def test_a_long_value_is_quoted_in_part_and_the_error_still_arrives(server):
+    ref = "driver_stats:" + "q" * 60_000  # under the cap, far over gRPC's header limit
+    with OfflineFlightClient(server.location, timeout=60) as client:
+        with pytest.raises(errors.UnknownFeatureError) as caught:
+            client.fetch(p.GetHistoricalFeatures(features=(ref,), entity_df=_request().entity_df))
+    assert "more characters" in str(caught.value)
+    assert len(str(caught.value)) <= errors.MAX_MESSAGE_CHARS + 100
