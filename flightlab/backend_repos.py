@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,27 +23,13 @@ import pyarrow.parquet as pq
 
 from flightlab.postgres import PostgresServer, load_table
 from flightlab.sample_repo import (
-    DEFINITIONS,
     customer_stats_frame,
+    definitions_with,
     driver_stats_frame,
 )
 
 PROJECT = "flightlab_sample"
 PERSISTED = "persisted_rows"
-
-_FILE_SOURCES = """\
-driver_stats_source = FileSource(
-    name="driver_stats_source",
-    path=str(DATA / "driver_stats.parquet"),
-    timestamp_field="event_timestamp",
-    created_timestamp_column="created",
-)
-customer_stats_source = FileSource(
-    name="customer_stats_source",
-    path=str(DATA / "customer_stats.parquet"),
-    timestamp_field="event_timestamp",
-)
-"""
 
 _POSTGRES_SOURCES = """\
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
@@ -121,14 +106,6 @@ registry:
   path: data/registry.db
   cache_ttl_seconds: 0
 """
-
-
-def definitions_with(sources: str) -> str:
-    """The sample repo's definitions, with ``sources`` in place of its file sources."""
-    base = textwrap.dedent(DEFINITIONS)
-    if _FILE_SOURCES not in base:
-        raise RuntimeError("flightlab.sample_repo's sources changed: update backend_repos")
-    return base.replace(_FILE_SOURCES, sources)
 
 
 def repo_yaml(registry: str, offline_store: str, project: str = PROJECT) -> str:

@@ -37,7 +37,22 @@ offline_store:
 entity_key_serialization_version: 3
 """
 
-DEFINITIONS = '''\
+# The sources, apart: the backend repos (flightlab.backend_repos) swap them.
+FILE_SOURCES = """\
+driver_stats_source = FileSource(
+    name="driver_stats_source",
+    path=str(DATA / "driver_stats.parquet"),
+    timestamp_field="event_timestamp",
+    created_timestamp_column="created",
+)
+customer_stats_source = FileSource(
+    name="customer_stats_source",
+    path=str(DATA / "customer_stats.parquet"),
+    timestamp_field="event_timestamp",
+)
+"""
+
+DEFINITIONS_TEMPLATE = '''\
 """Feature definitions of the flightlab sample repo."""
 
 from datetime import timedelta
@@ -55,18 +70,7 @@ DATA = Path(__file__).parent / "data"
 driver = Entity(name="driver", join_keys=["driver_id"])
 customer = Entity(name="customer", join_keys=["customer_id"])
 
-driver_stats_source = FileSource(
-    name="driver_stats_source",
-    path=str(DATA / "driver_stats.parquet"),
-    timestamp_field="event_timestamp",
-    created_timestamp_column="created",
-)
-customer_stats_source = FileSource(
-    name="customer_stats_source",
-    path=str(DATA / "customer_stats.parquet"),
-    timestamp_field="event_timestamp",
-)
-
+{file_sources}
 driver_stats = FeatureView(
     name="driver_stats",
     entities=[driver],
@@ -110,6 +114,15 @@ driver_activity = FeatureService(
     ),
 )
 '''
+
+
+def definitions_with(sources: str) -> str:
+    """The repo's definitions with ``sources`` (Python text defining
+    ``driver_stats_source`` and ``customer_stats_source``) for its file sources."""
+    return DEFINITIONS_TEMPLATE.replace("{file_sources}", sources)
+
+
+DEFINITIONS = definitions_with(FILE_SOURCES)
 
 
 def driver_stats_frame(seed: int = 7) -> pd.DataFrame:

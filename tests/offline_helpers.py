@@ -22,6 +22,7 @@ from flightlab.sample_repo import (
     entity_frame,
 )
 from flightlab.server import OfflineServer
+from flightlab.wire import protocol as p
 from flightlab.wire.errors import decode_detail
 
 FEATURES = [
@@ -165,3 +166,18 @@ def assert_no_traceback(text: str) -> None:
 
 def arrow(frame: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def raw_stage(raw: flight.FlightClient, request: p.Request) -> str:
+    """Stage every parameter of ``request`` with plain pyarrow.flight do_puts."""
+    command_id = p.new_command_id()
+    for name, table in p.encode_request(request).items():
+        metadata = {
+            **(table.schema.metadata or {}),
+            **p.put_metadata(command_id, request.api, name),
+        }
+        table = table.replace_schema_metadata(metadata)
+        writer, _ = raw.do_put(p.command_descriptor(command_id), table.schema)
+        writer.write_table(table)
+        writer.close()
+    return command_id

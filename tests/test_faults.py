@@ -32,6 +32,7 @@ from offline_helpers import (
     file_store_view_repo,
     logged_rows,
     pull,
+    raw_stage,
     registry_of,
 )
 
@@ -182,16 +183,7 @@ def test_a_strangers_refused_put_leaves_the_owners_command_intact(server):
 def test_a_client_from_the_seed_document_works_without_the_owner_header(server):
     raw = flight.FlightClient(server.location)  # one connection: the peer is the owner
     request = _request(12)
-    command_id = p.new_command_id()
-    for name, table in p.encode_request(request).items():
-        metadata = {
-            **(table.schema.metadata or {}),
-            **p.put_metadata(command_id, request.api, name),
-        }
-        table = table.replace_schema_metadata(metadata)
-        writer, _ = raw.do_put(p.command_descriptor(command_id), table.schema)
-        writer.write_table(table)
-        writer.close()
+    command_id = raw_stage(raw, request)
     assert [i.descriptor.command.decode() for i in raw.list_flights()] == [command_id]
     info = raw.get_flight_info(p.command_descriptor(command_id))
     assert raw.do_get(info.endpoints[0].ticket).read_all().num_rows == 12

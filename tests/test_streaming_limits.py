@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 from feast import FeatureStore
+from offline_helpers import raw_stage
 
 from flightlab.client.transport import OfflineFlightClient, Progress, exception_for_flight_error
 from flightlab.engine import EngineMode, EngineSettings
@@ -114,21 +115,6 @@ def raw_stats(raw: flight.FlightClient) -> dict[str, Any]:
 def raw_drop(raw: flight.FlightClient, command_id: str) -> dict[str, Any]:
     results = list(raw.do_action(flight.Action(p.ACTION_DROP, p.ticket_bytes(command_id))))
     return json.loads(results[0].body.to_pybytes())
-
-
-def raw_stage(raw: flight.FlightClient, request: p.Request) -> str:
-    """Stage every parameter of ``request`` with plain pyarrow.flight do_puts."""
-    command_id = p.new_command_id()
-    for name, table in p.encode_request(request).items():
-        metadata = {
-            **(table.schema.metadata or {}),
-            **p.put_metadata(command_id, request.api, name),
-        }
-        table = table.replace_schema_metadata(metadata)
-        writer, _ = raw.do_put(p.command_descriptor(command_id), table.schema)
-        writer.write_table(table)
-        writer.close()
-    return command_id
 
 
 def raw_fetch(raw: flight.FlightClient, command_id: str) -> pa.Table:
