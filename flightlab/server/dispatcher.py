@@ -30,22 +30,23 @@ from feast.infra.offline_stores.offline_utils import get_offline_store_from_conf
 from feast.permissions.action import AuthzedAction
 from feast.permissions.enforcer import enforce_policy
 from feast.permissions.user import User
-from feast.protos.feast.core.DataSource_pb2 import DataSource as DataSourceProto
-from feast.protos.feast.core.SavedDataset_pb2 import (
-    SavedDatasetStorage as SavedDatasetStorageProto,
-)
 from feast.saved_dataset import SavedDatasetStorage
-from google.protobuf.message import DecodeError
 
 from flightlab.engine.results import ResultStream
 from flightlab.engine.runner import Engine
 from flightlab.engine.settings import EngineMode, EngineSettings
 from flightlab.server.backends import StoreBackend, saved_dataset_storage
+from flightlab.server.feast_objects import (
+    data_source_from_bytes,
+    entity_frame,
+    storage_from_bytes,
+    storage_proto,
+)
 from flightlab.server.guards import check_entity_query_supported, named_feature_errors
 from flightlab.server.planning import HistoricalPlan, check_request_data, plan_historical
 from flightlab.server.writes import ParquetWrites
 from flightlab.wire import protocol as p
-from flightlab.wire.errors import MalformedEntityDataError, MalformedParameterError
+from flightlab.wire.errors import MalformedParameterError
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class OfflineDispatcher:
         check_entity_query_supported(self.offline_store, request)
         entity_df: pd.DataFrame | str | None = request.entity_df_sql
         if request.entity_df is not None:
-            entity_df = _entity_frame(request.entity_df)
+            entity_df = entity_frame(request.entity_df)
             if self.store.config.coerce_tz_aware:
                 entity_df = utils.make_df_tzaware(entity_df)
         dates: dict[str, datetime] = {}
@@ -232,7 +233,7 @@ class OfflineDispatcher:
     def _column_names_and_types(
         self, request: p.GetTableColumnNamesAndTypes, user: Any
     ) -> pa.Table:
-        source = _data_source_from_bytes(request.data_source)
+        source = data_source_from_bytes(request.data_source)
         self._authorize(user, source, AuthzedAction.READ_OFFLINE)
         pairs = list(source.get_table_column_names_and_types(self.store.config))
         return pa.table(
@@ -301,7 +302,7 @@ class OfflineDispatcher:
         if request.destination_name is not None:
             destination = self.store.get_data_source(request.destination_name)
             return destination, saved_dataset_storage(destination)
-        storage = _storage_from_bytes(request.storage)
+        storage = storage_from_bytes(request.storage)
         if not self.enforce_permissions:
             # The destination is only checked with permissions; and some
             # storages (Spark's) cannot make an unnamed source.
@@ -319,12 +320,10 @@ class OfflineDispatcher:
 
     def _registered_source_for(self, storage: SavedDatasetStorage) -> DataSource | None:
         wanted = storage.to_proto()
-        return next(
-            (s for s in self.store.list_data_sources() if _storage_proto(s) == wanted), None
-        )
+        return next((s for s in self.store.list_data_sources() if storage_proto(s) == wanted), None)
 
     def _validate_data_source(self, request: p.ValidateDataSource, user: Any) -> dict[str, Any]:
-        source = _data_source_from_bytes(request.data_source)
+        source = data_source_from_bytes(request.data_source)
         self._authorize(user, source, AuthzedAction.READ_OFFLINE)
         self.offline_store.validate_data_source(self.store.config, source)
         return {"validated": source.name}
@@ -350,7 +349,7 @@ class OfflineDispatcher:
                 raise
             # Not in the registry by name (a saved dataset's storage, say):
             # use the source the client sent, if it exists.
-            source = _data_source_from_bytes(request.data_source)
+            source = data_source_from_bytes(request.data_source)
             resource = self._registered_object_for(source) if self.enforce_permissions else source
             self._authorize(user, resource, AuthzedAction.READ_OFFLINE)
             try:  # reading its schema proves it exists (Feast's validate only warns)
@@ -365,10 +364,10 @@ class OfflineDispatcher:
         """The registered data source or saved dataset that stores where
         ``source`` points: what permissions are checked against. A source the
         client makes up could point at any file the server can read."""
-        wanted = _storage_proto(source)
+        wanted = storage_proto(source)
         if wanted is not None:
             for candidate in self.store.list_data_sources():
-                if _storage_proto(candidate) == wanted:
+                if storage_proto(candidate) == wanted:
                     return candidate
             for dataset in self.store.list_saved_datasets():
                 if dataset.storage.to_proto() == wanted:
@@ -389,52 +388,6 @@ def _single_threaded(offline_store: OfflineStore) -> bool:
     from feast.infra.offline_stores.duckdb import DuckDBOfflineStore
 
     return isinstance(offline_store, DuckDBOfflineStore)
-
-
-def _entity_frame(table: pa.Table) -> pd.DataFrame:
-    """Entity rows as the DataFrame Feast expects.
-
-    Timestamps are floored to microseconds: SQL-backed stores (duckdb) refuse
-    finer ones, and no offline store keeps nanoseconds.
-    """
-    if table.num_columns == 0:
-        raise MalformedEntityDataError("the entity data has no columns")
-    columns = []
-    for column in table.columns:
-        if pa.types.is_timestamp(column.type) and column.type.unit == "ns":
-            column = column.cast(pa.timestamp("us", tz=column.type.tz), safe=False)
-        columns.append(column)
-    return pa.Table.from_arrays(columns, names=table.column_names).to_pandas()
-
-
-def _data_source_from_bytes(raw: bytes) -> DataSource:
-    proto = DataSourceProto()
-    try:
-        proto.ParseFromString(raw)
-        return DataSource.from_proto(proto)
-    except (DecodeError, ValueError, KeyError) as exc:
-        raise MalformedParameterError(
-            f"'data_source' is not a serialized Feast DataSource: {exc}"
-        ) from None
-
-
-def _storage_proto(source: DataSource) -> SavedDatasetStorageProto | None:
-    """Where a data source stores its rows, comparable across sources."""
-    try:
-        return saved_dataset_storage(source).to_proto()
-    except (ValueError, AttributeError):
-        return None  # a source kind that cannot be a saved-dataset storage
-
-
-def _storage_from_bytes(raw: bytes) -> SavedDatasetStorage:
-    proto = SavedDatasetStorageProto()
-    try:
-        proto.ParseFromString(raw)
-        return SavedDatasetStorage.from_proto(proto)
-    except (DecodeError, ValueError, KeyError, AttributeError) as exc:
-        raise MalformedParameterError(
-            f"'storage' is not a serialized Feast SavedDatasetStorage: {exc}"
-        ) from None
 
 
 def _then(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
