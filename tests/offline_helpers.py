@@ -181,3 +181,19 @@ def raw_stage(raw: flight.FlightClient, request: p.Request) -> str:
         writer.write_table(table)
         writer.close()
     return command_id
+
+
+def new_driver_rows(hours_after_end: int, drivers: tuple[int, ...]) -> pd.DataFrame:
+    """Driver stats later than any in the sample data, with recognisable values."""
+    at = START + timedelta(days=DAYS, hours=hours_after_end)
+    n = len(drivers)
+    return pd.DataFrame(
+        {
+            "driver_id": pd.Series(drivers, dtype="int64"),
+            "event_timestamp": pd.Series([at] * n).dt.as_unit("us"),
+            "conv_rate": pd.Series([0.125 * (i + 1) for i in range(n)], dtype="float32"),
+            "acc_rate": pd.Series([0.5] * n, dtype="float32"),
+            "avg_daily_trips": pd.Series([4242 + i for i in range(n)], dtype="int64"),
+            "created": pd.Series([at + timedelta(minutes=1)] * n).dt.as_unit("us"),
+        }
+    )

@@ -39,13 +39,14 @@ from offline_helpers import (
     FEATURES,
     assert_same_rows,
     logged_rows,
+    new_driver_rows,
     offline_store_of,
     pull,
 )
 
 from flightlab.backend_repos import FILE_REGISTRY_YAML, create_spark_repo
 from flightlab.postgres import SCRIPT as POSTGRES_SCRIPT
-from flightlab.sample_repo import DAYS, START, entity_frame
+from flightlab.sample_repo import entity_frame
 from flightlab.server import OfflineServer
 from flightlab.server.limits import ServerLimits
 
@@ -98,22 +99,6 @@ def test_several_retrievals_in_flight_on_the_workers_match_the_local_store(
 @pytest.mark.parametrize("client", CLIENTS)
 def test_pull_latest_and_pull_all_match_the_local_store(client, local, remotes):
     assert_pulls_same(local, remotes[client])
-
-
-def new_driver_rows(hours_after_end: int, drivers: tuple[int, ...]) -> pd.DataFrame:
-    """Driver stats later than any in the sample data, with recognisable values."""
-    at = START + timedelta(days=DAYS, hours=hours_after_end)
-    n = len(drivers)
-    return pd.DataFrame(
-        {
-            "driver_id": pd.Series(drivers, dtype="int64"),
-            "event_timestamp": pd.Series([at] * n).dt.as_unit("us"),
-            "conv_rate": pd.Series([0.125 * (i + 1) for i in range(n)], dtype="float32"),
-            "acc_rate": pd.Series([0.5] * n, dtype="float32"),
-            "avg_daily_trips": pd.Series([4242 + i for i in range(n)], dtype="int64"),
-            "created": pd.Series([at + timedelta(minutes=1)] * n).dt.as_unit("us"),
-        }
-    )
 
 
 @pytest.mark.parametrize("client,hours", [("flightlab", 3), ("feast", 9)])

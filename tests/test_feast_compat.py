@@ -46,7 +46,13 @@ from feast.infra.offline_stores.remote import (
     _create_empty_table,
     build_arrow_flight_client,
 )
-from offline_helpers import assert_same_rows, file_store_view_repo, logged_rows, registry_of
+from offline_helpers import (
+    assert_same_rows,
+    file_store_view_repo,
+    logged_rows,
+    new_driver_rows,
+    registry_of,
+)
 
 from flightlab.sample_repo import (
     DAYS,
@@ -266,22 +272,6 @@ def pull(store: FeatureStore, api: str, **window):
     source = store.get_data_source("driver_stats_source")
     method = getattr(offline_store(store), api)
     return method(config=store.config, data_source=source, **PULL_COLUMNS, **window)
-
-
-def new_driver_rows(hours_after_end: int, drivers: tuple[int, ...]) -> pd.DataFrame:
-    """Driver stats later than any in the sample data, with recognisable values."""
-    at = START + timedelta(days=DAYS, hours=hours_after_end)
-    n = len(drivers)
-    return pd.DataFrame(
-        {
-            "driver_id": pd.Series(drivers, dtype="int64"),
-            "event_timestamp": pd.Series([at] * n).dt.as_unit("us"),
-            "conv_rate": pd.Series([0.125 * (i + 1) for i in range(n)], dtype="float32"),
-            "acc_rate": pd.Series([0.5] * n, dtype="float32"),
-            "avg_daily_trips": pd.Series([4242 + i for i in range(n)], dtype="int64"),
-            "created": pd.Series([at + timedelta(minutes=1)] * n).dt.as_unit("us"),
-        }
-    )
 
 
 # --- reads -----------------------------------------------------------------------

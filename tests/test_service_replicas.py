@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
@@ -30,6 +29,7 @@ from offline_helpers import (
     assert_same_rows,
     logged_rows,
     make_client_store,
+    new_driver_rows,
     offline_store_of,
     pull,
     server_stats,
@@ -77,21 +77,6 @@ def _stock_client(path: Path, port: int, repo: Path) -> FeatureStore:
     return FeatureStore(repo_path=str(path))
 
 
-def _new_driver_rows(hours_after_end: int, drivers: tuple[int, ...]) -> pd.DataFrame:
-    at = START + timedelta(days=DAYS, hours=hours_after_end)
-    n = len(drivers)
-    return pd.DataFrame(
-        {
-            "driver_id": pd.Series(drivers, dtype="int64"),
-            "event_timestamp": pd.Series([at] * n).dt.as_unit("us"),
-            "conv_rate": pd.Series([0.25 * (i + 1) for i in range(n)], dtype="float32"),
-            "acc_rate": pd.Series([0.5] * n, dtype="float32"),
-            "avg_daily_trips": pd.Series([777 + i for i in range(n)], dtype="int64"),
-            "created": pd.Series([at + timedelta(minutes=1)] * n).dt.as_unit("us"),
-        }
-    )
-
-
 def _reads_match(remote: FeatureStore, local: FeatureStore, seed: int) -> None:
     entities = entity_frame(25, seed=seed)
     assert_same_rows(
@@ -116,7 +101,7 @@ def _writes_land(
     remote: FeatureStore, local: FeatureStore, hours: int, tmp: Path, persist: bool = True
 ) -> None:
     drivers = (2001 + hours, 2101 + hours)
-    rows = _new_driver_rows(hours, drivers)
+    rows = new_driver_rows(hours, drivers)
     before = len(pull(local, "pull_all_from_table_or_query").to_df())
     remote.write_to_offline_store("driver_stats", rows)
     assert len(pull(local, "pull_all_from_table_or_query").to_df()) == before + len(drivers)
