@@ -173,16 +173,20 @@ def check_the_notebooks(lab, driver) -> None:
     )
     button.click()
     stopped = bh.wait_for(
-        lambda: (f := bh.panel_figures(driver)) and f["status"] == "stopped" and f,
+        lambda: (
+            (f := bh.panel_figures(driver))
+            and f["status"] == "stopped"
+            and f["button"] == "Server stopped"
+            and f
+        ),
         60,
         "the panel to say stopped",
     )
-    assert stopped["button"] == "Server stopped"
     assert bh.number(stopped["rows sent"]) == bh.number(serving["rows sent"])
     host, port = found
     assert not nb.server_answers(host, port, timeout=2)
     bh.wait_for(lambda: not nb.server_file(repo).exists(), 10, "the announcement withdrawn")
-    assert bh.kernel_idle(driver)
+    bh.wait_for(lambda: bh.kernel_idle(driver), 30, "the server kernel idle after the stop")
     bh.full_page_screenshot(driver, SHOTS / "ArrowServer-stopped.png")
 
     # --- saved as JupyterLab saves them: no error output -----------------------------

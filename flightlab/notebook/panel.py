@@ -264,11 +264,13 @@ class ServerPanel:
         with self._lock:
             previous = self.state.location if self.state else None
             self.state = PanelState.of(self.server, previous, tuple(self.recent.lines))
-            self.html.value = self.state.to_html()
             if not self.state.running:
+                # The button first: each trait reaches the browser as its own
+                # message, so a page that shows "stopped" shows the button done too.
                 self.recent.detach()
                 self.stop_button.disabled = True
                 self.stop_button.description = "Server stopped"
+            self.html.value = self.state.to_html()
             return self.state
 
     def stop_server(self, _button: Any = None) -> PanelState:
