@@ -53,6 +53,7 @@ SOURCE = "driver_stats.parquet"
 class ServerProcess:
     process: subprocess.Popen
     location: str
+    log: Path | None = None
 
     @property
     def pid(self) -> int:
@@ -64,6 +65,12 @@ class ServerProcess:
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=30)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The server's last log lines and whether it still runs: for a failure's message."""
+        state = "running" if self.process.poll() is None else f"exited {self.process.returncode}"
+        logged = self.log.read_text().splitlines()[-lines:] if self.log else ["(no log kept)"]
+        return f"server {self.pid} {state}; its log ends:\n" + "\n".join(logged)
 
 
 def rss_mb(pid: int) -> float:
@@ -97,7 +104,7 @@ def server_processes(
         for _ in range(n)
     ]
     try:
-        yield [ServerProcess(process, _serving_location(process)) for process in processes]
+        yield [ServerProcess(process, _serving_location(process), log) for process in processes]
     finally:
         for process in processes:
             if process.poll() is None:

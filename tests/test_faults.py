@@ -104,9 +104,10 @@ def _read(files: set[Path]) -> pa.Table:
 
 
 @pytest.fixture(scope="module")
-def drill_server(fault_repo) -> Iterator[ServerProcess]:
+def drill_server(fault_repo, tmp_path_factory) -> Iterator[ServerProcess]:
     options = drill_options(staged_ttl=2.0, max_entity_rows=50_000, max_param_bytes=1024**2)
-    with server_process(fault_repo, *options) as server:
+    log = tmp_path_factory.mktemp("drill") / "server.log"
+    with server_process(fault_repo, *options, "--log-level", "info", log=log) as server:
         yield server
 
 
@@ -135,7 +136,7 @@ def test_dying_clients_leave_nothing_staged(drill_server):
 
 def test_a_short_soak_has_no_unexpected_error(drill_server):
     result = soak(drill_server, requests=60, threads=4, warmup=5)
-    assert result["unexpected_errors"] == []
+    assert result["unexpected_errors"] == [], drill_server.log_tail()
 
 
 def test_hostile_inputs_are_refused_by_name_and_the_server_serves_on(drill_server):
