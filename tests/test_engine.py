@@ -113,15 +113,41 @@ def test_many_requests_side_by_side_each_get_the_local_answer(server, local):
         assert_same_rows(frame, answers[seed], KEYS)
 
 
-def test_a_join_over_its_memory_limit_spills_and_gives_the_local_answer(repo, local, tmp_path):
+def test_joins_over_their_memory_limit_spill_side_by_side_and_give_the_local_answer(
+    repo, local, tmp_path
+):
     spill = tmp_path / "spill"
     tight = EngineSettings(threads=1, memory_limit="16MB", spill_dir=spill)
-    rows = 150_000
-    with OfflineServer(repo, port=0, engine=tight) as server:
+    rows, seeds = 150_000, (4, 5)
+    answers: dict[int, object] = {}
+    spill_folders: set[str] = set()
+    done = threading.Event()
+
+    def watch_spill() -> None:
+        while not done.is_set():
+            if spill.exists():
+                spill_folders.update(d.name for d in spill.iterdir() if any(d.iterdir()))
+            done.wait(0.01)
+
+    def fetch(seed: int) -> None:
         with OfflineFlightClient(server.location) as client:
-            got = client.fetch(historical(rows, seed=4)).to_pandas()
-    assert len(got) == rows
-    assert_same_rows(local_answer(local, rows, seed=4), got, KEYS)
+            answers[seed] = client.fetch(historical(rows, seed=seed)).to_pandas()
+
+    with OfflineServer(repo, port=0, engine=tight) as server:
+        watcher = threading.Thread(target=watch_spill)
+        watcher.start()
+        fetches = [threading.Thread(target=fetch, args=(seed,)) for seed in seeds]
+        for thread in fetches:
+            thread.start()
+        for thread in fetches:
+            thread.join(300)
+        done.set()
+        watcher.join()
+    for seed in seeds:
+        assert_same_rows(local_answer(local, rows, seed=seed), answers[seed], KEYS)
+    # Both joins spilled, each into a folder of its own, removed when it ended.
+    assert len(spill_folders) == len(seeds)
+    assert not spill.exists() or not any(spill.iterdir())
 
 
 def test_the_asof_join_is_planned_as_a_sort_merge_not_a_nested_loop(local):

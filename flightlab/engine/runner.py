@@ -9,6 +9,7 @@ the request, and its result is read batch by batch as DuckDB produces it.
 from __future__ import annotations
 
 import tempfile
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -174,10 +175,15 @@ class Engine:
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         settings = self.settings
+        spill_root = settings.spill_dir or Path(tempfile.gettempdir()) / "flightlab-spill"
+        spill_root.mkdir(parents=True, exist_ok=True)
+        # DuckDB names its spill files the same in every database and deletes its
+        # temp directory when the database closes: requests (and replicas) sharing
+        # one folder would overwrite each other's spill files. Each gets its own
+        # subfolder of the root, which DuckDB creates on the first spill and removes
+        # on close (it makes no parent folders).
         config: dict[str, str | int] = {
-            "temp_directory": str(
-                settings.spill_dir or Path(tempfile.gettempdir()) / "flightlab-spill"
-            )
+            "temp_directory": str(spill_root / f"request-{uuid.uuid4().hex}")
         }
         if settings.threads is not None:
             config["threads"] = settings.threads
