@@ -15,7 +15,9 @@ query) and the server goes on serving.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -31,15 +33,21 @@ from backend_helpers import (
 )
 from feast import FeatureStore
 from feast.feature_logging import FeatureServiceLoggingSource
+from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import (
+    PostgreSQLOfflineStoreConfig,
+)
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
     SavedDatasetPostgreSQLStorage,
 )
 from offline_helpers import ENTITY_KEYS, FEATURES, arrow, logged_rows, offline_store_of
+from service_helpers import healthcheck_action
 
 from flightlab.backend_repos import FILE_REGISTRY_YAML, create_postgres_repo
+from flightlab.client.transport import OfflineFlightClient
 from flightlab.postgres import PostgresServer, load_table, start_postgres
 from flightlab.sample_repo import driver_stats_frame, entity_frame
 from flightlab.server import OfflineServer
+from flightlab.server.backends import StoreBackend
 from flightlab.wire.errors import (
     OfflineStoreCredentialsError,
     OfflineStoreQueryError,
@@ -230,10 +238,121 @@ def test_refused_credentials_are_a_clear_server_side_error(pg, local, tmp_path):
             assert "refused the server's credentials" in message
             assert 'password authentication failed for user "flightlab"' in message
         assert isinstance(refused.value, OfflineStoreCredentialsError)
-        # The server still answers what needs no database.
-        assert server.stats_json()["errors_by_api"]["get_historical_features"] == 2
+        # The server still answers over the wire: its stats count both refusals,
+        # and its health check says why it is not ready.
+        with OfflineFlightClient(server.location, timeout=60) as flight_client:
+            assert flight_client.stats()["errors_by_api"]["get_historical_features"] == 2
+        health = wait_for_health(server.location, "password authentication failed")
+        assert health["status"] == "NOT_SERVING" and not health["ready"]
     finally:
         server.stop()
+
+
+def wait_for_health(location: str, words: str, seconds: float = 60) -> dict:
+    """The ``healthcheck`` action's answer, once its detail says ``words``."""
+    deadline = time.monotonic() + seconds
+    while words not in (health := healthcheck_action(location))["detail"]:
+        assert time.monotonic() < deadline, f"health never said {words!r}: {health}"
+        time.sleep(0.2)
+    return health
+
+
+# --- the database ends a query midway -------------------------------------------
+
+# An entity query that sleeps in the database: long enough to be caught running.
+PAUSE = "flightlab_pause"
+SLOW_ENTITY_SQL = f"SELECT e.* FROM slow_entities e CROSS JOIN pg_sleep(4) AS {PAUSE}"
+
+
+def pids_running(pg: PostgresServer, words: str) -> list[int]:
+    """The database backends whose running query contains ``words`` (not ours)."""
+    with psycopg.connect(pg.conninfo(), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE state = 'active' "
+            "AND pid <> pg_backend_pid() AND strpos(query, %s) > 0",
+            (words,),
+        ).fetchall()
+    return [pid for (pid,) in rows]
+
+
+def interrupted_retrieval(pg: PostgresServer, remote: FeatureStore, how: str) -> Exception:
+    """Start a slow retrieval; once its query runs in the database, end it with
+    ``how`` (pg_terminate_backend or pg_cancel_backend) from another connection;
+    return what the client raised."""
+    with ThreadPoolExecutor(1) as pool:
+        job = pool.submit(lambda: remote.get_historical_features(SLOW_ENTITY_SQL, FEATURES).to_df())
+        deadline = time.monotonic() + 60
+        while not (pids := pids_running(pg, PAUSE)):
+            assert not job.done(), f"the retrieval ended before its query was seen: {job}"
+            assert time.monotonic() < deadline, "the slow query never ran"
+            time.sleep(0.05)
+        with psycopg.connect(pg.conninfo(), autocommit=True) as conn:
+            for pid in pids:
+                assert conn.execute(f"SELECT {how}(%s)", (pid,)).fetchone() == (True,)
+        with pytest.raises(Exception) as failed:
+            job.result(timeout=120)
+    return failed.value
+
+
+@pytest.fixture(scope="module")
+def slow_entities(pg) -> None:
+    load_table(pg, "slow_entities", arrow(entity_frame(5, seed=11)))
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_connection_the_database_ends_midway_is_unavailable_then_served_again(
+    client, pg, local, remotes, pg_server, slow_entities
+):
+    failure = interrupted_retrieval(pg, remotes[client], "pg_terminate_backend")
+    # psycopg's AdminShutdown (SQLSTATE 57P01), not an internal error.
+    assert isinstance(failure, OfflineStoreUnavailableError), repr(failure)
+    assert isinstance(failure, flight.FlightUnavailableError)
+    message = str(failure)
+    assert f"127.0.0.1:{pg.port}, database {pg.database}" in message, message
+    assert "terminating connection due to administrator command" in message
+    if client == "flightlab":
+        assert isinstance(failure.__cause__, flight.FlightUnavailableError)
+    assert pg_server.staging.summaries(everyone=True) == []
+    assert_historical_same(local, remotes[client])
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_query_the_database_cancels_is_a_query_error_naming_it(
+    client, pg, local, remotes, slow_entities
+):
+    failure = interrupted_retrieval(pg, remotes[client], "pg_cancel_backend")
+    # psycopg's QueryCanceled (SQLSTATE 57014).
+    assert isinstance(failure, OfflineStoreQueryError), repr(failure)
+    message = str(failure)
+    assert "cancelled" in message and f"database {pg.database}" in message, message
+    assert "canceling statement due to user request" in message
+    assert_historical_same(local, remotes[client])
+
+
+@pytest.mark.parametrize(
+    ("error", "expected", "words"),
+    [
+        (psycopg.errors.AdminShutdown, OfflineStoreUnavailableError, "shut down"),
+        (psycopg.errors.CrashShutdown, OfflineStoreUnavailableError, "crashed"),
+        (psycopg.errors.CannotConnectNow, OfflineStoreUnavailableError, "no connections now"),
+        (psycopg.errors.QueryCanceled, OfflineStoreQueryError, "cancelled"),
+    ],
+)
+def test_each_operator_intervention_sqlstate_has_its_error(error, expected, words):
+    # 57P02 and 57P03 need a crashing or starting database: the translation of
+    # psycopg's own classes, wrapped as pandas wraps them for Feast.
+    config = PostgreSQLOfflineStoreConfig(
+        host="db.example.com", port=5432, database="features", user="u", password="p"
+    )
+    backend = StoreBackend(config)
+    try:
+        raise pd.errors.DatabaseError("Execution failed") from error("the database's words")
+    except pd.errors.DatabaseError as raised:
+        translated = backend.translate(raised)
+    assert type(translated) is expected
+    message = str(translated)
+    assert words in message and "the database's words" in message
+    assert "at db.example.com:5432, database features" in message
 
 
 # --- the MNIST demo's postgres profile -------------------------------------------

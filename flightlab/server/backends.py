@@ -16,8 +16,9 @@
 - **SQL databases** (PostgreSQL...): the driver's connection and query errors
   become flightlab errors that say what happened and cross the wire as the
   right Flight class: the database unreachable (``FlightUnavailableError``,
-  retry later), the server's credentials refused (a server configuration
-  problem), a query that fails (the request's fault).
+  retry later; also when it shuts down, crashes or ends the connection
+  mid-query), the server's credentials refused (a server configuration
+  problem), a query that fails or is cancelled (the request's fault).
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ class StoreBackend:
             return exc
         message = _first_lines(driver_error)
         where = self._where()
+        sqlstate = str(getattr(driver_error, "sqlstate", None) or "")
+        if sqlstate == _QUERY_CANCELED or sqlstate.startswith(_CONNECTION_ENDED):
+            return _intervention_error(sqlstate, where, message)
         if _is_connection_error(driver_error):
             if any(words in message for words in _REFUSED_CREDENTIALS):
                 return OfflineStoreCredentialsError(
@@ -138,6 +142,38 @@ def _is_dbapi_error(exc: BaseException) -> bool:
     return any(
         cls.__name__ == "Error" and cls.__module__.split(".")[0] in ("psycopg", "psycopg2")
         for cls in type(exc).__mro__
+    )
+
+
+# SQLSTATE class 57, "operator intervention": the database stopped a query or a
+# connection on its own (a shutdown, a crash, a cancel), not for anything in
+# the request. psycopg raises them as OperationalError with a SQLSTATE, so the
+# connection check below does not see them. 57014 is a cancelled statement
+# (pg_cancel_backend, statement_timeout): that query failed. Each 57P.. ends
+# the connection (57P01 admin shutdown, which pg_terminate_backend sends too;
+# 57P02 crash shutdown; 57P03 cannot connect now: starting up, in recovery):
+# the database is unavailable for now, and a retry gets a new connection.
+_QUERY_CANCELED = "57014"
+_CONNECTION_ENDED = "57P"
+_SHUTDOWN_REASONS = {
+    "57P01": "it shut down, or ended the server's connection (an administrator command)",
+    "57P02": "it crashed and is restarting",
+    "57P03": "it accepts no connections now (starting up, shutting down or in recovery)",
+    "57P04": "its database was dropped",
+    "57P05": "it closed the server's idle connection",
+}
+
+
+def _intervention_error(sqlstate: str, where: str, message: str) -> Exception:
+    """A class-57 error: a cancelled query, or the database unavailable."""
+    if sqlstate == _QUERY_CANCELED:
+        return OfflineStoreQueryError(
+            f"a query was cancelled in the offline store's database {where} "
+            f"(a statement timeout or a cancel request): {message}"
+        )
+    reason = _SHUTDOWN_REASONS.get(sqlstate, f"it ended the connection (SQLSTATE {sqlstate})")
+    return OfflineStoreUnavailableError(
+        f"the offline store's database {where} is unavailable, retry later: {reason}: {message}"
     )
 
 
