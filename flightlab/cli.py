@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from flightlab import __version__
-from flightlab.cli_env import apply_env, repo_from_env
+from flightlab.cli_env import apply_env, remove_env_repos, repo_from_env
 from flightlab.engine.settings import EngineMode, EngineSettings
 from flightlab.server.limits import ServerLimits
 from flightlab.server.operations import DEFAULT_DRAIN_SECONDS, ServiceOptions
@@ -209,9 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"flightlab: {exc}", file=sys.stderr)
             return 2
-        return serve_offline(
-            repo, args.host, args.port, limits, _tls(args), service, _engine_settings(args)
-        )
+        try:
+            return serve_offline(
+                repo, args.host, args.port, limits, _tls(args), service, _engine_settings(args)
+            )
+        finally:
+            remove_env_repos()  # the folder FEATURE_STORE_YAML_BASE64 was written to
     return 2
 
 
@@ -298,5 +301,6 @@ def _drain_and_stop(server) -> int:
     if stopper.is_alive():
         logging.getLogger("flightlab").error("the server did not stop in time; exiting")
         logging.shutdown()
+        remove_env_repos()  # os._exit skips main's finally
         os._exit(1)
     return 0

@@ -9,7 +9,8 @@ so a new option has its variable without anyone listing it.
 ``FEATURE_STORE_YAML_BASE64`` is what Feast's Helm chart and server image
 pass: the repo's ``feature_store.yaml``, base64-encoded. As Feast's own
 ``serve_offline`` does, the server then serves that file from a new
-temporary folder (so paths in it should be absolute, or remote).
+temporary folder (so paths in it should be absolute, or remote), which
+:func:`remove_env_repos` deletes when the server exits.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -24,6 +26,8 @@ from pathlib import Path
 ENV_PREFIX = "FLIGHTLAB_"
 FEATURE_STORE_YAML_ENV = "FEATURE_STORE_YAML_BASE64"
 _NO_ENV_ACTIONS = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
+# The folders repo_from_env made in this process, to delete once the server exits.
+_ENV_REPOS: list[Path] = []
 
 
 def env_name(action: argparse.Action) -> str | None:
@@ -77,5 +81,16 @@ def repo_from_env(environ: Mapping[str, str]) -> Path | None:
     except (binascii.Error, UnicodeDecodeError) as exc:
         raise ValueError(f"{FEATURE_STORE_YAML_ENV} is not base64 of a YAML text: {exc}") from None
     repo = Path(tempfile.mkdtemp(prefix="flightlab-repo-"))
+    _ENV_REPOS.append(repo)
     (repo / "feature_store.yaml").write_text(text)
     return repo
+
+
+def remove_env_repos() -> None:
+    """Delete the folders :func:`repo_from_env` made (the server has exited).
+
+    Feast may have written next to the file (a registry cache, a local
+    database when the config names a relative path): the whole folder goes.
+    """
+    while _ENV_REPOS:
+        shutil.rmtree(_ENV_REPOS.pop(), ignore_errors=True)
