@@ -90,7 +90,24 @@ def _scrape(port: int) -> dict[tuple[str, tuple], float]:
 
 
 def _value(samples, name: str, **labels) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+    """A sample of the scrape; a missing one fails, naming what was there."""
+    key = (name, tuple(sorted(labels.items())))
+    if key not in samples:
+        present = sorted({n for n, _ in samples if n.startswith("flightlab_")})
+        pytest.fail(f"no sample {name}{labels} in the scrape; its flightlab metrics: {present}")
+    return samples[key]
+
+
+GAUGES = (
+    "flightlab_staged_commands",
+    "flightlab_staged_bytes",
+    "flightlab_workers",
+    "flightlab_workers_busy",
+    "flightlab_worker_queue_depth",
+    "flightlab_in_flight",
+    "flightlab_draining",
+    "flightlab_ready",
+)
 
 
 def test_a_scrape_after_a_mixed_workload_counts_requests_rows_bytes_and_errors(
@@ -124,6 +141,7 @@ def test_a_scrape_after_a_mixed_workload_counts_requests_rows_bytes_and_errors(
         raw.close()
 
         samples = _scrape(server.ops.metrics_port)
+        staged = _scrape_with_a_command_staged(server)
 
     hist = "get_historical_features"
     # flightlab's engine answered both retrievals; the unknown view was refused
@@ -153,8 +171,28 @@ def test_a_scrape_after_a_mixed_workload_counts_requests_rows_bytes_and_errors(
         == 1
     )
     # Gauges at scrape time: nothing left staged or queued, four idle workers.
+    assert {name for name, _ in samples} >= set(GAUGES)
     assert _value(samples, "flightlab_staged_commands") == 0
     assert _value(samples, "flightlab_staged_bytes") == 0
     assert _value(samples, "flightlab_worker_queue_depth") == 0
     assert _value(samples, "flightlab_workers") == 4
     assert _value(samples, "flightlab_draining") == 0
+    # A command staged and not run shows in the gauges; once dropped, it is gone.
+    before, after = staged
+    assert _value(before, "flightlab_staged_commands") == 1
+    assert _value(before, "flightlab_staged_bytes") > 0
+    assert _value(after, "flightlab_staged_commands") == 0
+    assert _value(after, "flightlab_staged_bytes") == 0
+
+
+def _scrape_with_a_command_staged(server: OfflineServer) -> tuple[dict, dict]:
+    """Scrapes while a retrieval is staged but not run, and after it is dropped."""
+    request = p.GetHistoricalFeatures(
+        features=tuple(FEATURES), entity_df=pa.Table.from_pandas(entity_frame(20, seed=20))
+    )
+    with OfflineFlightClient(server.location, timeout=60) as client:
+        command_id = client.stage(request)
+        before = _scrape(server.ops.metrics_port)
+        assert client.drop(command_id)
+        after = _scrape(server.ops.metrics_port)
+    return before, after
