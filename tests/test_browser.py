@@ -168,6 +168,9 @@ def check_the_notebooks(lab, driver) -> None:
     serving = bh.panel_figures(driver)
     assert serving["status"] == "serving" and serving["requests"] >= requests[-1]
     bh.full_page_screenshot(driver, SHOTS / "ArrowServer.png")
+    # A widget drawn by the server's threads lands under whichever cell ran last
+    # (DuckDB draws black bars for its slow queries unless they are turned off).
+    assert bh.progress_bars(driver) == [], "progress widgets on the server page"
 
     # --- Stop server: the button stops it cleanly ---------------------------------------
     from selenium.webdriver.common.by import By
