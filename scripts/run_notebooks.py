@@ -11,7 +11,8 @@
 The executed copies go to ``--output`` (default ``out/notebooks``). Any cell
 error, a server that never answers or an executed client notebook without its
 results (the equality check, the accuracy, the plots) makes the exit code
-non-zero.
+non-zero, and so does a widget (or its text repr, ``VBox(...)``) in an
+executed copy: headless runs show progress and the server panel as text.
 
     python scripts/run_notebooks.py                 # the demo
     python scripts/run_notebooks.py --output out/ci-notebooks --ci
@@ -137,6 +138,31 @@ def outputs_text(path: Path) -> tuple[str, int]:
     return "\n".join(texts), images
 
 
+# What a widget leaves in a notebook run without a page: its text repr. Headless
+# runs must show text instead (flightlab.notebook: progress lines, panel snapshots).
+WIDGET_REPRS = ("FloatProgress(", "IntProgress(", "VBox(", "HBox(", "Button(")
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def widget_outputs(path: Path) -> list[str]:
+    """The outputs of an executed notebook that are widgets or their reprs."""
+    notebook = json.loads(path.read_text())
+    found = []
+    for number, cell in enumerate(notebook["cells"]):
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            text = "".join(output.get("text", "")) + "".join(data.get("text/plain", ""))
+            reprs = [r for r in WIDGET_REPRS if r in text]
+            if WIDGET_VIEW in data or reprs:
+                found.append(f"cell {number}: {(reprs or [WIDGET_VIEW])[0]} {text[:60]!r}")
+    return found
+
+
+def _widget_problem(path: Path) -> list[str]:
+    found = widget_outputs(path)
+    return [f"widget output where text belongs ({'; '.join(found[:3])})"] if found else []
+
+
 def check_client_results(path: Path) -> str:
     """The executed client notebook must show its results; returns the accuracy line."""
     text, images = outputs_text(path)
@@ -146,11 +172,37 @@ def check_client_results(path: Path) -> str:
     accuracy = next((line for line in text.splitlines() if "test accuracy" in line), None)
     if accuracy is None:
         problems.append("no test accuracy")
+    # The headless progress bar's one final line (flightlab.notebook.progress).
+    if not any(line.startswith("remote retrieval: 100%") for line in text.splitlines()):
+        problems.append("no final 'remote retrieval: 100%' progress line")
     if images < 3:  # digit grid, predictions grid, timing chart
         problems.append(f"only {images} plots")
+    problems += _widget_problem(path)
     if problems:
         raise RunFailed(f"{path.name} lacks its results: {'; '.join(problems)}")
     return f"{accuracy.strip()}; {images} plots"
+
+
+def check_server_results(path: Path) -> str:
+    """The executed server notebook must show its panel as a text snapshot that
+    ends stopped (updated in place); returns the panel's final status line."""
+    notebook = json.loads(path.read_text())
+    shown = [
+        "".join(output["data"]["text/plain"])
+        for cell in notebook["cells"]
+        for output in cell.get("outputs", [])
+        if output.get("output_type") == "display_data" and "text/plain" in output.get("data", {})
+    ]
+    first_lines = [text.splitlines()[0] for text in shown if text.strip()]
+    panel = [line for line in first_lines if line.startswith("flightlab offline server at")]
+    problems = _widget_problem(path)
+    if not panel:
+        problems.append("no server panel snapshot")
+    elif ": stopped;" not in panel[-1]:
+        problems.append(f"the server panel does not end stopped: {panel[-1]!r}")
+    if problems:
+        raise RunFailed(f"{path.name} lacks its results: {'; '.join(problems)}")
+    return panel[-1]
 
 
 def run(output: Path, ci: bool, store: str = "duckdb") -> None:
@@ -234,6 +286,7 @@ def run_profile(output: Path, ci: bool, demo_params: dict, client_params: dict) 
     if server_answers(HOST, port, timeout=2):
         raise RunFailed(f"something still answers on port {port} after the server stopped")
     log("ok ArrowServer.ipynb (served, then shut down cleanly)")
+    log(f"ArrowServer panel: {check_server_results(output / 'ArrowServer.ipynb')}")
     log(f"ArrowClient results: {check_client_results(output / 'ArrowClient.ipynb')}")
     log(f"all notebooks ran in {time.perf_counter() - total:.0f} s; executed copies in {output}")
 

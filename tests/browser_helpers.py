@@ -281,6 +281,12 @@ def progress_bars(driver: Any) -> list[dict[str, Any]]:
     return bars
 
 
+def code_sources(path: Path) -> list[str]:
+    """The sources of a notebook's code cells, in order (as the page lists them)."""
+    notebook = json.loads(path.read_text())
+    return ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"]
+
+
 def number(text: str) -> int:
     """``"70,000"`` -> 70000 (the panel's figures)."""
     return int(text.replace(",", "").split()[0])

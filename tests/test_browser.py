@@ -103,10 +103,14 @@ def check_the_notebooks(lab, driver) -> None:
     bh.collapse_left_sidebar(driver)
     bh.run_all(driver)
     bh.wait_for(lambda: bh.all_ran(driver), 180, "every ArrowServer cell to run")
-    first = bh.wait_for(lambda: bh.panel_figures(driver), 30, "the server panel")
+    # The button is a widget of its own, drawn apart from the panel's HTML: wait for both.
+    first = bh.wait_for(
+        lambda: (f := bh.panel_figures(driver)) and f["button"] == "Stop server" and f,
+        30,
+        "the server panel and its Stop server button",
+    )
     assert first["status"] == "serving", first
     assert first["requests"] == 0 and bh.number(first["rows sent"]) == 0, first
-    assert first["button"] == "Stop server"
     found = nb.announced(repo)
     assert found is not None, "the server notebook announced no answering server"
     assert first["address"] == nb.location_of(*found)
@@ -140,6 +144,7 @@ def check_the_notebooks(lab, driver) -> None:
     rows = [bh.number(s["rows sent"]) for s in samples]
     assert requests == sorted(requests) and rows == sorted(rows), (requests, rows)
     assert len(set(requests)) >= 3, requests
+    assert len(set(rows)) >= 3, rows
     assert rows[-1] >= 3 * 70_000, rows  # the retrieval, the equality check's, the timings
     assert len({s["updated"] for s in samples}) >= 3
     assert "get_historical_features command=" in samples[-1]["log"], samples[-1]["log"]
@@ -154,8 +159,7 @@ def check_the_notebooks(lab, driver) -> None:
     assert len(bars) == 1, f"other progress widgets on the page (DuckDB's?): {bars}"
     assert "remote features == local features: PASSED" in text
     assert "test accuracy on 10,000 images" in text
-    images = [c["images"] for c in shown]
-    assert sum(images) >= 3, images  # the digit grid, the predictions, the timing chart
+    wait_for_each_plot(driver, lab.root / "ArrowClient.ipynb", len(shown))
     assert "already running" in text  # it used the announced server, not one of its own
     assert not shown_tracebacks(driver)
 
@@ -164,6 +168,9 @@ def check_the_notebooks(lab, driver) -> None:
     serving = bh.panel_figures(driver)
     assert serving["status"] == "serving" and serving["requests"] >= requests[-1]
     bh.full_page_screenshot(driver, SHOTS / "ArrowServer.png")
+    # A widget drawn by the server's threads lands under whichever cell ran last
+    # (DuckDB draws black bars for its slow queries unless they are turned off).
+    assert bh.progress_bars(driver) == [], "progress widgets on the server page"
 
     # --- Stop server: the button stops it cleanly ---------------------------------------
     from selenium.webdriver.common.by import By
@@ -184,7 +191,9 @@ def check_the_notebooks(lab, driver) -> None:
     )
     assert bh.number(stopped["rows sent"]) == bh.number(serving["rows sent"])
     host, port = found
-    assert not nb.server_answers(host, port, timeout=2)
+    # OfflineServer.running turns False as stop() begins, before its service has
+    # shut down: the panel's refresher may say stopped while the port still answers.
+    bh.wait_for(lambda: not nb.server_answers(host, port, timeout=2), 30, "the port closed")
     bh.wait_for(lambda: not nb.server_file(repo).exists(), 10, "the announcement withdrawn")
     bh.wait_for(lambda: bh.kernel_idle(driver), 30, "the server kernel idle after the stop")
     bh.full_page_screenshot(driver, SHOTS / "ArrowServer-stopped.png")
@@ -203,6 +212,35 @@ def check_the_notebooks(lab, driver) -> None:
         f"progress bar fills seen: {sorted(set(fills), key=lambda w: float(w.rstrip('%')))}; "
         f"screenshots in {SHOTS}"
     )
+
+
+def wait_for_each_plot(driver, notebook: Path, cells_shown: int) -> None:
+    """Each plotting cell (the digit grids, the timing chart) shows its own image.
+
+    The page's code cells are the notebook's, in order (every cell is in the
+    DOM: LAB_SETTINGS turns windowing off), so the sources say which is which.
+    """
+    sources = bh.code_sources(notebook)
+    assert len(sources) == cells_shown, (len(sources), cells_shown)
+    plots = {
+        "digit grid": [i for i, s in enumerate(sources) if "nb.digit_grid(" in s],
+        "timing chart": [i for i, s in enumerate(sources) if "nb.timing_chart(" in s],
+    }
+    assert all(plots.values()), f"{notebook.name} lacks a plotting cell: {plots}"
+
+    def without_image() -> list[str]:
+        now = bh.cells(driver)
+        return [
+            f"{name} (code cell {n})"
+            for name, ns in plots.items()
+            for n in ns
+            if not now[n]["images"]
+        ]
+
+    try:  # an image counts once the browser has decoded it: wait for each
+        bh.wait_for(lambda: not without_image(), 30, "an image in each plotting cell")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; none in {without_image()}") from None
 
 
 def _has_outputs(path: Path) -> bool:

@@ -170,7 +170,11 @@ def test_the_panel_reflects_real_server_stats(tools_repo, tmp_path):
     state = panel.refresh()
     assert not state.running and state.location.startswith("grpc+tcp://")
     assert "stopped" in panel.html.value
-    assert state.to_html() in panel.snapshot().data
+    shown = panel.snapshot()._repr_mimebundle_()
+    assert "<b style='color:#9e9e9e'>stopped</b>" in shown["text/html"]
+    final = shown["text/plain"].splitlines()[0]
+    assert final.startswith(f"flightlab offline server at {state.location}: stopped; "), final
+    assert "requests (1 failed), 20 rows sent" in final, final
 
 
 def _arrow(frame):
@@ -257,6 +261,71 @@ def test_the_panel_stops_refreshing_once_the_server_stops_elsewhere(tools_repo):
     assert "stopped" in panel.html.value and panel.stop_button.disabled
     quiet = nb.ServerPanel(server, live=False)
     assert not quiet.live
+
+
+def _run_in_a_kernel(cells: list[str], path: Path) -> dict:
+    """Execute ``cells`` in a real Jupyter kernel, which inherits this process's
+    environment, as papermill does (widget state saved); returns the executed
+    notebook, also written to ``path``."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    notebook = new_notebook(cells=[new_code_cell(source) for source in cells])
+    NotebookClient(
+        notebook,
+        timeout=180,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+        store_widget_state=True,
+    ).execute()
+    nbformat.write(notebook, path)
+    return notebook
+
+
+def test_a_headless_panel_shows_a_text_snapshot_that_ends_stopped(
+    tools_repo, tmp_path, monkeypatch
+):
+    """papermill's view of the ArrowServer notebook: no widget repr
+    (``VBox(children=...``) but the panel as text and HTML, replaced in place
+    by the final status once the server stops."""
+    port = nb.free_port()
+    client_repo = tmp_path / "client"
+    (client_repo / "data").mkdir(parents=True)
+    (client_repo / "feature_store.yaml").write_text(
+        client_repo_yaml("127.0.0.1", port, registry=tools_repo / "data" / "registry.db")
+    )
+    cells = [
+        "from feast import FeatureStore\n"
+        "from flightlab import notebook as nb\n"
+        "from flightlab.sample_repo import entity_frame\n"
+        f"server = nb.start_server({str(tools_repo)!r}, port={port})",
+        "panel = nb.ServerPanel(server, interval=0.2)\npanel",
+        "nb.ServerPanel(server, live=False, headless=False)  # JupyterLab's: the widget",
+        f"store = FeatureStore(repo_path={str(client_repo)!r})\n"
+        f"store.get_historical_features(entity_frame(20), {FEATURES!r}).to_arrow().num_rows",
+        "server.stop()",
+        "print(panel.refresh().status_line())",
+    ]
+    monkeypatch.setenv("FLIGHTLAB_HEADLESS", "1")  # as scripts/run_notebooks.py sets it
+    executed = _run_in_a_kernel(cells, tmp_path / "panel.ipynb")
+
+    outputs = [cell["outputs"] for cell in executed["cells"]]
+    assert len(outputs[1]) == 1 and outputs[1][0]["output_type"] == "display_data", outputs[1]
+    data = outputs[1][0]["data"]
+    assert set(data) == {"text/plain", "text/html"}, data.keys()
+    final = f"flightlab offline server at grpc+tcp://127.0.0.1:{port}: stopped; 1 requests"
+    assert data["text/plain"].startswith(final), data["text/plain"]
+    assert "(0 failed), 20 rows sent" in data["text/plain"].splitlines()[0]
+    assert "get_historical_features: 1 requests, 0 errors" in data["text/plain"]
+    assert "stopped</b>" in data["text/html"] and "<td>20</td>" in data["text/html"]
+    assert "VBox(" not in str(outputs[1])
+    assert outputs[-1][0]["text"].startswith(final), outputs[-1]
+    # The widget panel (headless=False) is what the runner's check flags, and only it.
+    assert "application/vnd.jupyter.widget-view+json" in outputs[2][0]["data"]
+    runner = _run_notebooks_script()
+    flagged = runner.widget_outputs(tmp_path / "panel.ipynb")
+    assert [line.split(":")[0] for line in flagged] == ["cell 2"], flagged
 
 
 def test_a_client_finds_the_announced_server(tools_repo, tmp_path):
@@ -401,26 +470,88 @@ def _run_notebooks_script():
     return module
 
 
-def test_the_runner_checks_the_client_notebook_shows_its_results(tmp_path):
+def _synthetic_notebook(path: Path, outputs: list[dict]) -> Path:
     import nbformat
-    from nbformat.v4 import new_code_cell, new_notebook, new_output
+    from nbformat.v4 import new_code_cell, new_notebook
 
+    nbformat.write(new_notebook(cells=[new_code_cell(outputs=[o]) for o in outputs]), path)
+    return path
+
+
+def _stream(text: str) -> dict:
+    from nbformat.v4 import new_output
+
+    return new_output("stream", text=text)
+
+
+def _shown(data: dict) -> dict:
+    from nbformat.v4 import new_output
+
+    return new_output("display_data", data=data)
+
+
+PNG = {"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"}
+FINAL_BAR = "remote retrieval: 100%|##########| 70.0k/70.0k [00:04<00:00, 16.1krows/s]\n"
+BAR_WIDGET = {
+    "text/plain": "  0%|          | 0/70000 [00:00<?, ?rows/s]",
+    "application/vnd.jupyter.widget-view+json": {"model_id": "abc", "version_major": 2},
+}
+
+
+def test_the_runner_checks_the_client_notebook_shows_its_results(tmp_path):
     runner = _run_notebooks_script()
-    png = {"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"}
-    cells = [
-        new_code_cell(
-            outputs=[new_output("stream", text="remote features == local features: PASSED\n")]
-        ),
-        new_code_cell(
-            outputs=[new_output("stream", text="test accuracy on 10,000 images: 0.9710\n")]
-        ),
-        *[new_code_cell(outputs=[new_output("display_data", data=png)]) for _ in range(3)],
+    results = [
+        _stream("70,000 rows, 32 columns, 236 MB\n"),
+        _stream("remote features == local features: PASSED\n"),
+        _stream("test accuracy on 10,000 images: 0.9710\n"),
+        *[_shown(PNG) for _ in range(3)],
     ]
-    good = tmp_path / "good.ipynb"
-    nbformat.write(new_notebook(cells=cells), good)
+    good = _synthetic_notebook(tmp_path / "good.ipynb", [_stream(FINAL_BAR), *results])
     assert "0.9710" in runner.check_client_results(good)
 
-    bad = tmp_path / "bad.ipynb"
-    nbformat.write(new_notebook(cells=cells[1:3]), bad)
-    with pytest.raises(runner.RunFailed, match="remote == local.*only 1 plots"):
+    bad = _synthetic_notebook(tmp_path / "bad.ipynb", results[2:4])
+    with pytest.raises(
+        runner.RunFailed, match="remote == local.*no final 'remote retrieval: 100%'.*only 1 plots"
+    ):
         runner.check_client_results(bad)
+
+    # A bar that never finished, and one left as a widget's text repr.
+    for name, bar in [
+        ("unfinished", _stream(FINAL_BAR.replace("100%", " 40%"))),
+        ("repr", _shown({"text/plain": "FloatProgress(value=0.0, max=70000.0)"})),
+    ]:
+        path = _synthetic_notebook(tmp_path / f"{name}.ipynb", [bar, *results])
+        with pytest.raises(runner.RunFailed, match="remote retrieval: 100%"):
+            runner.check_client_results(path)
+    for name, widget in [
+        ("float-progress", _stream("FloatProgress(value=0.0, max=70000.0)\n")),
+        ("widget-view", _shown(BAR_WIDGET)),
+    ]:
+        path = _synthetic_notebook(
+            tmp_path / f"{name}.ipynb", [_stream(FINAL_BAR), widget, *results]
+        )
+        with pytest.raises(runner.RunFailed, match="widget output where text belongs.*cell 1"):
+            runner.check_client_results(path)
+
+
+def test_the_runner_checks_the_server_panel_is_text_and_ends_stopped(tmp_path):
+    runner = _run_notebooks_script()
+    at = "flightlab offline server at grpc+tcp://127.0.0.1:4000"
+    stopped = at + ": stopped; 9 requests (0 failed), 280,000 rows sent (945.6 MB)"
+
+    def panel(first_line: str) -> dict:
+        return _shown({"text/plain": first_line + "\n  staged commands: 0", "text/html": "<div>"})
+
+    good = _synthetic_notebook(tmp_path / "good.ipynb", [_stream("serving\n"), panel(stopped)])
+    assert runner.check_server_results(good) == stopped
+
+    serving = _synthetic_notebook(
+        tmp_path / "serving.ipynb", [panel(at + ": serving; 0 requests (0 failed), 0 rows sent")]
+    )
+    with pytest.raises(runner.RunFailed, match="does not end stopped"):
+        runner.check_server_results(serving)
+    # The panel as ipywidgets leaves it without a page: its repr, no snapshot.
+    vbox = _shown({"text/plain": "VBox(children=(HTML(value='<div style=...'),))"})
+    widget = _synthetic_notebook(tmp_path / "widget.ipynb", [vbox])
+    with pytest.raises(runner.RunFailed, match="widget output.*VBox.*no server panel snapshot"):
+        runner.check_server_results(widget)

@@ -15,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from flightlab.notebook.progress import headless as headless_run
+
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
@@ -127,11 +129,26 @@ class PanelState:
     def _repr_html_(self) -> str:
         return self.to_html()
 
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        # Both: a saved notebook's text/plain is what text-only viewers show.
+        return {"text/plain": self.to_text(), "text/html": self.to_html()}
+
+    def status_line(self) -> str:
+        """One line: where, serving or stopped, and what it served."""
+        s = self.stats
+        requests = sum(s.get("requests_by_api", {}).values())
+        errors = sum(s.get("errors_by_api", {}).values())
+        return (
+            f"flightlab offline server at {self.location}: "
+            f"{'serving' if self.running else 'stopped'}; {requests} requests "
+            f"({errors} failed), {s.get('rows_out', 0):,} rows sent "
+            f"({human_bytes(s.get('bytes_out', 0))})"
+        )
+
     def to_text(self) -> str:
         s = self.stats
         lines = [
-            f"flightlab offline server at {self.location} "
-            f"({'serving' if self.running else 'stopped'})",
+            self.status_line(),
             f"  staged commands: {s.get('staged_commands', 0)}",
             f"  rows sent: {s.get('rows_out', 0):,}",
             f"  bytes sent: {human_bytes(s.get('bytes_out', 0))}",
@@ -212,11 +229,19 @@ class ServerPanel:
     in-process server's: they share the ``flightlab.server`` logger).
     """
 
-    def __init__(self, server: Any, interval: float = 1.0, live: bool = True):
+    def __init__(
+        self,
+        server: Any,
+        interval: float = 1.0,
+        live: bool = True,
+        headless: bool | None = None,
+    ):
         import ipywidgets as widgets
 
         self.server = server
         self.interval = interval
+        self.headless = headless_run() if headless is None else headless
+        self._shown: Any = None  # headless: the DisplayHandle of the snapshot shown
         self.html = widgets.HTML()
         self.stop_button = widgets.Button(
             description="Stop server", button_style="danger", icon="stop"
@@ -271,6 +296,11 @@ class ServerPanel:
                 self.stop_button.disabled = True
                 self.stop_button.description = "Server stopped"
             self.html.value = self.state.to_html()
+            if self._shown is not None:
+                # A saved notebook keeps the updates that arrive while some
+                # cell runs: the refresher's may come between cells, a
+                # refresh() from a cell always lands.
+                self._shown.update(self.state)
             return self.state
 
     def stop_server(self, _button: Any = None) -> PanelState:
@@ -283,13 +313,14 @@ class ServerPanel:
     def _ipython_display_(self) -> None:
         from IPython.display import display
 
-        display(self.widget)
+        if self.headless:
+            self._shown = display(self.snapshot(), display_id=True)
+        else:
+            display(self.widget)
 
-    def snapshot(self) -> Any:
-        """A static copy of the panel (stays visible in a saved notebook)."""
-        from IPython.display import HTML
-
-        return HTML(self.refresh().to_html())
+    def snapshot(self) -> PanelState:
+        """The panel now, as static text and HTML (stays readable in a saved notebook)."""
+        return self.refresh()
 
 
 def serve_for(
