@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -197,3 +201,44 @@ def new_driver_rows(hours_after_end: int, drivers: tuple[int, ...]) -> pd.DataFr
             "created": pd.Series([at + timedelta(minutes=1)] * n).dt.as_unit("us"),
         }
     )
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """Whether ``predicate`` holds within ``timeout`` seconds (checked often):
+    for what a server finishes just after its client has its answer."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@contextmanager
+def watching_spill(spill_root: Path) -> Iterator[set[str]]:
+    """The names of the folders under ``spill_root`` seen holding files while
+    the block runs: the engine's requests that spilled (each into a folder of
+    its own, which it removes when it ends)."""
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if spill_root.exists():
+                seen.update(d.name for d in spill_root.iterdir() if _holds_files(d))
+            done.wait(0.01)
+
+    watcher = threading.Thread(target=watch, name="spill-watcher")
+    watcher.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        watcher.join()
+
+
+def _holds_files(folder: Path) -> bool:
+    try:
+        return any(folder.iterdir())
+    except FileNotFoundError:  # removed as we looked
+        return False

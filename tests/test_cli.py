@@ -22,12 +22,23 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 from feast.errors import FeatureViewNotFoundException
-from offline_helpers import ENTITY_KEYS, FEATURES, assert_same_rows, make_client_store
+from offline_helpers import (
+    ENTITY_KEYS,
+    FEATURES,
+    assert_same_rows,
+    make_client_store,
+    pull,
+    watching_spill,
+)
 
+from flightlab.cli import _engine_settings, build_parser
 from flightlab.client.transport import OfflineFlightClient
+from flightlab.engine.settings import EngineMode, EngineSettings
 from flightlab.sample_repo import entity_frame
 from flightlab.wire import protocol as p
 
+# Entity rows whose join outgrows a 16 MB DuckDB memory limit on one thread.
+SPILLING_ROWS = 50_000
 SERVING = re.compile(r"flightlab serving grpc\+tcp://127\.0\.0\.1:(\d+)")
 STARTUP_SECONDS = 120
 # One line per request: "<api> command=<id> ... rows_in=N rows_out=N ... 0.123s".
@@ -172,3 +183,70 @@ def test_serving_a_folder_without_a_repo_fails_with_a_message(tmp_path):
     assert run.returncode == 2
     assert "no feature_store.yaml" in run.stderr
     assert run.stdout == ""
+
+
+# --- the engine options ------------------------------------------------------------------
+
+
+def test_engine_options_parse_into_the_engine_settings(tmp_path):
+    args = build_parser({}).parse_args(
+        [
+            "serve_offline",
+            "--engine",
+            "flightlab",
+            "--engine-threads",
+            "3",
+            "--engine-memory-limit",
+            "1GB",
+            "--spill-dir",
+            str(tmp_path),
+        ]
+    )
+    assert _engine_settings(args) == EngineSettings(EngineMode.FLIGHTLAB, 3, "1GB", tmp_path)
+    assert _engine_settings(build_parser({}).parse_args(["serve_offline"])) == EngineSettings()
+
+
+def test_engine_feast_has_feasts_own_store_answer(server_repo, local_store, tmp_path):
+    command = [sys.executable, "-m", "flightlab", "-c", str(server_repo), "serve_offline"]
+    with serve_offline([*command, "--port", "0", "--engine", "feast"], tmp_path) as cli:
+        client_store = make_client_store(tmp_path / "client", cli.port, server_repo)
+        entities = entity_frame(25, seed=74)
+        assert_same_rows(
+            local_store.get_historical_features(entities, FEATURES).to_df(),
+            client_store.get_historical_features(entities, FEATURES).to_df(),
+            ENTITY_KEYS,
+        )
+        expected = pull(local_store, "pull_all_from_table_or_query").to_df()
+        got = pull(client_store, "pull_all_from_table_or_query").to_df()
+        assert_same_rows(expected, got, list(expected.columns))
+        with OfflineFlightClient(cli.location, timeout=60) as client:
+            engines = client.stats()["requests_by_engine"]
+        assert cli.stop(signal.SIGTERM) == 0
+    # On the duckdb store, where the engine would answer by default.
+    assert engines == {"feast": 2}
+    served = [line for line in cli.log_lines() if REQUEST_LINE.search(line)]
+    assert len(served) == 2 and all("engine=feast" in line for line in served)
+
+
+def test_the_engine_runs_with_the_threads_memory_limit_and_spill_folder_given(
+    server_repo, local_store, tmp_path
+):
+    spill = tmp_path / "spill"
+    command = [sys.executable, "-m", "flightlab", "-c", str(server_repo), "serve_offline"]
+    options = ["--engine", "flightlab", "--engine-threads", "1"]
+    options += ["--engine-memory-limit", "16MB", "--spill-dir", str(spill)]
+    entities = entity_frame(SPILLING_ROWS, seed=75)
+    with serve_offline([*command, "--port", "0", *options], tmp_path) as cli:
+        with watching_spill(spill) as spilled, OfflineFlightClient(cli.location) as client:
+            request = p.GetHistoricalFeatures(
+                features=tuple(FEATURES), entity_df=pa.Table.from_pandas(entities)
+            )
+            got = client.fetch(request, timeout=300).to_pandas()
+            engines = client.stats()["requests_by_engine"]
+        assert cli.stop(signal.SIGTERM) == 0
+    assert engines == {"flightlab": 1}
+    # The join outgrew 16 MB: it spilled, into a folder of its own under --spill-dir.
+    assert len(spilled) == 1
+    assert_same_rows(
+        local_store.get_historical_features(entities, FEATURES).to_df(), got, ENTITY_KEYS
+    )

@@ -5,7 +5,10 @@ The answers themselves are checked against Feast's duckdb store in
 behaviour as a service: the first batch leaves before the join has produced
 the last, a small request is answered while a large one is in flight, a join
 over its memory limit spills and still gives the local answer, the ASOF plan
-is the sort-merge one, and who answered is reported. A repo on the dask
+is the sort-merge one, and who answered is reported. The engine's own
+figures (rows read from DuckDB, databases open) show that a result streams
+and that the server holds a bounded part of it. An on-demand view that
+fails gets a named error and frees its database. A repo on the dask
 (``file``) store is answered by the engine only when asked for by name.
 """
 
@@ -15,23 +18,37 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pytest
-from feast import FeatureStore
-from offline_helpers import FEATURES, assert_same_rows, make_client_store, registry_of
+from feast import FeatureStore, FeatureView, Field, FileSource
+from feast.on_demand_feature_view import OnDemandFeatureView, on_demand_feature_view
+from feast.types import Float64, String
+from offline_helpers import (
+    FEATURES,
+    assert_same_rows,
+    make_client_store,
+    registry_of,
+    wait_until,
+    watching_spill,
+)
 
-from flightlab.client.store import ENTITY_SLICE_ROWS
+from flightlab.client.store import ENTITY_SLICE_ROWS, entity_rows_reader, entity_schema_of
 from flightlab.client.transport import OfflineFlightClient
-from flightlab.engine import Engine, EngineMode, EngineSettings
+from flightlab.engine import Engine, EngineMode, EngineSettings, EngineUsage, OnDemandFeatureError
+from flightlab.engine.on_demand import with_on_demand_features
 from flightlab.sample_repo import FEATURE_STORE_YAML, create_sample_repo, entity_frame
 from flightlab.server import OfflineServer
 from flightlab.server.limits import ServerLimits
 from flightlab.server.planning import plan_historical
 from flightlab.wire import protocol as p
-from flightlab.wire.errors import MalformedEntityDataError
+from flightlab.wire.errors import MalformedEntityDataError, ResourceExhaustedError
 
 BATCH_ROWS = 2048
 LARGE = 400_000  # entity rows: ~200 result batches, more than gRPC buffers hold
+# Rows a streamed result's server side may hold beyond what its client has
+# received: DuckDB's batch being cut (65,536 rows) and the buffers after it.
+AHEAD_ROWS = 3 * 65_536
 KEYS = ["driver_id", "customer_id", "event_timestamp"]
 
 
@@ -67,18 +84,39 @@ def running_joins(server: OfflineServer) -> int:
     return server.stats_json()["workers"]["running"]
 
 
+def engine_usage(server: OfflineServer) -> EngineUsage:
+    return server.dispatcher.engine.usage()
+
+
 def test_the_first_batch_arrives_while_the_join_is_still_producing(server):
+    before = engine_usage(server).rows_read
     with OfflineFlightClient(server.location) as client:
         batches = client.iter_batches(historical(LARGE))
         first = next(batches)
-        # The worker that runs the join is still busy: it can be at most a
-        # couple of batches ahead of a client that has read one.
-        assert running_joins(server) == 1
+        # Only a stream gives this: while the client holds its first batch,
+        # the engine has not yet taken the whole result from DuckDB.
+        read_by_then = engine_usage(server).rows_read - before
         rest = list(batches)
     assert 0 < first.num_rows <= BATCH_ROWS
+    assert first.num_rows <= read_by_then < LARGE
     assert len(rest) >= LARGE // BATCH_ROWS - 1
     assert first.num_rows + sum(b.num_rows for b in rest) == LARGE
-    assert running_joins(server) == 0
+    assert engine_usage(server).rows_read - before == LARGE
+    assert wait_until(lambda: engine_usage(server).open_databases == 0)
+
+
+def test_the_server_holds_a_bounded_part_of_a_large_result(server):
+    """A result ~200 times the batch bound: whenever the client has received
+    a batch, the engine has read from DuckDB at most AHEAD_ROWS rows more
+    (the DuckDB batch being cut, the hand-over queue, gRPC's buffers)."""
+    before = engine_usage(server).rows_read
+    received, ahead = 0, []
+    with OfflineFlightClient(server.location) as client:
+        for batch in client.iter_batches(historical(LARGE)):
+            received += batch.num_rows
+            ahead.append(engine_usage(server).rows_read - before - received)
+    assert received == LARGE
+    assert max(ahead) <= AHEAD_ROWS, max(ahead)
 
 
 def test_a_small_request_is_answered_while_a_large_one_streams(server, local):
@@ -120,34 +158,38 @@ def test_joins_over_their_memory_limit_spill_side_by_side_and_give_the_local_ans
     tight = EngineSettings(threads=1, memory_limit="16MB", spill_dir=spill)
     rows, seeds = 150_000, (4, 5)
     answers: dict[int, object] = {}
-    spill_folders: set[str] = set()
-    done = threading.Event()
-
-    def watch_spill() -> None:
-        while not done.is_set():
-            if spill.exists():
-                spill_folders.update(d.name for d in spill.iterdir() if any(d.iterdir()))
-            done.wait(0.01)
 
     def fetch(seed: int) -> None:
         with OfflineFlightClient(server.location) as client:
             answers[seed] = client.fetch(historical(rows, seed=seed)).to_pandas()
 
-    with OfflineServer(repo, port=0, engine=tight) as server:
-        watcher = threading.Thread(target=watch_spill)
-        watcher.start()
+    with OfflineServer(repo, port=0, engine=tight) as server, watching_spill(spill) as spilled:
         fetches = [threading.Thread(target=fetch, args=(seed,)) for seed in seeds]
         for thread in fetches:
             thread.start()
         for thread in fetches:
             thread.join(300)
-        done.set()
-        watcher.join()
     for seed in seeds:
         assert_same_rows(local_answer(local, rows, seed=seed), answers[seed], KEYS)
     # Both joins spilled, each into a folder of its own, removed when it ended.
-    assert len(spill_folders) == len(seeds)
+    assert len(spilled) == len(seeds)
     assert not spill.exists() or not any(spill.iterdir())
+
+
+def test_a_join_that_cannot_fit_its_memory_limit_gets_a_resource_error_naming_it(repo, tmp_path):
+    # 8 MB is less than even a spilling join of the sample repo needs.
+    starved = EngineSettings(threads=1, memory_limit="8MB", spill_dir=tmp_path / "spill")
+    with OfflineServer(repo, port=0, engine=starved) as server:
+        with OfflineFlightClient(server.location) as client:
+            with pytest.raises(ResourceExhaustedError, match="8MB.*--engine-memory-limit"):
+                client.fetch(historical(40_000))
+            assert client.fetch(historical(5)).num_rows == 5  # still serving
+        assert wait_until(lambda: engine_usage(server).open_databases == 0)
+
+
+def test_a_memory_limit_duckdb_cannot_read_is_refused_when_the_engine_is_set_up():
+    with pytest.raises(ValueError, match="memory_limit.*lots"):
+        Engine(EngineSettings(memory_limit="lots"))
 
 
 def test_the_asof_join_is_planned_as_a_sort_merge_not_a_nested_loop(local):
@@ -176,6 +218,81 @@ def test_entity_rows_without_a_join_key_get_a_named_error(server):
         with pytest.raises(MalformedEntityDataError, match="customer_id"):
             client.fetch(request)
         assert client.fetch(historical(5)).num_rows == 5  # still serving
+
+
+# --- on-demand views -----------------------------------------------------------------
+
+
+def test_an_on_demand_view_that_raises_gets_a_named_error_and_frees_its_database(server, local):
+    @on_demand_feature_view(
+        name="broken_transform",
+        sources=[local.get_feature_view("driver_stats")],
+        schema=[Field(name="broken", dtype=Float64)],
+    )
+    def broken_transform(inputs: pd.DataFrame) -> pd.DataFrame:
+        if "event_timestamp" in inputs.columns:  # a retrieval, not Feast's check at apply
+            raise ZeroDivisionError("the transformation divides by zero")
+        return pd.DataFrame({"broken": inputs["conv_rate"].astype("float64")})
+
+    local.apply([broken_transform])
+    request = p.GetHistoricalFeatures(
+        features=("driver_stats:conv_rate", "broken_transform:broken"),
+        entity_df=historical(50).entity_df,
+    )
+    with OfflineFlightClient(server.location) as client:
+        with pytest.raises(
+            OnDemandFeatureError, match="'broken_transform'.*ZeroDivisionError.*divides by zero"
+        ):
+            client.fetch(request)
+        # Its database was closed as the error left, and the server serves on.
+        assert engine_usage(server).open_databases == 0
+        assert client.fetch(historical(5)).num_rows == 5
+
+
+def shouting_view() -> OnDemandFeatureView:
+    """Upper-cases a string feature: all nulls in, a column pandas gives no type."""
+    source = FeatureView(
+        name="words",
+        entities=[],
+        schema=[Field(name="word", dtype=String)],
+        source=FileSource(name="words_source", path="words.parquet", timestamp_field="ts"),
+    )
+
+    @on_demand_feature_view(sources=[source], schema=[Field(name="shout", dtype=String)])
+    def shout(inputs: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"shout": inputs["word"].str.upper()})
+
+    return shout
+
+
+def with_shout(*batches: list[str | None]) -> tuple[pa.Schema, list[pa.RecordBatch]]:
+    """The engine's batches of words (one list each), with ``shout`` computed."""
+    schema = pa.schema([("word", pa.string())])
+    words = (pa.record_batch([pa.array(b, pa.string())], schema=schema) for b in batches)
+    out, out_schema = with_on_demand_features(
+        words, schema, [shouting_view()], ["shout:shout"], full_feature_names=False
+    )
+    return out_schema, list(out)
+
+
+def test_an_on_demand_output_all_null_in_the_first_batch_takes_its_declared_type():
+    schema, batches = with_shout([None, None], ["a", None, "b"], [None])
+    assert schema.field("shout").type == pa.string()
+    assert pa.Table.from_batches(batches).column("shout").to_pylist() == [
+        None,
+        None,
+        "A",
+        None,
+        "B",
+        None,
+    ]
+
+
+def test_a_single_all_null_batch_keeps_the_type_feast_gives_it():
+    # One batch is the whole result: exactly what Feast's whole-table transform gives.
+    schema, batches = with_shout([None, None])
+    assert schema.field("shout").type == pa.null()
+    assert sum(b.num_rows for b in batches) == 2
 
 
 # --- the dask store --------------------------------------------------------------------
@@ -213,6 +330,16 @@ def test_on_the_dask_store_the_engine_answers_only_when_chosen(file_repo, mode, 
         assert engines == {"flightlab": 1}
         expected = local_answer(as_duckdb_store(file_repo, tmp_path / "duckdb"), 200)
     assert_same_rows(expected, got, KEYS)
+
+
+def test_the_entity_schema_comes_from_the_first_slice_and_a_later_bad_row_fails_the_upload():
+    frame = entity_frame(ENTITY_SLICE_ROWS + 10)
+    frame["note"] = pd.Series([None] * ENTITY_SLICE_ROWS + ["late"] * 10, dtype=object)
+    frame["extra"] = pd.Series(["ok"] * (ENTITY_SLICE_ROWS + 9) + [{"not": "a string"}])
+    schema = entity_schema_of(frame)  # the bad row is past the first slice: not converted
+    assert schema.field("note").type == pa.string()  # typed from its first present value
+    with pytest.raises(MalformedEntityDataError, match=f"rows from {ENTITY_SLICE_ROWS}"):
+        entity_rows_reader(frame, schema).read_all()
 
 
 def test_the_client_uploads_a_large_entity_frame_in_slices(server, local, tmp_path, repo):

@@ -7,12 +7,19 @@ exactly on the boundary), created-timestamp ties, field mappings, feature
 services whose projections alias views and map join keys, an on-demand view,
 duplicate entity rows, unknown keys, an extra column and entity timestamps
 in other zones. The same retrieval is asked through a flightlab server, with
-flightlab's client and with Feast's stock ``type: remote`` client, and must
-equal the local duckdb store's answer: rows, values, names and dtypes.
+flightlab's client and with Feast's stock ``type: remote`` client (and, for a
+list of references, a bare wire request), and must equal the local duckdb
+store's answer: rows, values, names and dtypes; the engine, not Feast's
+store, must have answered. Explicit examples pin the cases a bounded search
+may miss: aliases with a join key map, TTL boundaries, TTL 0, created-
+timestamp ties, an on-demand view asked for without its input. Pulls, and
+sources that are a folder of parquet files or a path relative to the repo,
+are compared the same way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,15 +28,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from feast import Entity, FeatureService, FeatureStore, FeatureView, Field, FileSource
+from feast.data_format import ParquetFormat
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
 from feast.value_type import ValueType
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
-from offline_helpers import assert_same_rows, make_client_store, offline_store_of
+from offline_helpers import arrow, assert_same_rows, make_client_store, offline_store_of
 from test_feast_compat import stock_client
 
+from flightlab.client.transport import OfflineFlightClient
 from flightlab.server import OfflineServer
+from flightlab.wire import protocol as p
 
 PROJECT = "flightlab_sample"  # the project the client helpers' yaml names
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -56,7 +66,9 @@ class Case:
     full_feature_names: bool
     through_service: bool  # features from a feature service with aliases
     join_key_map: bool  # the service maps k1 to the entity column other_k1
-    on_demand: bool
+    # "none"; "with_input": an on-demand view and the feature it reads are
+    # asked for; "alone": the view without its input, which the plan adds.
+    on_demand: str
 
 
 def view_cases() -> st.SearchStrategy[ViewCase]:
@@ -90,7 +102,7 @@ cases = st.builds(
     full_feature_names=st.booleans(),
     through_service=st.booleans(),
     join_key_map=st.booleans(),
-    on_demand=st.booleans(),
+    on_demand=st.sampled_from(["none", "with_input", "alone"]),
 )
 
 
@@ -127,13 +139,18 @@ def source_frame(view: ViewCase, i: int) -> pd.DataFrame:
     return frame
 
 
-def feature_view(name: str, view: ViewCase, data: Path, i: int = 0) -> FeatureView:
-    """A view whose features are named f_int{i}, f_float{i}, f_str{i}."""
-    path = data / f"{name}.parquet"
-    source_frame(view, i).to_parquet(path)
+def feature_view(
+    name: str, view: ViewCase, data: Path, i: int = 0, layout: str = "file"
+) -> FeatureView:
+    """A view whose features are named f_int{i}, f_float{i}, f_str{i}. Its
+    source (``layout``) is one parquet file named by its absolute path, a
+    folder of three parquet files, or one file named relative to the repo."""
+    path = source_path(source_frame(view, i), data / name, layout)
     source = FileSource(
         name=f"{name}_source",
-        path=str(path),
+        path=path,
+        # A folder's name does not say what its files are.
+        file_format=ParquetFormat() if layout == "folder" else None,
         timestamp_field="ts",
         created_timestamp_column="created" if view.created else "",
         field_mapping={f"raw_f{i}": f"f_float{i}"} if view.mapped else None,
@@ -149,6 +166,20 @@ def feature_view(name: str, view: ViewCase, data: Path, i: int = 0) -> FeatureVi
         ],
         source=source,
     )
+
+
+def source_path(frame: pd.DataFrame, where: Path, layout: str) -> str:
+    if layout == "folder":
+        # Rows dealt round-robin: rows that tie on one key land in different files.
+        where.mkdir()
+        for part in range(3):
+            frame.iloc[part::3].to_parquet(where / f"part-{part}.parquet")
+        return str(where)
+    file = where.with_suffix(".parquet")
+    frame.to_parquet(file)
+    if layout == "relative":
+        return f"{file.parent.name}/{file.name}"  # data/NAME.parquet
+    return str(file)
 
 
 def doubling_view(name: str, source: FeatureView) -> object:
@@ -201,8 +232,9 @@ def apply_case(store: FeatureStore, case: Case, data: Path) -> list | FeatureSer
             f"{view.name}:{f}{i}"
             for i, view in enumerate(views)
             for f in ("f_int", "f_float", "f_str")
+            if not (i == 0 and case.on_demand == "alone")
         ]
-        if case.on_demand:
+        if case.on_demand != "none":
             odfv = doubling_view(f"c{n}_doubled", views[0])
             objects.append(odfv)
             features.append(f"c{n}_doubled:doubled")
@@ -251,6 +283,141 @@ def remotes(engine_server, generated_repo, tmp_path_factory) -> dict[str, Featur
 # --- the properties ----------------------------------------------------------------
 
 
+def engine_requests(server: OfflineServer) -> int:
+    return server.stats_json()["requests_by_engine"].get("flightlab", 0)
+
+
+def assert_remote_equals_local(
+    case: Case, local: FeatureStore, remotes: dict[str, FeatureStore], server: OfflineServer
+) -> None:
+    """The case's retrieval, asked locally and through ``server`` by Feast's
+    stock client, flightlab's client and (for a list of references) a bare
+    wire request: every answer equals the local one, and the engine gave it."""
+    features = apply_case(local, case, Path(local.repo_path) / "data")
+    entities = entity_frame(case)
+    names = case.full_feature_names
+    expected = local.get_historical_features(
+        entity_df=entities, features=features, full_feature_names=names
+    ).to_df()
+    before = engine_requests(server)
+    answers = {
+        client: remotes[client]
+        .get_historical_features(entity_df=entities, features=features, full_feature_names=names)
+        .to_df()
+        for client in ("flightlab", "stock")
+    }
+    if isinstance(features, list):
+        # Only the references asked for: the server's plan adds the features
+        # that on-demand views read, as a client's Feast does before it sends.
+        request = p.GetHistoricalFeatures(
+            features=tuple(features), entity_df=arrow(entities), full_feature_names=names
+        )
+        with OfflineFlightClient(server.location) as wire:
+            answers["wire"] = wire.fetch(request).to_pandas()
+    for client, got in answers.items():
+        assert list(got.columns) == list(expected.columns), client
+        assert_same_rows(expected, got, ["row_id"])
+    assert engine_requests(server) == before + len(answers)
+
+
+def a_view(entities, ttl=None, created=False, mapped=False, rows=()) -> ViewCase:
+    return ViewCase(tuple(entities), ttl, created, mapped, tuple(rows))
+
+
+def a_case(views, entity_rows, zone="UTC", full_names=False, service=False, **more) -> Case:
+    return Case(
+        views=tuple(views),
+        entity_rows=tuple(entity_rows),
+        zone=zone,
+        full_feature_names=full_names,
+        through_service=service,
+        join_key_map=more.get("join_key_map", False),
+        on_demand=more.get("on_demand", "none"),
+    )
+
+
+DAY = 86_400
+# Rows are (k1, k2, seconds after T0, f_int, f_float, f_str); entity rows (k1, k2, seconds).
+# A feature service aliasing both views and mapping k1 to the entity column other_k1 (= k1 + 1).
+ALIASES_AND_JOIN_KEY_MAP = a_case(
+    [
+        a_view(
+            ["k1"],
+            timedelta(days=1),
+            mapped=True,
+            rows=[(1, "a", 2, 4, 1.5, "x"), (3, "b", 5, None, -2.0, None)],
+        ),
+        a_view(
+            ["k1", "k2"],
+            created=True,
+            rows=[(1, "a", 1, 2, 3.0, "y"), (1, "a", 1, 3, 4.0, "x"), (3, "b", 4, -1, 0.5, "x")],
+        ),
+    ],
+    [(0, "a", 4), (1, "a", 1), (2, "b", 3), (2, "b", 6), (1, "c", 0), (0, "a", 4)],
+    full_names=True,
+    service=True,
+    join_key_map=True,
+)
+# Feature rows exactly at entity_ts - ttl and at entity_ts both count; one a
+# second older does not, nor does one later than the entity row.
+TTL_BOUNDARIES = a_case(
+    [
+        a_view(
+            ["k1"],
+            timedelta(seconds=3),
+            rows=[(1, "a", 2, 7, 1.0, "x"), (2, "a", 5, 8, 2.0, "y"), (3, "a", 0, 9, 3.0, None)],
+        )
+    ],
+    [(1, "a", 5), (1, "a", 6), (2, "a", 5), (2, "a", 4), (3, "a", 3), (3, "a", 4)],
+)
+# The same boundary with a one-day TTL, the entity timestamps in India's zone (UTC+05:30).
+TTL_BOUNDARY_IN_ANOTHER_ZONE = a_case(
+    [
+        a_view(
+            ["k1", "k2"],
+            timedelta(days=1),
+            rows=[(1, "a", 0, 1, 0.5, "x"), (2, "b", 3, 2, 1.5, "y")],
+        )
+    ],
+    [(1, "a", DAY), (1, "a", DAY + 1), (2, "b", DAY + 3), (2, "b", 3), (2, "b", 2)],
+    zone="Asia/Kolkata",
+    full_names=True,
+)
+# TTL 0 is no lower bound: a row thirty days old still counts.
+TTL_ZERO = a_case(
+    [a_view(["k1"], timedelta(0), rows=[(1, "a", 0, 5, 2.5, "x"), (2, "a", 8, 6, 3.5, "y")])],
+    [(1, "a", 30 * DAY), (2, "a", 7), (2, "a", 30 * DAY)],
+    zone="America/New_York",
+)
+# Rows of one key sharing an event timestamp: the greatest created timestamp
+# wins (created: row i at T0 + (7 i mod 13) minutes, so row 1 here).
+CREATED_TIES = a_case(
+    [
+        a_view(
+            ["k1"],
+            created=True,
+            rows=[
+                (1, "a", 3, 1, 1.0, "x"),
+                (1, "a", 3, 2, 2.0, "y"),
+                (1, "a", 3, 3, 3.0, None),
+                (1, "a", 4, 4, 4.0, "x"),
+            ],
+        )
+    ],
+    [(1, "a", 3), (1, "a", 4), (1, "a", 12), (1, "a", 2)],
+    zone="naive",
+)
+# An on-demand view asked for without the feature it reads (f_float0).
+ON_DEMAND_WITHOUT_ITS_INPUT = a_case(
+    [
+        a_view(["k1"], rows=[(1, "a", 1, 1, 1.25, "x"), (2, "a", 2, None, -3.0, "y")]),
+        a_view(["k1", "k2"], timedelta(seconds=3), rows=[(1, "b", 2, 7, 0.0, None)]),
+    ],
+    [(1, "a", 4), (2, "a", 2), (1, "b", 4), (3, "a", 9)],
+    on_demand="alone",
+)
+
+
 @settings(
     max_examples=25,
     derandomize=True,
@@ -260,26 +427,15 @@ def remotes(engine_server, generated_repo, tmp_path_factory) -> dict[str, Featur
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(case=cases)
-def test_remote_retrievals_equal_the_local_duckdb_store(
-    case, local, remotes, engine_server, generated_repo
-):
-    features = apply_case(local, case, generated_repo / "data")
-    entities = entity_frame(case)
-    expected = local.get_historical_features(
-        entity_df=entities, features=features, full_feature_names=case.full_feature_names
-    ).to_df()
-    before = engine_server.stats_json()["requests_by_engine"].get("flightlab", 0)
-    for client in ("flightlab", "stock"):
-        got = (
-            remotes[client]
-            .get_historical_features(
-                entity_df=entities, features=features, full_feature_names=case.full_feature_names
-            )
-            .to_df()
-        )
-        assert list(got.columns) == list(expected.columns), client
-        assert_same_rows(expected, got, ["row_id"])
-    assert engine_server.stats_json()["requests_by_engine"]["flightlab"] == before + 2
+@example(case=ALIASES_AND_JOIN_KEY_MAP)
+@example(case=TTL_BOUNDARIES)
+@example(case=TTL_BOUNDARY_IN_ANOTHER_ZONE)
+@example(case=TTL_ZERO)
+@example(case=CREATED_TIES)
+@example(case=ON_DEMAND_WITHOUT_ITS_INPUT)
+@example(case=dataclasses.replace(ON_DEMAND_WITHOUT_ITS_INPUT, full_feature_names=True))
+def test_remote_retrievals_equal_the_local_duckdb_store(case, local, remotes, engine_server):
+    assert_remote_equals_local(case, local, remotes, engine_server)
 
 
 @settings(
@@ -290,7 +446,9 @@ def test_remote_retrievals_equal_the_local_duckdb_store(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(view=view_cases(), window=st.sampled_from([None, (0, 4), (3, 3), (5, 100)]))
-def test_remote_pulls_equal_the_local_duckdb_store(view, window, local, remotes, generated_repo):
+def test_remote_pulls_equal_the_local_duckdb_store(
+    view, window, local, remotes, generated_repo, engine_server
+):
     name = f"p{next(_names)}"
     fv = feature_view(name, view, generated_repo / "data")
     local.apply([K1, K2, fv])
@@ -299,6 +457,7 @@ def test_remote_pulls_equal_the_local_duckdb_store(view, window, local, remotes,
     start = end = None
     if window is not None:
         start, end = (T0 + timedelta(seconds=s) for s in window)
+    before, remote_calls = engine_requests(engine_server), 0
     for client in ("flightlab", "stock"):
         for api in ("pull_all_from_table_or_query", "pull_latest_from_table_or_query"):
             if api.startswith("pull_latest") and window is None:
@@ -317,5 +476,67 @@ def test_remote_pulls_equal_the_local_duckdb_store(view, window, local, remotes,
                 for store in (local, remotes[client])
             ]
             expected, got = results
+            remote_calls += 1
             assert list(got.columns) == list(expected.columns)
             assert_same_rows(expected, got, list(expected.columns))
+    # The engine answered every remote pull, not Feast's store.
+    assert engine_requests(engine_server) == before + remote_calls
+
+
+# --- sources that are folders, paths relative to the repo ------------------------------
+
+SPREAD_VIEW = a_view(
+    ["k1", "k2"],
+    timedelta(seconds=5),
+    created=True,
+    mapped=True,
+    rows=[
+        (1, "a", 2, 1, 0.5, "x"),
+        (1, "a", 2, 2, 1.5, "y"),
+        (1, "a", 2, 3, 2.5, None),
+        (2, "b", 4, None, -1.0, "x"),
+        (2, "b", 6, 5, -2.0, "y"),
+        (3, "a", 1, 6, 4.0, None),
+        (1, "a", 7, 7, 8.0, "x"),
+    ],
+)
+SPREAD_ENTITIES = [(1, "a", 2), (1, "a", 7), (1, "a", 13), (2, "b", 5), (2, "b", 9), (3, "a", 9)]
+
+
+@pytest.mark.parametrize("layout", ["folder", "relative"])
+def test_folder_and_repo_relative_sources_read_as_the_local_store_reads_them(
+    layout, local, remotes, engine_server, monkeypatch, tmp_path
+):
+    repo = Path(local.repo_path)
+    name = f"{layout}{next(_names)}"
+    fv = feature_view(name, SPREAD_VIEW, repo / "data", layout=layout)
+    local.apply([K1, K2, fv])
+    entities = entity_frame(a_case([SPREAD_VIEW], SPREAD_ENTITIES))
+    features = [f"{name}:{f}0" for f in ("f_int", "f_float", "f_str")]
+
+    def answers(store: FeatureStore) -> tuple[pd.DataFrame, pd.DataFrame]:
+        historical = store.get_historical_features(entity_df=entities, features=features)
+        pulled = offline_store_of(store).pull_all_from_table_or_query(
+            config=store.config,
+            data_source=fv.batch_source,
+            join_key_columns=["k1", "k2"],
+            feature_name_columns=["f_int0", "raw_f0", "f_str0"],
+            timestamp_field="ts",
+            created_timestamp_column="created",
+        )
+        return historical.to_df(), pulled.to_df()
+
+    # Feast's duckdb store reads a relative path from the working directory;
+    # the engine reads it from the repo, wherever the server was started. The
+    # local answer is asked from the repo folder, the remote ones from another.
+    monkeypatch.chdir(repo)
+    expected, expected_pull = answers(local)
+    monkeypatch.chdir(tmp_path)
+    before = engine_requests(engine_server)
+    for client in ("flightlab", "stock"):
+        got, got_pull = answers(remotes[client])
+        assert list(got.columns) == list(expected.columns), client
+        assert_same_rows(expected, got, ["row_id"])
+        assert list(got_pull.columns) == list(expected_pull.columns), client
+        assert_same_rows(expected_pull, got_pull, list(expected_pull.columns))
+    assert engine_requests(engine_server) == before + 4

@@ -7,7 +7,9 @@
 what resources; anything it cannot answer goes to the repo's Feast store.
 Inside: :mod:`~flightlab.engine.sql` (the queries),
 :mod:`~flightlab.engine.sources` (which sources it reads),
-:mod:`~flightlab.engine.entities` (the uploaded entity rows) and
+:mod:`~flightlab.engine.entities` (the uploaded entity rows),
+:mod:`~flightlab.engine.on_demand` (on-demand views, batch by batch),
+:mod:`~flightlab.engine.usage` (open databases, rows read) and
 :mod:`~flightlab.engine.runner` (a DuckDB database per request).
 
 The exports load on first use: the settings do not import Feast or DuckDB.
@@ -17,7 +19,16 @@ from __future__ import annotations
 
 from flightlab._lazy import lazy_exports
 
-__all__ = ["FEAST", "FLIGHTLAB", "Engine", "EngineMode", "EngineSettings", "ResultStream"]
+__all__ = [
+    "FEAST",
+    "FLIGHTLAB",
+    "Engine",
+    "EngineMode",
+    "EngineSettings",
+    "EngineUsage",
+    "OnDemandFeatureError",
+    "ResultStream",
+]
 
 _LAZY = {
     "FEAST": "flightlab.engine.results",
@@ -26,6 +37,8 @@ _LAZY = {
     "Engine": "flightlab.engine.runner",
     "EngineMode": "flightlab.engine.settings",
     "EngineSettings": "flightlab.engine.settings",
+    "EngineUsage": "flightlab.engine.usage",
+    "OnDemandFeatureError": "flightlab.engine.on_demand",
 }
 
 __getattr__ = lazy_exports(__name__, _LAZY)

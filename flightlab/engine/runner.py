@@ -9,8 +9,10 @@ the request, and its result is read batch by batch as DuckDB produces it.
 from __future__ import annotations
 
 import tempfile
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from feast.repo_config import RepoConfig
 
 from flightlab.engine import sql
 from flightlab.engine.entities import prepared_entity_rows
+from flightlab.engine.on_demand import with_on_demand_features
 from flightlab.engine.results import FLIGHTLAB, ResultStream
 from flightlab.engine.settings import (
     REPLACEABLE_STORES,
@@ -30,7 +33,8 @@ from flightlab.engine.settings import (
     EngineSettings,
 )
 from flightlab.engine.sources import ParquetSource, parquet_source
-from flightlab.wire.errors import MalformedEntityDataError
+from flightlab.engine.usage import EngineUsage, UsageCounters
+from flightlab.wire.errors import MalformedEntityDataError, ResourceExhaustedError, shortened
 
 # Rows DuckDB hands over per batch; the server cuts them to its own bounds.
 _READ_BATCH_ROWS = 65_536
@@ -42,6 +46,12 @@ class Engine:
 
     def __init__(self, settings: EngineSettings | None = None):
         self.settings = settings or EngineSettings()
+        self._usage = UsageCounters()
+        _check_resources(self.settings)
+
+    def usage(self) -> EngineUsage:
+        """What the engine holds and has read so far (see :class:`EngineUsage`)."""
+        return self._usage.snapshot()
 
     def serves(self, config: RepoConfig) -> bool:
         """Whether the engine answers for a repo of this offline store type."""
@@ -69,18 +79,21 @@ class Engine:
         if prepared is None:
             return None
         database, query, total_rows = prepared
+        close = self._closer(database)
         try:
-            reader = database.sql(query).to_arrow_reader(_READ_BATCH_ROWS)
+            with self._memory_errors_named():
+                reader = database.sql(query).to_arrow_reader(_READ_BATCH_ROWS)
+            batches = self._counted(reader)
+            schema = reader.schema
+            if on_demand_views:
+                # Reads the first batch: a transformation may fail right here.
+                batches, schema = with_on_demand_features(
+                    batches, schema, on_demand_views, feature_refs, full_feature_names
+                )
         except BaseException:
-            database.close()
+            close()
             raise
-        batches: Iterator[pa.RecordBatch] = iter(reader)
-        schema = reader.schema
-        if on_demand_views:
-            batches, schema = _with_on_demand_features(
-                batches, schema, on_demand_views, feature_refs, full_feature_names
-            )
-        return ResultStream(schema, batches, FLIGHTLAB, total_rows=total_rows, close=database.close)
+        return ResultStream(schema, batches, FLIGHTLAB, total_rows=total_rows, close=close)
 
     def explain_historical(
         self,
@@ -101,7 +114,7 @@ class Engine:
         try:
             return "\n".join(row[1] for row in database.execute(f"EXPLAIN {query}").fetchall())
         finally:
-            database.close()
+            self._closer(database)()
 
     def _prepare_historical(
         self,
@@ -127,7 +140,7 @@ class Engine:
             _check_join_keys(entity_rows, feature_views, views)
             database.register(sql.ENTITY_TABLE, entity_rows)
         except BaseException:
-            database.close()
+            self._closer(database)()
             raise
         query = sql.historical_sql(entity_rows.column_names, timestamp, views)
         return database, query, entity_rows.num_rows
@@ -164,38 +177,101 @@ class Engine:
             latest_by=list(join_key_columns) if latest else None,
         )
         database = self._connect()
+        close = self._closer(database)
         try:
-            reader = database.sql(query).to_arrow_reader(_READ_BATCH_ROWS)
+            with self._memory_errors_named():
+                reader = database.sql(query).to_arrow_reader(_READ_BATCH_ROWS)
         except BaseException:
-            database.close()
+            close()
             raise
-        return ResultStream(reader.schema, iter(reader), FLIGHTLAB, close=database.close)
+        return ResultStream(reader.schema, self._counted(reader), FLIGHTLAB, close=close)
 
     # --- DuckDB ----------------------------------------------------------------------
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
-        settings = self.settings
-        spill_root = settings.spill_dir or Path(tempfile.gettempdir()) / "flightlab-spill"
+        spill_root = self.settings.spill_dir or Path(tempfile.gettempdir()) / "flightlab-spill"
         spill_root.mkdir(parents=True, exist_ok=True)
         # DuckDB names its spill files the same in every database and deletes its
         # temp directory when the database closes: requests (and replicas) sharing
         # one folder would overwrite each other's spill files. Each gets its own
         # subfolder of the root, which DuckDB creates on the first spill and removes
         # on close (it makes no parent folders).
-        config: dict[str, str | int] = {
-            "temp_directory": str(spill_root / f"request-{uuid.uuid4().hex}")
+        config = {
+            "temp_directory": str(spill_root / f"request-{uuid.uuid4().hex}"),
+            **_resource_config(self.settings),
         }
-        if settings.threads is not None:
-            config["threads"] = settings.threads
-        if settings.memory_limit is not None:
-            config["memory_limit"] = settings.memory_limit
         database = duckdb.connect(":memory:", config=config)
+        self._usage.opened()
         # TIMESTAMPTZ values come back as Arrow timestamps in UTC.
         database.execute("SET TimeZone = 'UTC'")
         # DuckDB 1.5 may plan an ASOF join against a registered Arrow table as
         # a nested loop (minutes for 100k x 1M rows); this keeps the sort-merge plan.
         database.execute("SET asof_loop_join_threshold = 0")
         return database
+
+    def _closer(self, database: duckdb.DuckDBPyConnection) -> Callable[[], None]:
+        """Closes ``database`` once, however often it is called."""
+        lock = threading.Lock()
+        still_open = [True]
+
+        def close() -> None:
+            with lock:
+                if not still_open[0]:
+                    return
+                still_open[0] = False
+            try:
+                database.close()
+            finally:
+                self._usage.closed()
+
+        return close
+
+    def _counted(self, reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
+        batches = iter(reader)
+        while True:
+            with self._memory_errors_named():
+                batch = next(batches, None)
+            if batch is None:
+                return
+            self._usage.read(batch.num_rows)
+            yield batch
+
+    @contextmanager
+    def _memory_errors_named(self) -> Iterator[None]:
+        """DuckDB's out-of-memory error (a join that could not spill enough)
+        as the server's resource error, naming the setting to change."""
+        try:
+            yield
+        except duckdb.OutOfMemoryException as exc:
+            limit = self.settings.memory_limit or "DuckDB's default, 80% of RAM"
+            raise ResourceExhaustedError(
+                f"the engine ran out of memory for this request (memory limit per "
+                f"request: {limit}); raise --engine-memory-limit, or make room in the "
+                f"spill folder: {shortened(str(exc), 300)}"
+            ) from exc
+
+
+def _resource_config(settings: EngineSettings) -> dict[str, str | int]:
+    config: dict[str, str | int] = {}
+    if settings.threads is not None:
+        config["threads"] = settings.threads
+    if settings.memory_limit is not None:
+        config["memory_limit"] = settings.memory_limit
+    return config
+
+
+def _check_resources(settings: EngineSettings) -> None:
+    """A memory limit DuckDB cannot read fails when the server is set up,
+    not on every request."""
+    config = _resource_config(settings)
+    if not config:
+        return
+    try:
+        duckdb.connect(":memory:", config=config).close()
+    except duckdb.Error as exc:
+        raise ValueError(
+            f"the engine's resources are not valid for DuckDB ({config}): {exc}"
+        ) from None
 
 
 def _view_query(
@@ -254,53 +330,3 @@ def _check_join_keys(
                     f"the entity data has no column {entity_column!r}, which feature view "
                     f"{view.name!r} joins on; its columns are {entity_rows.column_names}"
                 )
-
-
-def _with_on_demand_features(
-    batches: Iterator[pa.RecordBatch],
-    schema: pa.Schema,
-    on_demand_views: list[OnDemandFeatureView],
-    feature_refs: list[str],
-    full_feature_names: bool,
-) -> tuple[Iterator[pa.RecordBatch], pa.Schema]:
-    """Batches with the on-demand views' requested outputs appended, computed
-    batch by batch with Feast's own transformation code (as
-    ``RetrievalJob.to_arrow`` does it on the whole table)."""
-    wanted = _requested_on_demand_columns(on_demand_views, feature_refs, full_feature_names)
-
-    def transform(table: pa.Table) -> pa.Table:
-        for odfv in on_demand_views:
-            transformed = odfv.transform_arrow(table, full_feature_names)
-            columns = wanted.get(odfv.projection.name_to_use())
-            for name in transformed.column_names:
-                if not name.startswith("__index") and (columns is None or name in columns):
-                    table = table.append_column(name, transformed[name])
-        return table
-
-    first = next(batches, None)
-    if first is None:  # no rows: the schema still has the outputs
-        empty = transform(schema.empty_table())
-        return iter(()), empty.schema
-    head = transform(pa.Table.from_batches([first]))
-
-    def transformed_batches() -> Iterator[pa.RecordBatch]:
-        yield from head.to_batches()
-        for batch in batches:
-            yield from transform(pa.Table.from_batches([batch])).cast(head.schema).to_batches()
-
-    return transformed_batches(), head.schema
-
-
-def _requested_on_demand_columns(
-    on_demand_views: list[OnDemandFeatureView], feature_refs: list[str], full_feature_names: bool
-) -> dict[str, set[str]]:
-    wanted: dict[str, set[str]] = {}
-    for ref in feature_refs:
-        view_name, feature = ref.split(":", 1)
-        for odfv in on_demand_views:
-            name = odfv.projection.name_to_use()
-            if view_name in (odfv.name, name):
-                wanted.setdefault(name, set()).add(
-                    f"{name}__{feature}" if full_feature_names else feature
-                )
-    return wanted
