@@ -9,10 +9,12 @@ the pyarrow.flight classes a user catches.
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
@@ -25,6 +27,7 @@ from fault_scenarios import (
     dying_clients,
     hostile_inputs,
     marked_rows,
+    markers_in,
     server_process,
     sigkill_during_writes,
     soak,
@@ -32,6 +35,7 @@ from fault_scenarios import (
 from feast import FeatureStore
 from offline_helpers import (
     DRIVER_KEYS,
+    ENTITY_KEYS,
     assert_same_rows,
     file_store_view_repo,
     logged_rows,
@@ -40,7 +44,11 @@ from offline_helpers import (
     registry_of,
 )
 
-from flightlab.client.transport import OfflineFlightClient
+from flightlab.client.transport import (
+    OWNER_HEADER,
+    OfflineFlightClient,
+    exception_for_flight_error,
+)
 from flightlab.sample_repo import create_sample_repo, entity_frame
 from flightlab.server import OfflineServer
 from flightlab.server.limits import ServerLimits
@@ -187,30 +195,94 @@ def server(fault_repo) -> Iterator[OfflineServer]:
         yield s
 
 
-def _request(rows: int = 10) -> p.GetHistoricalFeatures:
+def _request(rows: int = 10, seed: int = 3) -> p.GetHistoricalFeatures:
     return p.GetHistoricalFeatures(
-        features=("driver_stats:conv_rate",), entity_df=pa.Table.from_pandas(entity_frame(rows))
+        features=("driver_stats:conv_rate",),
+        entity_df=pa.Table.from_pandas(entity_frame(rows, seed=seed)),
     )
 
 
+OWNER = "the-owners-secret"
+
+
+def _as_owner(timeout: float = 60) -> flight.FlightCallOptions:
+    return flight.FlightCallOptions(timeout=timeout, headers=[(OWNER_HEADER, OWNER.encode())])
+
+
+def _run_as_owner(location: str, command_id: str) -> pa.Table:
+    """Run a staged retrieval by its id, as its owner, with plain Flight calls."""
+    raw = flight.FlightClient(location)
+    try:
+        info = raw.get_flight_info(p.command_descriptor(command_id), _as_owner())
+        return raw.do_get(info.endpoints[0].ticket, _as_owner()).read_all()
+    finally:
+        raw.close()
+
+
+def _entity_rows(table: pa.Table) -> pd.DataFrame:
+    keys = [*ENTITY_KEYS, "val_to_add"]
+    frame = table.select(keys).to_pandas()
+    frame["event_timestamp"] = frame["event_timestamp"].dt.as_unit("us")
+    return frame.sort_values(keys).reset_index(drop=True)
+
+
 def test_a_strangers_refused_put_leaves_the_owners_command_intact(server):
-    with OfflineFlightClient(server.location, timeout=60) as owner:
-        command_id = owner.stage(_request(10))
-        stranger = flight.FlightClient(server.location)
-        table = pa.Table.from_pandas(entity_frame(3, seed=9))
-        schema = table.schema.with_metadata(
-            p.put_metadata(command_id, p.GetHistoricalFeatures.api, "entity_df")
-        )
-        writer, _ = stranger.do_put(p.command_descriptor(command_id), schema)
-        writer.write_table(table.replace_schema_metadata(schema.metadata))
-        with pytest.raises(flight.FlightServerError, match="is taken"):
-            writer.close()
-        assert list(stranger.list_flights()) == []
+    request = _request(10)
+    with OfflineFlightClient(server.location, timeout=60, owner=OWNER) as owner:
+        command_id = owner.stage(request)
+    stranger = flight.FlightClient(server.location)
+    table = _request(3, seed=9).entity_df
+    schema = table.schema.with_metadata(
+        p.put_metadata(command_id, p.GetHistoricalFeatures.api, "entity_df")
+    )
+    writer, _ = stranger.do_put(p.command_descriptor(command_id), schema)
+    writer.write_table(table.replace_schema_metadata(schema.metadata))
+    with pytest.raises(flight.FlightServerError, match="is taken"):
+        writer.close()
+    assert list(stranger.list_flights()) == []
+    stranger.close()
+    # Still staged, with the owner's rows and only those: the owner runs it.
+    result = _run_as_owner(server.location, command_id)
+    assert result.num_rows == 10
+    pd.testing.assert_frame_equal(_entity_rows(result), _entity_rows(request.entity_df))
+    assert server.staging.summaries(everyone=True) == []
+
+
+def test_a_stranger_can_neither_run_nor_drop_the_owners_commands(server, fault_repo):
+    read, rows = _request(10), marked_rows(TEST_MARKERS + 1_000, 5)
+    write = p.OfflineWriteBatch(feature_view_name="driver_stats", table=rows)
+    source = fault_repo / "data" / "driver_stats.parquet"
+    assert len(markers_in(source, TEST_MARKERS + 1_000)) == 0
+    with OfflineFlightClient(server.location, timeout=60, owner=OWNER) as owner:
+        read_id, write_id = owner.stage(read), owner.stage(write)
+    stranger = flight.FlightClient(server.location)
+    try:
+        # For a stranger the commands do not exist: running either is refused
+        # as for an unknown command (Flight's server error, flightlab's class in it).
+        with pytest.raises(flight.FlightServerError) as ran:
+            stranger.do_get(flight.Ticket(p.ticket_bytes(read_id))).read_all()
+        with pytest.raises(flight.FlightServerError) as wrote:
+            list(stranger.do_action(flight.Action(write.api, p.ticket_bytes(write_id))))
+        for refused in (ran.value, wrote.value):
+            assert isinstance(exception_for_flight_error(refused), errors.UnknownCommandError)
+        # And its drop answers as for an unknown command (docs/protocol.md).
+        for command_id in (read_id, write_id):
+            action = flight.Action(p.ACTION_DROP, p.ticket_bytes(command_id))
+            [answer] = stranger.do_action(action)
+            assert json.loads(answer.body.to_pybytes()) == {"dropped": False}
+    finally:
         stranger.close()
-        # Still staged, with the owner's rows: the owner runs it.
-        [summary] = server.staging.summaries(everyone=True)
-        assert summary.command_id == command_id
-        assert owner.drop(command_id)
+    # The owner still runs both: its retrieval on its rows, its write once.
+    got = _run_as_owner(server.location, read_id)
+    pd.testing.assert_frame_equal(_entity_rows(got), _entity_rows(read.entity_df))
+    raw = flight.FlightClient(server.location)
+    try:
+        list(raw.do_action(flight.Action(write.api, p.ticket_bytes(write_id)), _as_owner()))
+    finally:
+        raw.close()
+    assert sorted(markers_in(source, TEST_MARKERS + 1_000).tolist()) == sorted(
+        rows.column("avg_daily_trips").to_pylist()
+    )
 
 
 def test_a_client_from_the_seed_document_works_without_the_owner_header(server):
