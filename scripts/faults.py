@@ -4,9 +4,12 @@
     .venv/bin/python scripts/faults.py --quick    # about CI size
 
 Runs the drills of tests/fault_scenarios.py against real `flightlab
-serve_offline` processes on a fresh sample repo: SIGKILL during writes to a
-3M-row source, three servers writing to one source under a polling reader,
-dying clients, a 1,000-request soak, hostile inputs. Exits 1 if any check fails.
+serve_offline` processes on fresh sample repos: SIGKILL during writes to a
+3M-row source (half the kills aimed inside a rewrite; at least one must land
+there), three servers writing to one source under a polling reader (the rows
+must add up exactly), clients SIGKILLed at each stage of a call, a
+1,000-request soak, hostile inputs (each cap's refusal naming its option).
+Prints what each drill measured, then the checks; exits 1 if any check fails.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ def main() -> int:
         checks += [
             ("kill: source readable after every kill", kill["unreadable"] == 0),
             ("kill: no acknowledged row lost", kill["lost"] == 0 and kill["acknowledged_rows"] > 0),
+            ("kill: rows add up (each once, nothing else changed)", kill["rows_add_up"]),
+            ("kill: at least one kill inside a rewrite", kill["kills_mid_rewrite"] >= 1),
         ]
         many = _timed(
             "servers on one repo",
@@ -75,6 +80,11 @@ def main() -> int:
         checks += [
             ("servers: no write error", not many["write_errors"]),
             ("servers: no acknowledged row lost", many["lost"] == 0),
+            (
+                "servers: rows after = rows before + acknowledged",
+                many["rows_after"] == many["rows_before"] + many["acknowledged_rows"]
+                and many["rows_add_up"],
+            ),
             ("servers: every poll read the file", many["reads_failed"] == 0),
             ("servers: every pull through a server ran", many["remote_pulls_failed"] == 0),
         ]
@@ -82,6 +92,11 @@ def main() -> int:
         with server_process(drills, *options) as server:
             dying = _timed("dying clients", dying_clients, server, staged_ttl=3.0)
             checks += [
+                ("dying: each client SIGKILLed at its stage", dying["killed_at_their_stage"]),
+                (
+                    "dying: the client killed after staging had staged",
+                    dying["staged_by_the_client_killed_after_staging"] >= 1,
+                ),
                 ("dying: nothing staged afterwards", dying["staged_after_ttl"] == 0),
                 ("dying: server answers", dying["server_answers"]),
             ]
@@ -96,6 +111,7 @@ def main() -> int:
             refused = all(o.startswith("refused") for o in hostile["outcomes"].values())
             checks += [
                 ("hostile: each refused with a named error", refused),
+                ("hostile: each cap's refusal names its option", _caps_named(hostile)),
                 ("hostile: server still serving", hostile["server_answers"]),
                 ("hostile: RSS back within 10%", abs(hostile["rss_change"]) <= 0.10),
             ]
@@ -105,6 +121,15 @@ def main() -> int:
     failed = [name for name, ok in checks if not ok]
     print(f"\n{len(checks) - len(failed)}/{len(checks)} checks passed")
     return 1 if failed else 0
+
+
+def _caps_named(hostile: dict) -> bool:
+    outcomes = hostile["outcomes"]
+    return (
+        "--max-entity-rows" in outcomes["entity_frame_over_the_cap"]
+        and "--max-param-bytes" in outcomes["huge_string"]
+        and "--max-param-bytes" in outcomes["huge_feature_reference"]
+    )
 
 
 def _timed(title: str, drill, *args, **kwargs) -> dict:

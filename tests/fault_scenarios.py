@@ -2,8 +2,14 @@
 
 Each drill returns a result dict of what it measured; ``tests/test_faults.py``
 runs them small and asserts, ``scripts/faults.py`` runs them at full size and
-prints a report. Servers are subprocesses, so they can be SIGKILLed and their
-RSS read from /proc.
+prints a report. Servers and dying clients are subprocesses, so they can be
+SIGKILLed (a client once it says it reached its stage) and a server's RSS read
+from /proc.
+
+Written rows carry a marker (in avg_daily_trips) from a range of the drill's
+own, so that a drill accounts for each of its rows exactly, even in a repo
+other drills and tests write to: every acknowledged row present once, the
+file grown by the drill's rows and nothing else.
 """
 
 from __future__ import annotations
@@ -42,7 +48,13 @@ from flightlab.wire.errors import (
 
 SERVING = re.compile(r"flightlab serving (grpc\+tcp://\S+)")
 # Markers of written rows live in avg_daily_trips, far above the sample's values.
-MARKER_BASE = 10**9
+# Each drill writes in a range of its own: in a repo several drills share,
+# rows one left behind can neither hide a row another lost nor count as its own.
+MARKER_SPAN = 10**9
+SIGKILL_MARKERS = 1 * MARKER_SPAN
+SERVERS_MARKERS = 2 * MARKER_SPAN
+SOAK_MARKERS = 3 * MARKER_SPAN
+TEST_MARKERS = 4 * MARKER_SPAN  # for tests that write marked rows themselves
 SOURCE = "driver_stats.parquet"
 
 
@@ -173,16 +185,56 @@ def read_snapshot(path: Path, with_duckdb: bool = False) -> int:
         return pq.read_table(handle).num_rows
 
 
-def markers_in(path: Path) -> set[int]:
+def markers_in(path: Path, first: int) -> np.ndarray:
+    """The file's markers from ``first`` to the end of its drill's range,
+    repeats included."""
+    end = (first // MARKER_SPAN + 1) * MARKER_SPAN
     column = pq.read_table(path, columns=["avg_daily_trips"]).column(0).to_numpy()
-    return set(column[column >= MARKER_BASE].tolist())
+    return column[(column >= first) & (column < end)]
+
+
+def first_free_marker(path: Path, base: int) -> int:
+    """Where a drill's markers start: past any a previous run in this repo left."""
+    used = markers_in(path, base)
+    return int(used.max()) + 1 if len(used) else base
+
+
+def row_accounting(
+    path: Path, first: int, rows_before: int, acked: set[int], in_flight_rows: int
+) -> dict[str, Any]:
+    """Account for every row of a drill that wrote markers from ``first`` on.
+
+    Acknowledged rows are all present, once each; the file grew by the drill's
+    rows and nothing else; rows present without an acknowledgement number at
+    most ``in_flight_rows`` (writes cut short by a kill or an error, which may
+    or may not have landed).
+    """
+    markers = markers_in(path, first)
+    present = set(markers.tolist())
+    rows_after = pq.ParquetFile(path).metadata.num_rows
+    counts = {
+        "rows_before": rows_before,
+        "rows_after": rows_after,
+        "drill_rows": len(markers),
+        "lost": len(acked - present),
+        "duplicate_rows": len(markers) - len(present),
+        "other_rows_changed": rows_after - rows_before - len(markers),
+        "unacknowledged_rows_present": len(present - acked),
+    }
+    counts["rows_add_up"] = (
+        counts["lost"] == 0
+        and counts["duplicate_rows"] == 0
+        and counts["other_rows_changed"] == 0
+        and counts["unacknowledged_rows_present"] <= in_flight_rows
+    )
+    return counts
 
 
 class Markers:
-    """Hands out unique marker ranges to concurrent writers."""
+    """Hands out unique marker ranges to concurrent writers, from ``first`` on."""
 
-    def __init__(self) -> None:
-        self._next = MARKER_BASE
+    def __init__(self, first: int) -> None:
+        self._next = first
         self._lock = threading.Lock()
 
     def take(self, n: int) -> int:
@@ -199,54 +251,99 @@ def write(client: OfflineFlightClient, table: pa.Table) -> None:
 
 
 def sigkill_during_writes(
-    repo: Path, source_rows: int, trials: int, rows_per_write: int = 1000, seed: int = 5
+    repo: Path,
+    source_rows: int,
+    trials: int,
+    rows_per_write: int = 1000,
+    seed: int = 5,
+    aimed_trials: int | None = None,
 ) -> dict[str, Any]:
-    """Kill the server at a random moment of a write loop, ``trials`` times; after
-    each kill the source must be readable and hold every acknowledged row."""
+    """Kill the server during a write loop, ``trials`` times; after each kill
+    the source must be readable and hold every acknowledged row.
+
+    Most kills fall at a random moment; ``aimed_trials`` of them (half by
+    default) wait for a rewrite to be under way first, so that some kill lands
+    inside one however short the rewrite. A temporary file left behind by the
+    kill tells that it did (``kills_mid_rewrite``).
+    """
     path = grow_source(repo, source_rows)
+    rows_before = pq.ParquetFile(path).metadata.num_rows
     rng = random.Random(seed)
-    markers = Markers()
+    first = first_free_marker(path, SIGKILL_MARKERS)
+    markers = Markers(first)
     acked: set[int] = set()
-    unreadable = lost = mid_rewrite = 0
-    rows_after = 0
-    for _ in range(trials):
+    lost: set[int] = set()
+    unreadable = mid_rewrite = 0
+    aimed = trials // 2 if aimed_trials is None else aimed_trials
+    for trial in range(trials):
+        delay = rng.uniform(0.5, 3.0)
         with server_process(repo) as server:
-            stop = threading.Event()
-
-            def loop(server: ServerProcess = server, stop: threading.Event = stop) -> None:
-                with OfflineFlightClient(server.location, timeout=120) as client:
-                    while not stop.is_set():
-                        first = markers.take(rows_per_write)
-                        try:
-                            write(client, marked_rows(first, rows_per_write))
-                        except Exception:
-                            return  # the server died under this write: not acknowledged
-                        acked.update(range(first, first + rows_per_write))
-
-            writer = threading.Thread(target=loop)
-            writer.start()
-            time.sleep(rng.uniform(0.5, 3.0))
-            server.kill()
-            # A temporary file left behind: the kill fell inside a rewrite.
-            mid_rewrite += any(path.parent.glob(f".{path.name}.*.tmp.parquet"))
-            stop.set()
-            writer.join(60)
+            mid_rewrite += _kill_during_writes(
+                server, path, markers, acked, rows_per_write, delay, aim=trial >= trials - aimed
+            )
         try:
-            present = markers_in(path)
-            rows_after = pq.ParquetFile(path).metadata.num_rows
+            lost |= acked - set(markers_in(path, first).tolist())
         except Exception:
             unreadable += 1
-            continue
-        lost += len(acked - present)
+    try:
+        # A write cut short by each kill may have landed without an acknowledgement.
+        in_flight = trials * rows_per_write
+        counts = row_accounting(path, first, rows_before, acked, in_flight)
+    except Exception as exc:  # the file is unreadable: counted above
+        counts = {"rows_add_up": False, "accounting_error": repr(exc)[:200]}
     return {
         "trials": trials,
+        "aimed_trials": aimed,
         "source_rows": source_rows,
-        "rows_after": rows_after,
         "acknowledged_rows": len(acked),
         "kills_mid_rewrite": mid_rewrite,
         "unreadable": unreadable,
-        "lost": lost,
+        **counts,
+        "lost": len(lost),  # after any of the kills
     }
+
+
+def _kill_during_writes(
+    server: ServerProcess,
+    path: Path,
+    markers: Markers,
+    acked: set[int],
+    rows_per_write: int,
+    delay: float,
+    aim: bool,
+) -> bool:
+    """Write in a loop through ``server``, SIGKILL it after ``delay`` (and, with
+    ``aim``, once a rewrite's temporary file exists); return whether the kill
+    fell inside a rewrite."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        with OfflineFlightClient(server.location, timeout=120) as client:
+            while not stop.is_set():
+                first = markers.take(rows_per_write)
+                try:
+                    write(client, marked_rows(first, rows_per_write))
+                except Exception:
+                    return  # the server died under this write: not acknowledged
+                acked.update(range(first, first + rows_per_write))
+
+    writer = threading.Thread(target=loop)
+    writer.start()
+    time.sleep(delay)
+    deadline = time.monotonic() + 60
+    while aim and not _temp_files(path) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    server.kill()
+    # A temporary file left behind: the kill fell inside a rewrite (the next
+    # writer removes it).
+    inside = bool(_temp_files(path))
+    stop.set()
+    writer.join(60)
+    return inside
+
+
+def _temp_files(path: Path) -> list[Path]:
+    return list(path.parent.glob(f".{path.name}.*.tmp.parquet"))
 
 
 # --- 2. several servers on one repo ----------------------------------------------------------
@@ -262,7 +359,9 @@ def concurrent_servers(
 ) -> dict[str, Any]:
     """Writers through several server processes at once, a reader polling the file."""
     path = grow_source(repo, source_rows)
-    markers, acked, errors = Markers(), set(), []
+    rows_before = pq.ParquetFile(path).metadata.num_rows
+    first = first_free_marker(path, SERVERS_MARKERS)
+    markers, acked, errors = Markers(first), set(), []
     reads = {"ok": 0, "failed": 0}
     read_errors: list[str] = []
     done = threading.Event()
@@ -317,14 +416,16 @@ def concurrent_servers(
         done.set()
         reader.join()
         puller.join()
-    present = markers_in(path)
+    # A write that failed may still have landed: it counts as in flight.
+    in_flight = len(errors) * rows_per_write
+    counts = row_accounting(path, first, rows_before, acked, in_flight)
     return {
         "servers": servers,
         "writers": servers * clients_per_server,
         "writes": servers * clients_per_server * writes_per_client,
         "acknowledged_rows": len(acked),
         "write_errors": errors,
-        "lost": len(acked - present),
+        **counts,
         "reads_ok": reads["ok"],
         "reads_failed": reads["failed"],
         "remote_pulls_ok": remote["ok"],
@@ -337,62 +438,102 @@ def concurrent_servers(
 # --- 3. dying clients --------------------------------------------------------------------------
 
 _DYING_CLIENT = r"""
-import os, sys, time
+import sys, time
 import pyarrow as pa, pyarrow.flight as flight
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.sample_repo import entity_frame
 from flightlab.wire import protocol as p
 
-location, how = sys.argv[1], sys.argv[2]
+location, how, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
 request = p.GetHistoricalFeatures(
     features=("driver_stats:conv_rate",),
-    entity_df=pa.Table.from_pandas(entity_frame(int(sys.argv[3]), seed=8)),
+    entity_df=pa.Table.from_pandas(entity_frame(rows, seed=8)),
 )
 client = OfflineFlightClient(location, timeout=60, upload_batch_rows=1000)
+
+def reached(stage):
+    # The drill SIGKILLs this process once it has read this line.
+    print(stage, flush=True)
+    time.sleep(600)
+
 if how == "after_staging":
-    client.stage(request)
+    reached("staged " + client.stage(request))
 elif how == "mid_upload":
     raw = flight.FlightClient(location)
     table = request.entity_df
     command = p.new_command_id()
     meta = {**(table.schema.metadata or {}), **p.put_metadata(command, request.api, "entity_df")}
-    writer, _ = raw.do_put(p.command_descriptor(command), table.schema.with_metadata(meta))
-    writer.write_batch(table.to_batches(max_chunksize=1000)[0])
-elif how in ("mid_download", "never_reading"):
+    schema = table.schema.with_metadata(meta)
+    batches = table.to_batches(max_chunksize=1000)
+    writer, _ = raw.do_put(p.command_descriptor(command), schema)
+    writer.write_batch(batches[0].replace_schema_metadata(meta))
+    reached(f"uploading: sent 1 of {len(batches)} batches")
+elif how == "never_reading":
+    with client.open_reader(request):
+        reached("opened the result")
+elif how == "mid_download":
     with client.open_reader(request) as reader:
-        if how == "mid_download":
-            reader.read_chunk()
-        print("ready", flush=True)
-        time.sleep(0.5)
-print("dying", flush=True)
-os._exit(9)
+        reached(f"downloading: read {reader.read_chunk().data.num_rows} of {rows} rows")
 """
+# What each dying client prints once it has reached the stage it dies at.
+_DYING_STAGES = {
+    "after_staging": "staged ",
+    "mid_upload": "uploading: ",
+    "mid_download": "downloading: ",
+    "never_reading": "opened the result",
+}
 
 
 def dying_clients(server: ServerProcess, rows: int = 20_000, staged_ttl: float = 3.0) -> dict:
-    """Clients that die at every stage of a call; afterwards nothing stays staged
-    (once the TTL has passed) and the server still answers correctly."""
-    outcomes: dict[str, int] = {}
-    for how in ("after_staging", "mid_upload", "mid_download", "never_reading"):
-        done = subprocess.run(
-            [sys.executable, "-c", _DYING_CLIENT, server.location, how, str(rows)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        outcomes[how] = done.returncode
-    staged_at_once = _stats(server.location)["staged_commands"]
+    """Clients SIGKILLed at every stage of a call, each once it says it got
+    there; afterwards nothing stays staged (once the TTL has passed) and the
+    server still answers correctly."""
+    clients: dict[str, dict[str, Any]] = {}
+    staged_by_the_client = 0
+    for how in _DYING_STAGES:
+        staged_before = _stats(server.location)["staged_commands"]
+        clients[how] = _kill_client_at(server.location, how, rows)
+        if how == "after_staging":
+            # Read before the TTL passes: the command must be there.
+            staged_by_the_client = _stats(server.location)["staged_commands"] - staged_before
     deadline = time.monotonic() + staged_ttl + 60
     while _stats(server.location)["staged_commands"] and time.monotonic() < deadline:
         time.sleep(0.5)
     staged_after = _stats(server.location)["staged_commands"]
     answered = _good_request_answers(server.location)
+    killed_at_stage = all(
+        c["exit_code"] == -signal.SIGKILL and (c["reached"] or "").startswith(_DYING_STAGES[how])
+        for how, c in clients.items()
+    )
     return {
-        "clients_exit_codes": outcomes,
-        "staged_right_after": staged_at_once,
+        "clients": clients,
+        "killed_at_their_stage": killed_at_stage,
+        "staged_by_the_client_killed_after_staging": staged_by_the_client,
         "staged_after_ttl": staged_after,
         "server_answers": answered,
     }
+
+
+def _kill_client_at(location: str, how: str, rows: int, timeout: float = 120) -> dict[str, Any]:
+    """Start a dying client, wait for its line saying it reached its stage,
+    SIGKILL it; what it said, its exit code, and its stderr if it said nothing."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _DYING_CLIENT, location, how, str(rows)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(process.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    process.send_signal(signal.SIGKILL)
+    _, stderr = process.communicate(timeout=30)
+    reached = lines[0].strip() if lines and lines[0] else None
+    outcome: dict[str, Any] = {"reached": reached, "exit_code": process.returncode}
+    if reached is None:  # it crashed or hung before its stage: show why
+        outcome["stderr"] = stderr[-1500:]
+    return outcome
 
 
 def _stats(location: str) -> dict[str, Any]:
@@ -415,7 +556,7 @@ def _good_request_answers(location: str) -> bool:
 def soak(server: ServerProcess, requests: int = 1000, threads: int = 4, warmup: int = 40) -> dict:
     """Mixed requests from several threads; count unexpected errors; compare the
     server's RSS over the last quarter of requests with the first quarter."""
-    markers = Markers()
+    markers = Markers(SOAK_MARKERS)  # the soak does not count its rows
     calls = _soak_calls(markers)
     unexpected: list[str] = []
     done = [0]
@@ -532,8 +673,9 @@ def hostile_inputs(
     refs: int = 10_000,
 ) -> dict[str, Any]:
     """Inputs past every cap (the server runs with drill_options), and another
-    client's command id: each refused with a named error, the server serving
-    afterwards, its RSS back near where it was."""
+    client's command id: each refused with a named error (a cap's refusal
+    naming the cap's option), the server serving afterwards, its RSS back near
+    where it was."""
     outcomes: dict[str, str] = {}
     with OfflineFlightClient(server.location, timeout=300) as client:
         for _ in range(5):
@@ -544,6 +686,7 @@ def hostile_inputs(
             "entity_frame_over_the_cap": (
                 lambda: client.fetch(_big_entity_request(entity_rows)),
                 ResourceExhaustedError,
+                "--max-entity-rows",
             ),
             "feature_references": (
                 lambda: client.fetch(
@@ -553,6 +696,7 @@ def hostile_inputs(
                     )
                 ),
                 UnknownFeatureError,
+                None,
             ),
             "huge_string": (
                 lambda: client.fetch(
@@ -561,6 +705,7 @@ def hostile_inputs(
                     )
                 ),
                 ResourceExhaustedError,
+                "--max-param-bytes",
             ),
             "huge_feature_reference": (
                 lambda: client.fetch(
@@ -570,10 +715,11 @@ def hostile_inputs(
                     )
                 ),
                 ResourceExhaustedError,
+                "--max-param-bytes",
             ),
         }
-        for name, (run, expected) in cases.items():
-            outcomes[name] = _outcome(run, expected)
+        for name, (run, expected, option) in cases.items():
+            outcomes[name] = _outcome(run, expected, option)
             outcomes[name] += "" if _good_request_answers(server.location) else " NOT SERVING"
         outcomes["another_clients_command"] = _stranger_case(server.location)
     time.sleep(2.0)  # the server releases memory shortly after a large request
@@ -603,13 +749,18 @@ def _big_entity_request(rows: int) -> p.GetHistoricalFeatures:
     return p.GetHistoricalFeatures(features=("driver_stats:conv_rate",), entity_df=table)
 
 
-def _outcome(run: Callable[[], Any], expected: type) -> str:
+def _outcome(run: Callable[[], Any], expected: type, names: str | None = None) -> str:
+    """A verdict starting "refused" when ``run`` raises ``expected`` with a
+    message naming ``names`` (a cap's option); else what went wrong."""
     try:
         run()
     except expected as exc:
-        return f"refused: {type(exc).__name__}: {str(exc)[:110]}"
+        text = str(exc)
+        if names is not None and names not in text:
+            return f"WRONG MESSAGE, not naming {names}: {type(exc).__name__}: {text[:200]}"
+        return f"refused: {type(exc).__name__}: {text[:200]}"
     except Exception as exc:
-        return f"WRONG ERROR {type(exc).__name__}: {str(exc)[:150]}"
+        return f"WRONG ERROR {type(exc).__name__}: {str(exc)[:200]}"
     return "WRONG: accepted"
 
 

@@ -1,26 +1,33 @@
 """Faults, at a size that fits CI: killed servers, several servers on one repo,
 dying clients, a short soak, hostile inputs (``scripts/faults.py`` runs the same
-drills at full size). Plus the pieces they rest on: flightlab's own parquet
+drills at full size, with its tighter RSS bounds and a kill that must land
+inside a rewrite). Plus the pieces they rest on: flightlab's own parquet
 writes give the file a local Feast write gives, commands belong to whoever
-staged them, and errors are the pyarrow.flight classes a user catches.
+staged them (a stranger can neither add to, run nor drop one), and errors are
+the pyarrow.flight classes a user catches.
 """
 
 from __future__ import annotations
 
+import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
 import pytest
 from fault_scenarios import (
+    TEST_MARKERS,
     ServerProcess,
     concurrent_servers,
     drill_options,
     dying_clients,
     hostile_inputs,
     marked_rows,
+    markers_in,
     server_process,
     sigkill_during_writes,
     soak,
@@ -28,6 +35,7 @@ from fault_scenarios import (
 from feast import FeatureStore
 from offline_helpers import (
     DRIVER_KEYS,
+    ENTITY_KEYS,
     assert_same_rows,
     file_store_view_repo,
     logged_rows,
@@ -36,7 +44,11 @@ from offline_helpers import (
     registry_of,
 )
 
-from flightlab.client.transport import OfflineFlightClient
+from flightlab.client.transport import (
+    OWNER_HEADER,
+    OfflineFlightClient,
+    exception_for_flight_error,
+)
 from flightlab.sample_repo import create_sample_repo, entity_frame
 from flightlab.server import OfflineServer
 from flightlab.server.limits import ServerLimits
@@ -65,7 +77,7 @@ def test_a_remote_write_leaves_the_file_a_local_write_leaves(store, fault_repo, 
     local = FeatureStore(repo_path=str(repo))
     source, logs_folder = fault_repo / "data" / "driver_stats.parquet", fault_repo / "data" / "logs"
     original = source.read_bytes()
-    rows, logs = marked_rows(10**9, 7), logged_rows(local, 4)
+    rows, logs = marked_rows(TEST_MARKERS, 7), logged_rows(local, 4)
 
     with OfflineServer(repo, port=0) as server:
         with OfflineFlightClient(server.location, timeout=60) as client:
@@ -112,10 +124,17 @@ def drill_server(fault_repo, tmp_path_factory) -> Iterator[ServerProcess]:
 
 
 def test_sigkill_during_writes_loses_no_acknowledged_row(fault_repo):
-    result = sigkill_during_writes(fault_repo, source_rows=50_000, trials=1, rows_per_write=500)
-    assert result["acknowledged_rows"] > 0
-    assert result["unreadable"] == 0
-    assert result["lost"] == 0
+    # One trial, aimed at a rewrite under way; the kill lands inside it nearly
+    # always, so it is reported, not required (scripts/faults.py, with random
+    # and aimed kills, requires one inside a rewrite).
+    result = sigkill_during_writes(
+        fault_repo, source_rows=50_000, trials=1, rows_per_write=500, aimed_trials=1
+    )
+    summary = f"kills mid-rewrite: {result['kills_mid_rewrite']}/1; {result}"
+    assert result["acknowledged_rows"] > 0, summary
+    assert result["unreadable"] == 0, summary
+    assert result["lost"] == 0, summary
+    assert result["rows_add_up"], summary
 
 
 def test_servers_writing_to_one_source_lose_nothing(fault_repo):
@@ -124,26 +143,47 @@ def test_servers_writing_to_one_source_lose_nothing(fault_repo):
     assert result["write_errors"] == []
     assert result["acknowledged_rows"] == 2 * 2 * 3 * 500
     assert result["lost"] == 0
+    # Exactly the acknowledged rows were added, each once.
+    assert result["rows_after"] == result["rows_before"] + result["acknowledged_rows"], result
+    assert result["drill_rows"] == result["acknowledged_rows"] and result["rows_add_up"], result
     assert result["reads_ok"] > 0 and result["reads_failed"] == 0, result["read_errors"]
     assert result["remote_pulls_ok"] > 0 and result["remote_pulls_failed"] == 0
 
 
 def test_dying_clients_leave_nothing_staged(drill_server):
     result = dying_clients(drill_server, rows=5_000, staged_ttl=2.0)
+    # Each client got to its stage and died of the drill's SIGKILL, not of its own.
+    for how, client in result["clients"].items():
+        assert client["exit_code"] == -signal.SIGKILL, (how, client)
+    assert result["killed_at_their_stage"], result["clients"]
+    assert result["staged_by_the_client_killed_after_staging"] >= 1
     assert result["staged_after_ttl"] == 0
     assert result["server_answers"]
+
+
+def _rss_bound(before_mb: float) -> float:
+    # Loose at CI size (a small server's RSS moves by tens of MB with
+    # allocator noise); scripts/faults.py holds the full-size runs to 10 %.
+    return before_mb + max(0.25 * before_mb, 150.0)
 
 
 def test_a_short_soak_has_no_unexpected_error(drill_server):
     result = soak(drill_server, requests=60, threads=4, warmup=5)
     assert result["unexpected_errors"] == [], drill_server.log_tail()
+    assert result["rss_last_quarter_mb"] <= _rss_bound(result["rss_first_quarter_mb"]), result
 
 
 def test_hostile_inputs_are_refused_by_name_and_the_server_serves_on(drill_server):
     result = hostile_inputs(drill_server, entity_rows=60_000, string_bytes=8 * 1024**2)
-    for name, outcome in result["outcomes"].items():
+    outcomes = result["outcomes"]
+    for name, outcome in outcomes.items():
         assert outcome.startswith("refused"), (name, outcome)
+    # Each cap's refusal names the option that sets it.
+    assert "--max-entity-rows" in outcomes["entity_frame_over_the_cap"]
+    assert "--max-param-bytes" in outcomes["huge_string"]
+    assert "--max-param-bytes" in outcomes["huge_feature_reference"]
     assert result["server_answers"]
+    assert result["rss_after_mb"] <= _rss_bound(result["rss_before_mb"]), result
 
 
 # --- ownership of commands, without auth ---------------------------------------------------
@@ -155,30 +195,94 @@ def server(fault_repo) -> Iterator[OfflineServer]:
         yield s
 
 
-def _request(rows: int = 10) -> p.GetHistoricalFeatures:
+def _request(rows: int = 10, seed: int = 3) -> p.GetHistoricalFeatures:
     return p.GetHistoricalFeatures(
-        features=("driver_stats:conv_rate",), entity_df=pa.Table.from_pandas(entity_frame(rows))
+        features=("driver_stats:conv_rate",),
+        entity_df=pa.Table.from_pandas(entity_frame(rows, seed=seed)),
     )
 
 
+OWNER = "the-owners-secret"
+
+
+def _as_owner(timeout: float = 60) -> flight.FlightCallOptions:
+    return flight.FlightCallOptions(timeout=timeout, headers=[(OWNER_HEADER, OWNER.encode())])
+
+
+def _run_as_owner(location: str, command_id: str) -> pa.Table:
+    """Run a staged retrieval by its id, as its owner, with plain Flight calls."""
+    raw = flight.FlightClient(location)
+    try:
+        info = raw.get_flight_info(p.command_descriptor(command_id), _as_owner())
+        return raw.do_get(info.endpoints[0].ticket, _as_owner()).read_all()
+    finally:
+        raw.close()
+
+
+def _entity_rows(table: pa.Table) -> pd.DataFrame:
+    keys = [*ENTITY_KEYS, "val_to_add"]
+    frame = table.select(keys).to_pandas()
+    frame["event_timestamp"] = frame["event_timestamp"].dt.as_unit("us")
+    return frame.sort_values(keys).reset_index(drop=True)
+
+
 def test_a_strangers_refused_put_leaves_the_owners_command_intact(server):
-    with OfflineFlightClient(server.location, timeout=60) as owner:
-        command_id = owner.stage(_request(10))
-        stranger = flight.FlightClient(server.location)
-        table = pa.Table.from_pandas(entity_frame(3, seed=9))
-        schema = table.schema.with_metadata(
-            p.put_metadata(command_id, p.GetHistoricalFeatures.api, "entity_df")
-        )
-        writer, _ = stranger.do_put(p.command_descriptor(command_id), schema)
-        writer.write_table(table.replace_schema_metadata(schema.metadata))
-        with pytest.raises(flight.FlightServerError, match="is taken"):
-            writer.close()
-        assert list(stranger.list_flights()) == []
+    request = _request(10)
+    with OfflineFlightClient(server.location, timeout=60, owner=OWNER) as owner:
+        command_id = owner.stage(request)
+    stranger = flight.FlightClient(server.location)
+    table = _request(3, seed=9).entity_df
+    schema = table.schema.with_metadata(
+        p.put_metadata(command_id, p.GetHistoricalFeatures.api, "entity_df")
+    )
+    writer, _ = stranger.do_put(p.command_descriptor(command_id), schema)
+    writer.write_table(table.replace_schema_metadata(schema.metadata))
+    with pytest.raises(flight.FlightServerError, match="is taken"):
+        writer.close()
+    assert list(stranger.list_flights()) == []
+    stranger.close()
+    # Still staged, with the owner's rows and only those: the owner runs it.
+    result = _run_as_owner(server.location, command_id)
+    assert result.num_rows == 10
+    pd.testing.assert_frame_equal(_entity_rows(result), _entity_rows(request.entity_df))
+    assert server.staging.summaries(everyone=True) == []
+
+
+def test_a_stranger_can_neither_run_nor_drop_the_owners_commands(server, fault_repo):
+    read, rows = _request(10), marked_rows(TEST_MARKERS + 1_000, 5)
+    write = p.OfflineWriteBatch(feature_view_name="driver_stats", table=rows)
+    source = fault_repo / "data" / "driver_stats.parquet"
+    assert len(markers_in(source, TEST_MARKERS + 1_000)) == 0
+    with OfflineFlightClient(server.location, timeout=60, owner=OWNER) as owner:
+        read_id, write_id = owner.stage(read), owner.stage(write)
+    stranger = flight.FlightClient(server.location)
+    try:
+        # For a stranger the commands do not exist: running either is refused
+        # as for an unknown command (Flight's server error, flightlab's class in it).
+        with pytest.raises(flight.FlightServerError) as ran:
+            stranger.do_get(flight.Ticket(p.ticket_bytes(read_id))).read_all()
+        with pytest.raises(flight.FlightServerError) as wrote:
+            list(stranger.do_action(flight.Action(write.api, p.ticket_bytes(write_id))))
+        for refused in (ran.value, wrote.value):
+            assert isinstance(exception_for_flight_error(refused), errors.UnknownCommandError)
+        # And its drop answers as for an unknown command (docs/protocol.md).
+        for command_id in (read_id, write_id):
+            action = flight.Action(p.ACTION_DROP, p.ticket_bytes(command_id))
+            [answer] = stranger.do_action(action)
+            assert json.loads(answer.body.to_pybytes()) == {"dropped": False}
+    finally:
         stranger.close()
-        # Still staged, with the owner's rows: the owner runs it.
-        [summary] = server.staging.summaries(everyone=True)
-        assert summary.command_id == command_id
-        assert owner.drop(command_id)
+    # The owner still runs both: its retrieval on its rows, its write once.
+    got = _run_as_owner(server.location, read_id)
+    pd.testing.assert_frame_equal(_entity_rows(got), _entity_rows(read.entity_df))
+    raw = flight.FlightClient(server.location)
+    try:
+        list(raw.do_action(flight.Action(write.api, p.ticket_bytes(write_id)), _as_owner()))
+    finally:
+        raw.close()
+    assert sorted(markers_in(source, TEST_MARKERS + 1_000).tolist()) == sorted(
+        rows.column("avg_daily_trips").to_pylist()
+    )
 
 
 def test_a_client_from_the_seed_document_works_without_the_owner_header(server):
