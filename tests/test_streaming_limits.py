@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 from feast import FeatureStore
-from offline_helpers import raw_stage
+from offline_helpers import raw_stage, wait_until
 
 from flightlab.client.transport import OfflineFlightClient, Progress, exception_for_flight_error
 from flightlab.engine import EngineMode, EngineSettings
@@ -37,7 +37,7 @@ from flightlab.server import OfflineServer
 from flightlab.server.limits import ServerLimits
 from flightlab.server.ownership import OWNER_HEADER, owner_key
 from flightlab.server.staging import CommandStaging
-from flightlab.server.workers import WorkerPool
+from flightlab.server.workers import ClosingIterator, WorkerPool
 from flightlab.wire import protocol as p
 from flightlab.wire import streaming
 from flightlab.wire.errors import (
@@ -83,16 +83,6 @@ def canonical(table: pa.Table) -> pa.Table:
 def sorted_frame(frame: pd.DataFrame) -> pd.DataFrame:
     columns = sorted(frame.columns)
     return frame[columns].sort_values(columns).reset_index(drop=True)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    """Poll ``predicate`` until it holds; a bound on liveness, not on speed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def capture(fn: Callable[[], Any]) -> Any:
@@ -766,3 +756,24 @@ def test_result_batches_stop_when_the_client_goes():
         for batch, _ in streaming.result_batches(_ints(10), 3, 1000, lambda: len(sent) >= 2):
             sent.append(batch.num_rows)
     assert sent == [3, 3]
+
+
+def test_a_result_set_up_for_a_client_already_gone_is_closed():
+    # The client cancels while its query is still being set up: the worker
+    # cannot hand the result over, and must still close it (a DuckDB database
+    # and read locks on the engine path), not leave it to the garbage collector.
+    closed, setting_up = threading.Event(), threading.Event()
+
+    def open_stream():
+        setting_up.set()
+        time.sleep(0.3)
+        batches = iter([pa.record_batch({"x": [1]})])
+        return pa.schema([("x", pa.int64())]), ClosingIterator(batches, closed.set)
+
+    pool = WorkerPool(workers=1, queue_timeout=5)
+    try:
+        with pytest.raises(ClientGoneError):
+            pool.stream(open_stream, is_cancelled=setting_up.is_set)
+        assert wait_until(closed.is_set, timeout=10)
+    finally:
+        pool.shutdown()

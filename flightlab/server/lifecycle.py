@@ -30,7 +30,7 @@ from flightlab.server.operations import Operations, ServiceOptions
 from flightlab.server.service import CALL_MIDDLEWARE, FlightService, caller_of, owner_of
 from flightlab.server.staging import CommandStaging
 from flightlab.server.stats import ServerStats
-from flightlab.server.workers import WorkerPool
+from flightlab.server.workers import ClosingIterator, WorkerPool
 from flightlab.wire import protocol as p
 from flightlab.wire import streaming
 from flightlab.wire.errors import (
@@ -304,7 +304,7 @@ class OfflineServer:
             bounded = streaming.bounded_stream(
                 result.batches, limits.batch_rows, limits.max_batch_bytes
             )
-            return result, _closing(bounded, result.close)
+            return result, ClosingIterator(bounded, result.close)
 
         result, batches = self._pool.stream(open_stream, context.is_cancelled)
         call.engine = result.engine
@@ -377,14 +377,6 @@ class OfflineServer:
         if call.command_id is not None:
             # Whatever failed, the command will not run: keep no state for it.
             self.staging.drop(call.command_id, call.owner)
-
-
-def _closing(batches: Iterator[pa.RecordBatch], close) -> Iterator[pa.RecordBatch]:
-    """``batches``, then ``close()`` however the iteration ends."""
-    try:
-        yield from batches
-    finally:
-        close()
 
 
 def _release_memory_after(call: _Call) -> None:
