@@ -144,13 +144,29 @@ def _add_engine_arguments(serve: argparse.ArgumentParser) -> None:
     )
 
 
+def _limits(args: argparse.Namespace) -> ServerLimits:
+    return ServerLimits(
+        workers=args.workers,
+        queue_timeout=args.queue_timeout,
+        staged_ttl=args.staged_ttl,
+        max_staged_bytes=args.max_staged_bytes,
+        max_param_bytes=args.max_param_bytes,
+        max_entity_rows=args.max_entity_rows,
+        batch_rows=args.batch_rows,
+    )
+
+
 def _engine_settings(args: argparse.Namespace) -> EngineSettings:
-    return EngineSettings(
+    settings = EngineSettings(
         mode=EngineMode(args.engine),
         threads=args.engine_threads,
         memory_limit=args.engine_memory_limit,
         spill_dir=args.spill_dir,
     )
+    from flightlab.engine.runner import check_resources  # imports Feast: only to serve
+
+    check_resources(settings)  # e.g. a memory limit DuckDB cannot read
+    return settings
 
 
 def _add_service_options(serve: argparse.ArgumentParser) -> None:
@@ -189,15 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if args.command == "serve_offline":
-        limits = ServerLimits(
-            workers=args.workers,
-            queue_timeout=args.queue_timeout,
-            staged_ttl=args.staged_ttl,
-            max_staged_bytes=args.max_staged_bytes,
-            max_param_bytes=args.max_param_bytes,
-            max_entity_rows=args.max_entity_rows,
-            batch_rows=args.batch_rows,
-        )
+        try:  # out-of-range settings are the user's error: a message, not a traceback
+            limits = _limits(args)
+            engine = _engine_settings(args)
+        except ValueError as exc:
+            print(f"flightlab: {exc}", file=sys.stderr)
+            return 2
         service = ServiceOptions(
             health_port=args.health_port,
             metrics_port=args.metrics_port,
@@ -210,9 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"flightlab: {exc}", file=sys.stderr)
             return 2
         try:
-            return serve_offline(
-                repo, args.host, args.port, limits, _tls(args), service, _engine_settings(args)
-            )
+            return serve_offline(repo, args.host, args.port, limits, _tls(args), service, engine)
         finally:
             remove_env_repos()  # the folder FEATURE_STORE_YAML_BASE64 was written to
     return 2

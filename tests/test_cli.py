@@ -185,6 +185,26 @@ def test_serving_a_folder_without_a_repo_fails_with_a_message(tmp_path):
     assert run.stdout == ""
 
 
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--engine-threads", "0"], "engine threads must be at least 1"),
+        (["--engine-memory-limit", "lots"], "memory_limit"),
+        (["--workers", "0"], "workers must be at least 1"),
+    ],
+)
+def test_a_setting_out_of_range_fails_with_a_message(tmp_path, option, message):
+    run = subprocess.run(
+        [sys.executable, "-m", "flightlab", "-c", str(tmp_path), "serve_offline", *option],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert message in run.stderr
+    assert "Traceback" not in run.stderr
+
+
 # --- the engine options ------------------------------------------------------------------
 
 

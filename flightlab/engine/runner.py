@@ -47,7 +47,7 @@ class Engine:
     def __init__(self, settings: EngineSettings | None = None):
         self.settings = settings or EngineSettings()
         self._usage = UsageCounters()
-        _check_resources(self.settings)
+        check_resources(self.settings)
 
     def usage(self) -> EngineUsage:
         """What the engine holds and has read so far (see :class:`EngineUsage`)."""
@@ -263,7 +263,7 @@ def _resource_config(settings: EngineSettings) -> dict[str, str | int]:
     return config
 
 
-def _check_resources(settings: EngineSettings) -> None:
+def check_resources(settings: EngineSettings) -> None:
     """A memory limit DuckDB cannot read fails when the server is set up,
     not on every request."""
     config = _resource_config(settings)
