@@ -32,26 +32,52 @@ CANCELLED = "cancelled"
 DEADLINE_EXCEEDED = "deadline_exceeded"
 INTERNAL = "internal"
 
-# An error's message never exceeds this many characters, and a value quoted in
-# it is cut to QUOTE_CHARS: the message travels twice in gRPC headers (status
-# text and details), whose total is capped at 16 KiB. A longer one would reach
-# the client as gRPC's own "metadata size exceeds hard limit" instead.
+# An error's message is at most MAX_MESSAGE_CHARS characters, a value quoted
+# in it QUOTE_CHARS. But gRPC counts bytes: the detail travels three times in
+# the response's headers (the status text; Arrow's copy of it; the detail),
+# which a client may refuse above 8 KiB in all (gRPC's soft limit; always above
+# 16 KiB), and JSON escaping makes an emoji 12 bytes. So the encoded detail is
+# also kept within MAX_DETAIL_BYTES (about 6.5 KiB of headers), a quoted value
+# QUOTE_BYTES; more would reach the client as gRPC's "metadata size exceeds
+# ... limit" (or an internal error) instead of the server's error.
 MAX_MESSAGE_CHARS = 800
 QUOTE_CHARS = 80
+MAX_DETAIL_BYTES = 2 * 1024
+QUOTE_BYTES = 240
+# Room kept for the "... (N more characters)" that marks a cut.
+_CUT_MARK_BYTES = 40
 
 
 def quoted(value: object, limit: int = QUOTE_CHARS) -> str:
-    """``repr(value)``, cut to ``limit`` characters with the size of the rest."""
-    text = repr(value)
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+    """``repr(value)``, cut to ``limit`` characters (and QUOTE_BYTES once
+    encoded) with the size of the rest."""
+    return shortened(repr(value), limit, QUOTE_BYTES)
 
 
-def shortened(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    if len(text) <= limit:
+def shortened(text: str, limit: int = MAX_MESSAGE_CHARS, max_bytes: int = MAX_DETAIL_BYTES) -> str:
+    """``text`` cut to at most ``limit`` characters and ``max_bytes`` bytes on
+    the wire (see :func:`wire_size`), saying how many characters were cut."""
+    head = text[:limit]  # never measure more than ``limit`` characters of a huge text
+    if len(head) == len(text) and wire_size(head) <= max_bytes:
         return text
-    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+    keep = _fitting_prefix(head, max_bytes - _CUT_MARK_BYTES)
+    return f"{text[:keep]}... ({len(text) - keep} more characters)"
+
+
+def wire_size(text: str) -> int:
+    """The bytes ``text`` takes in an error detail: JSON-escaped (an emoji is
+    12 bytes, a control character 6) and with gRPC's percent-encoding of ``%``."""
+    return len(json.dumps(text)) - 2 + 2 * text.count("%")
+
+
+def _fitting_prefix(text: str, max_bytes: int) -> int:
+    """How many leading characters of ``text`` fit in ``max_bytes`` wire bytes."""
+    size = 0
+    for index, char in enumerate(text):
+        size += wire_size(char)
+        if size > max_bytes:
+            return index
+    return len(text)
 
 
 class FlightlabError(Exception):
@@ -200,14 +226,12 @@ def __getattr__(name: str) -> Any:
 
 
 def error_detail(exc: BaseException, status: str) -> dict[str, str]:
-    """The wire form of ``exc``."""
+    """The wire form of ``exc``, at most MAX_DETAIL_BYTES once encoded."""
     cls = type(exc)
-    return {
-        "module": cls.__module__,
-        "class": cls.__name__,
-        "message": shortened(_message(exc)) or cls.__name__,
-        "status": status,
-    }
+    detail = {"module": cls.__module__, "class": cls.__name__, "message": "", "status": status}
+    room = MAX_DETAIL_BYTES - len(encode_detail(detail))
+    detail["message"] = shortened(_message(exc), max_bytes=room) or cls.__name__
+    return detail
 
 
 def _message(exc: BaseException) -> str:
