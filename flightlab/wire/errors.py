@@ -5,7 +5,8 @@ An error travels as a small JSON *detail* ``{"module", "class", "message",
 store uses, so Feast's exceptions (``FeatureViewNotFoundException``...) are
 raised again on the client as themselves. ``status`` says what kind of failure
 it was (``invalid_argument``, ``not_found``...), which the server turns into a
-Flight error class.
+Flight error class. Each class a detail names is also the Flight class of its
+status (see ``_wire_class``), on Feast's stock client too.
 """
 
 from __future__ import annotations
@@ -188,8 +189,18 @@ class UnknownFeatureError(FlightlabError, KeyError, flight.FlightServerError):
     status = NOT_FOUND
 
     def __str__(self) -> str:
-        # As a local KeyError prints: the repr of its text.
-        return KeyError.__str__(self)
+        # As a local KeyError prints: the repr of its text, also when Feast's
+        # client re-created it, giving it only __overridden_message__.
+        text = getattr(self, "__overridden_message__", None)
+        return repr(text) if text is not None else KeyError.__str__(self)
+
+
+# The flightlab class a foreign error of each status is sent as (see _wire_class).
+_FLIGHTLAB_CLASS_FOR_STATUS: dict[str, type[FlightlabError]] = {
+    UNAUTHENTICATED: AuthenticationFailedError,
+    RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    UNAVAILABLE: ServerBusyError,
+}
 
 
 def _permission_denied_class() -> type:
@@ -227,11 +238,30 @@ def __getattr__(name: str) -> Any:
 
 def error_detail(exc: BaseException, status: str) -> dict[str, str]:
     """The wire form of ``exc``, at most MAX_DETAIL_BYTES once encoded."""
-    cls = type(exc)
+    cls = _wire_class(exc, status)
     detail = {"module": cls.__module__, "class": cls.__name__, "message": "", "status": status}
     room = MAX_DETAIL_BYTES - len(encode_detail(detail))
     detail["message"] = shortened(_message(exc), max_bytes=room) or cls.__name__
     return detail
+
+
+def _wire_class(exc: BaseException, status: str) -> type:
+    """The class a detail names for ``exc``.
+
+    A client re-creates the class named (Feast's stock client imports it by
+    name), so another library's error whose status has a Flight class of its
+    own (a FeastPermissionError, a lock timeout) is named as flightlab's class
+    for that status, which is also the Flight class, and Feast's where Feast
+    has one: ``except pyarrow.flight.FlightUnauthorizedError`` catches it on
+    any client. Without flightlab installed, Feast's client raises the Flight
+    error itself, which is of that class too.
+    """
+    if isinstance(exc, FlightlabError):
+        return type(exc)
+    if status == PERMISSION_DENIED:
+        return _permission_denied_class()
+    stand_in = _FLIGHTLAB_CLASS_FOR_STATUS.get(status)
+    return stand_in if stand_in is not None else type(exc)
 
 
 def _message(exc: BaseException) -> str:
@@ -327,9 +357,12 @@ _FLIGHT_ERROR_FOR_STATUS: dict[str, type[flight.FlightError]] = {
 def failure_status(exc: BaseException) -> str:
     """What kind of failure ``exc`` is, in the vocabulary of flightlab.wire.errors."""
     from feast.errors import FeastObjectNotFoundException, FeastPermissionError
+    from filelock import Timeout
 
     if isinstance(exc, FlightlabError):
         return exc.status
+    if isinstance(exc, Timeout):  # another process holds a write lock: retry later
+        return UNAVAILABLE
     if isinstance(exc, ClientGoneError):
         return CANCELLED
     if isinstance(exc, FeastPermissionError):
