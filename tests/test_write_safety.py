@@ -1,0 +1,250 @@
+"""Writes that never wait without a bound, never tear what is read, and are durable.
+
+- A writer waits for the readers of its file (a retrieval holds the file
+  until its client has read the last batch, and a client may stop reading)
+  only up to ``parquet_writes.SWAP_LOCK_TIMEOUT``: then it gets flightlab's
+  ServerBusyError, a ``pyarrow.flight.FlightUnavailableError`` naming the
+  file, the file is unchanged, the server keeps serving, and once the reader
+  lets go the next write goes through. The same through Feast's stock client.
+- A writer that waits too long for another writer's lock gets that error too,
+  never an internal one.
+
+The servers run in this process, so the tests shorten the bound with
+``monkeypatch``; each test writes rows later than all others, in a repo of
+its own module.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import pyarrow.parquet as pq
+import pytest
+from feast import FeatureStore
+from feast.arrow_error_handler import _get_exception_data
+from feast.errors import FeastError
+from filelock import FileLock, Timeout
+from offline_helpers import arrow, new_driver_rows, raw_stage
+
+from flightlab.client.transport import OfflineFlightClient
+from flightlab.sample_repo import DAYS, START, create_sample_repo, entity_frame
+from flightlab.server import OfflineServer
+from flightlab.server.limits import ServerLimits
+from flightlab.storage import parquet_writes
+from flightlab.wire import errors
+from flightlab.wire import protocol as p
+
+BOUND = 2.0  # the writers' wait for readers, in these tests
+SLACK = 8.0  # what a loaded machine may add to it
+CALL_TIMEOUT = 60.0
+HOURS = itertools.count(1)  # each write's rows are later than any before
+
+
+# --- fixtures and helpers -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    return create_sample_repo(tmp_path_factory.mktemp("write_safety").resolve() / "server")
+
+
+@pytest.fixture(scope="module")
+def server(repo) -> Iterator[OfflineServer]:
+    # Small batches: a large result is many messages, which a client that
+    # stops reading leaves unsent.
+    limits = ServerLimits(batch_rows=256)
+    with OfflineServer(repo, host="127.0.0.1", port=0, limits=limits) as running:
+        yield running
+
+
+@pytest.fixture
+def short_bound(monkeypatch) -> None:
+    monkeypatch.setattr(parquet_writes, "SWAP_LOCK_TIMEOUT", BOUND)
+
+
+def driver_file(repo: Path) -> Path:
+    return repo / "data" / "driver_stats.parquet"
+
+
+def write_request() -> p.OfflineWriteBatch:
+    rows = new_driver_rows(next(HOURS), drivers=(1001, 1002))
+    return p.OfflineWriteBatch(feature_view_name="driver_stats", table=arrow(rows))
+
+
+def write(server: OfflineServer) -> dict[str, Any]:
+    with OfflineFlightClient(server.location, timeout=CALL_TIMEOUT) as client:
+        return client.run_action(write_request())
+
+
+def pull_all(source: str, features: tuple[str, ...], created: str | None = None) -> p.Request:
+    return p.PullAllFromTableOrQuery(
+        data_source_name=source,
+        join_key_columns=(source.split("_")[0] + "_id",),
+        feature_name_columns=features,
+        timestamp_field="event_timestamp",
+        created_timestamp_column=created,
+        start_date=START,
+        end_date=START + timedelta(days=DAYS * 100),
+    )
+
+
+DRIVER_PULL = pull_all("driver_stats_source", ("conv_rate", "acc_rate", "avg_daily_trips"))
+
+
+def fetch(server: OfflineServer, request: p.Request) -> pa.Table:
+    with OfflineFlightClient(server.location, timeout=CALL_TIMEOUT) as client:
+        return client.fetch(request)
+
+
+def leftovers(repo: Path) -> list[str]:
+    """Temporary files a write left in the data folder."""
+    return sorted(f.name for f in (repo / "data").iterdir() if ".tmp" in f.name)
+
+
+def assert_busy_naming(exc: BaseException, path: Path) -> None:
+    assert isinstance(exc, errors.ServerBusyError), repr(exc)
+    assert isinstance(exc, flight.FlightUnavailableError)
+    assert str(path) in str(exc) and "readers" in str(exc), str(exc)
+
+
+# --- a writer behind readers -------------------------------------------------------------------
+
+
+def test_a_writer_behind_a_reader_gets_unavailable_within_the_bound(server, repo, short_bound):
+    source = driver_file(repo)
+    before = pq.read_table(source)
+    with ThreadPoolExecutor(1) as pool:
+        with parquet_writes.reading([source]):  # what a retrieval holds while it is read
+            started = time.monotonic()
+            waiting = pool.submit(write, server)
+            # Reads are served while the writer waits.
+            assert fetch(server, DRIVER_PULL).num_rows == before.num_rows
+            with pytest.raises(flight.FlightUnavailableError) as busy:
+                waiting.result(timeout=BOUND + SLACK)
+            waited = time.monotonic() - started
+    assert_busy_naming(busy.value, source)
+    assert BOUND <= waited < BOUND + SLACK
+    assert pq.read_table(source).equals(before)
+    assert leftovers(repo) == []
+
+    # The reader let go: the next write goes through, and nothing stays staged.
+    assert write(server) == {"rows_written": 2}
+    assert pq.read_metadata(source).num_rows == before.num_rows + 2
+    assert server.stats_json()["staged_commands"] == 0
+
+
+def test_a_retrieval_whose_client_stops_reading_delays_writers_only_up_to_the_bound(
+    server, repo, short_bound
+):
+    source = driver_file(repo)
+    rows_before = pq.read_metadata(source).num_rows
+    # A result of many batches: more than gRPC and the worker buffer ahead.
+    entities = entity_frame(300_000, seed=5, with_request_data=False)
+    request = p.GetHistoricalFeatures(
+        features=("driver_stats:conv_rate", "driver_stats:acc_rate"), entity_df=arrow(entities)
+    )
+    reader_client = flight.FlightClient(server.location)
+    stream = None
+    try:
+        command_id = raw_stage(reader_client, request)
+        info = reader_client.get_flight_info(p.command_descriptor(command_id))
+        stream = reader_client.do_get(info.endpoints[0].ticket)
+        assert stream.read_chunk().data.num_rows > 0  # then the client stops reading
+        with pytest.raises(flight.FlightUnavailableError) as busy:
+            write(server)
+        assert_busy_naming(busy.value, source)
+        assert pq.read_metadata(source).num_rows == rows_before
+    finally:
+        if stream is not None:
+            stream.cancel()  # the reader lets go: the server ends its stream
+        reader_client.close()
+
+    deadline = time.monotonic() + SLACK
+    while True:  # the server notices the cancelled stream within moments
+        try:
+            assert write(server) == {"rows_written": 2}
+            break
+        except errors.ServerBusyError:
+            if time.monotonic() > deadline:
+                raise
+    assert pq.read_metadata(source).num_rows == rows_before + 2
+    assert fetch(server, DRIVER_PULL).num_rows == rows_before + 2
+
+
+def stock_client_store(path: Path, server: OfflineServer, server_repo: Path) -> FeatureStore:
+    """A client repo with Feast's own ``type: remote`` offline store."""
+    (path / "data").mkdir(parents=True, exist_ok=True)
+    config = {
+        "project": "flightlab_sample",
+        "provider": "local",
+        "registry": {"path": str(server_repo / "data" / "registry.db"), "cache_ttl_seconds": 0},
+        "online_store": {"type": "sqlite", "path": "data/online.db"},
+        # No retries: the busy error itself is what is checked.
+        "offline_store": {
+            "type": "remote",
+            "host": "127.0.0.1",
+            "port": server.port,
+            "connection_retries": 0,
+        },
+        "entity_key_serialization_version": 3,
+    }
+    (path / "feature_store.yaml").write_text(json.dumps(config))
+    return FeatureStore(repo_path=str(path))
+
+
+def test_feasts_stock_client_gets_unavailable_from_a_writer_behind_a_reader(
+    server, repo, short_bound, tmp_path
+):
+    source = driver_file(repo)
+    rows_before = pq.read_metadata(source).num_rows
+    stock = stock_client_store(tmp_path / "client", server, repo)
+    rows = new_driver_rows(next(HOURS), drivers=(1003,))
+    with parquet_writes.reading([source]):
+        with pytest.raises(flight.FlightUnavailableError) as busy:
+            stock.write_to_offline_store("driver_stats", rows)
+    assert str(source) in str(busy.value)
+    assert pq.read_metadata(source).num_rows == rows_before
+    stock.write_to_offline_store("driver_stats", rows)
+    assert pq.read_metadata(source).num_rows == rows_before + 1
+
+
+# --- a writer behind another writer ------------------------------------------------------------
+
+
+def test_a_writer_behind_another_writers_lock_gets_unavailable(tmp_path):
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"x": [1]}), path)
+    with FileLock(str(parquet_writes.lock_path(path))):  # another writer, in another process
+        with pytest.raises(errors.ServerBusyError) as busy:
+            with parquet_writes.destination_lock(path, timeout=0.2):
+                pass
+    assert isinstance(busy.value, flight.FlightUnavailableError)
+    assert str(path) in str(busy.value) and "another writer" in str(busy.value)
+    with parquet_writes.destination_lock(path, timeout=0.2):
+        pass  # free again
+
+
+def test_a_lock_timeout_from_elsewhere_is_unavailable_not_internal():
+    timeout = Timeout("/data/.rows.parquet.lock")
+    assert errors.failure_status(timeout) == errors.UNAVAILABLE
+    sent = errors.to_flight_error(timeout)
+    assert type(sent) is flight.FlightUnavailableError
+    # Both clients re-create it as flightlab's busy error, a FlightUnavailableError.
+    detail = errors.decode_detail(sent.extra_info)
+    assert detail is not None and detail["class"] == "ServerBusyError"
+    assert "rows.parquet" in detail["message"]
+    for again in (
+        errors.exception_from_detail(detail),
+        FeastError.from_error_detail(_get_exception_data(str(sent))),
+    ):
+        assert isinstance(again, errors.ServerBusyError), repr(again)
+        assert isinstance(again, flight.FlightUnavailableError)
