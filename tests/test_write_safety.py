@@ -8,6 +8,10 @@
   lets go the next write goes through. The same through Feast's stock client.
 - A writer that waits too long for another writer's lock gets that error too,
   never an internal one.
+- Durability: both write paths flush a file before renaming it into place
+  and flush the folder after; every new partition folder is flushed into its
+  parent. Power loss cannot be observed in a test, so the order of the calls
+  is recorded.
 
 The servers run in this process, so the tests shorten the bound with
 ``monkeypatch``; each test writes rows later than all others, in a repo of
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +30,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
@@ -248,3 +254,84 @@ def test_a_lock_timeout_from_elsewhere_is_unavailable_not_internal():
     ):
         assert isinstance(again, errors.ServerBusyError), repr(again)
         assert isinstance(again, flight.FlightUnavailableError)
+
+
+# --- durability ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def disk_calls(monkeypatch) -> list[tuple[str, ...]]:
+    """Records, in order, every fsync (by the path of what it flushed), rename
+    and folder creation, and still makes them."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to name what a descriptor points at")
+    calls: list[tuple[str, ...]] = []
+    real_fsync, real_replace, real_mkdir = os.fsync, os.replace, os.mkdir
+
+    def fsync(descriptor: int) -> None:
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{descriptor}")))
+        real_fsync(descriptor)
+
+    def replace(source: Any, target: Any, **kwargs: Any) -> None:
+        calls.append(("replace", str(source), str(target)))
+        real_replace(source, target, **kwargs)
+
+    def mkdir(path: Any, *args: Any, **kwargs: Any) -> None:
+        real_mkdir(path, *args, **kwargs)
+        calls.append(("mkdir", str(path)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    return calls
+
+
+def position(calls: list[tuple[str, ...]], *call: str) -> int:
+    assert call in calls, f"{call} not among {calls}"
+    return calls.index(call)
+
+
+def test_an_append_flushes_the_new_file_renames_it_then_flushes_the_folder(tmp_path, disk_calls):
+    tmp_path = tmp_path.resolve()  # as /proc names what was flushed
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"x": [1, 2]}), path)
+    disk_calls.clear()
+
+    assert parquet_writes.append_to_parquet_source(path, pa.table({"x": [3]})) == 3
+
+    [(_, temp, target)] = [c for c in disk_calls if c[0] == "replace"]
+    assert target == str(path) and Path(temp).parent == tmp_path
+    flushed_file = position(disk_calls, "fsync", temp)
+    renamed = position(disk_calls, "replace", temp, target)
+    flushed_folder = position(disk_calls, "fsync", str(tmp_path))
+    assert flushed_file < renamed < flushed_folder
+    assert pq.read_table(path).column("x").to_pylist() == [3, 1, 2]
+
+
+def test_logged_rows_in_new_partition_folders_are_flushed_into_their_parents(tmp_path, disk_calls):
+    tmp_path = tmp_path.resolve()  # as /proc names what was flushed
+    folder = tmp_path / "logs" / "service"  # neither exists yet
+    table = pa.table({"day": ["d1", "d2", "d1"], "value": [1, 2, 3]})
+
+    written = parquet_writes.add_files_atomically(folder, table, ["day"])
+
+    assert sorted(f.parent.name for f in written) == ["day=d1", "day=d2"]
+    made = [
+        Path(c[1]) for c in disk_calls if c[0] == "mkdir" and Path(c[1]).is_relative_to(tmp_path)
+    ]
+    new_folders = {tmp_path / "logs", folder, folder / "day=d1", folder / "day=d2"}
+    assert new_folders <= set(made)
+    for new in new_folders:
+        # The new folder's entry is flushed into its parent after it is made,
+        # and before any file is renamed into it.
+        created = position(disk_calls, "mkdir", str(new))
+        assert any(c == ("fsync", str(new.parent)) for c in disk_calls[created + 1 :]), (
+            f"{new.parent} not flushed after {new} was made"
+        )
+    for file in written:
+        [(_, temp, _)] = [c for c in disk_calls if c[0] == "replace" and c[2] == str(file)]
+        renamed = position(disk_calls, "replace", temp, str(file))
+        assert position(disk_calls, "fsync", temp) < renamed
+        assert position(disk_calls, "mkdir", str(file.parent)) < renamed
+        assert ("fsync", str(file.parent)) in disk_calls[renamed + 1 :]
+    assert pd.read_parquet(folder).shape[0] == 3

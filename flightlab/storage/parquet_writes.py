@@ -224,7 +224,7 @@ def add_files_atomically(
     """
     folder = Path(folder)
     table = _normalized(table, timestamp_unit, keep_metadata)
-    folder.mkdir(parents=True, exist_ok=True)
+    _make_folders_durably(folder)
     staging = folder.parent / f".{folder.name}.{uuid.uuid4().hex}.tmp"
     try:
         ds.write_dataset(
@@ -243,11 +243,28 @@ def add_files_atomically(
 
 def _move_in(file: Path, staging: Path, folder: Path) -> Path:
     target = folder / file.relative_to(staging)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _make_folders_durably(target.parent)
     _fsync_file(file)
     os.replace(file, target)
     _fsync_dir(target.parent)
     return target
+
+
+def _make_folders_durably(folder: Path) -> None:
+    """Create ``folder`` and its missing parents, each durable: a new folder
+    is on disk only once the entry in its parent is, so each parent is
+    fsynced after its new child is made (a partition folder ``day=...``
+    would otherwise vanish at power loss with the rows acknowledged in it)."""
+    missing = []
+    for candidate in (folder, *folder.parents):
+        if candidate.is_dir():
+            break
+        missing.append(candidate)
+    for new in reversed(missing):  # outermost first
+        # exist_ok: another writer may make it meanwhile; sync its parent anyway,
+        # as this write is acknowledged perhaps before that writer's sync.
+        new.mkdir(exist_ok=True)
+        _fsync_dir(new.parent)
 
 
 def _normalized(table: pa.Table, timestamp_unit: str | None, keep_metadata: bool) -> pa.Table:
