@@ -8,6 +8,8 @@
   lets go the next write goes through. The same through Feast's stock client.
 - A writer that waits too long for another writer's lock gets that error too,
   never an internal one.
+- A persist holds off renames of the sources it reads, and not of its own
+  destination (whose rename would then wait for the persist itself).
 - Durability: both write paths flush a file before renaming it into place
   and flush the folder after; every new partition folder is flushed into its
   parent. Power loss cannot be observed in a test, so the order of the calls
@@ -20,12 +22,14 @@ its own module.
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ import pytest
 from feast import FeatureStore
 from feast.arrow_error_handler import _get_exception_data
 from feast.errors import FeastError
+from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 from filelock import FileLock, Timeout
 from offline_helpers import arrow, new_driver_rows, raw_stage
 
@@ -114,6 +119,17 @@ def fetch(server: OfflineServer, request: p.Request) -> pa.Table:
 def leftovers(repo: Path) -> list[str]:
     """Temporary files a write left in the data folder."""
     return sorted(f.name for f in (repo / "data").iterdir() if ".tmp" in f.name)
+
+
+@contextmanager
+def renaming(path: Path) -> Iterator[None]:
+    """Hold ``path`` as a writer does while it renames a new file over it."""
+    descriptor = os.open(parquet_writes.swap_lock_path(path), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def assert_busy_naming(exc: BaseException, path: Path) -> None:
@@ -254,6 +270,45 @@ def test_a_lock_timeout_from_elsewhere_is_unavailable_not_internal():
     ):
         assert isinstance(again, errors.ServerBusyError), repr(again)
         assert isinstance(again, flight.FlightUnavailableError)
+
+
+# --- persist ----------------------------------------------------------------------------------
+
+
+def test_a_persist_holds_off_renames_of_the_sources_it_reads(server, repo, tmp_path):
+    source = driver_file(repo)
+    target = tmp_path / "persisted.parquet"
+    storage = SavedDatasetFileStorage(path=str(target)).to_proto().SerializeToString()
+    request = p.Persist(retrieval=DRIVER_PULL, storage=storage)
+    with OfflineFlightClient(server.location, timeout=CALL_TIMEOUT) as client:
+        with ThreadPoolExecutor(1) as pool:
+            with renaming(source):  # a writer in the middle of replacing the source
+                persisting = pool.submit(client.run_action, request)
+                time.sleep(1.5)
+                # It waits to read until the rename is over.
+                assert not persisting.done()
+                assert not target.exists()
+            result = persisting.result(timeout=CALL_TIMEOUT)
+    assert "persisted.parquet" in result["persisted_to"]
+    assert pq.read_metadata(target).num_rows == pq.read_metadata(source).num_rows
+
+
+def test_a_persist_into_the_file_it_reads_does_not_wait_on_itself(server, repo, short_bound):
+    source = repo / "data" / "customer_stats.parquet"
+    before = pq.read_table(source)
+    request = p.Persist(
+        retrieval=pull_all("customer_stats_source", ("lifetime_trips", "avg_rating")),
+        destination_name="customer_stats_source",
+        allow_overwrite=True,
+    )
+    started = time.monotonic()
+    with OfflineFlightClient(server.location, timeout=CALL_TIMEOUT) as client:
+        client.run_action(request)
+    assert time.monotonic() - started < BOUND  # not a wait for itself, then a busy error
+    after = pq.read_table(source)
+    assert sorted(after.column_names) == sorted(before.column_names)
+    assert after.num_rows == before.num_rows
+    assert leftovers(repo) == []
 
 
 # --- durability ---------------------------------------------------------------------------------
