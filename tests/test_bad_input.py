@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from feast import FeatureService, FileSource
+import yaml
+from feast import FeatureService, FeatureStore, FileSource
 from feast.errors import (
     DataSourceObjectNotFoundException,
     EntityTimestampInferenceException,
@@ -27,18 +28,22 @@ from feast.errors import (
     FeatureViewNotFoundException,
 )
 from feast.feature_logging import FeatureServiceLoggingSource
+from feast.infra.offline_stores.remote import RemoteOfflineStore as FeastRemoteOfflineStore
 from offline_helpers import (
     FEATURES,
     arrow,
     assert_no_traceback,
     assert_serving_and_clean,
     flight_error_detail,
+    offline_store_of,
+    registry_of,
     server_stats,
 )
 
 from flightlab.client import RemoteOfflineStore
 from flightlab.client.transport import exception_for_flight_error
 from flightlab.sample_repo import entity_frame
+from flightlab.wire import errors
 from flightlab.wire import protocol as p
 from flightlab.wire.errors import (
     _FLIGHT_ERROR_FOR_STATUS,
@@ -455,3 +460,89 @@ def test_flightlabs_client_raises_an_exception_naming_the_problem(
     assert names in str(caught.value)
     assert_no_traceback(str(caught.value))
     assert_serving_and_clean(offline_server, client_store, local_store)
+
+
+# --- long values of any characters: the server's error, never gRPC's ----------------------------
+
+# Each is far under the parameter cap but, JSON-escaped, far over what gRPC
+# lets through in an error's headers when quoted whole.
+LONG_NAMES = {
+    "emoji": "\U0001f600" * 3000,  # 12 KB; 12 bytes each once escaped
+    "accented_and_control": "\u00e9\x01\u00f1\x7f\u200b" * 1000,  # 6 bytes each
+    "percent": "%" * 5000,  # 3 bytes each in the percent-encoded status text
+}
+
+
+@pytest.fixture(scope="module")
+def stock_store(offline_server, server_repo, tmp_path_factory) -> FeatureStore:
+    """A client repo with Feast's own ``type: remote`` offline store."""
+    path = tmp_path_factory.mktemp("bad_input_stock").resolve()
+    config = {
+        "project": "flightlab_sample",
+        "provider": "local",
+        "registry": {"path": str(registry_of(server_repo)), "cache_ttl_seconds": 0},
+        "online_store": {"type": "sqlite", "path": "data/online.db"},
+        "offline_store": {"type": "remote", "host": "127.0.0.1", "port": offline_server.port},
+        "entity_key_serialization_version": 3,
+    }
+    (path / "feature_store.yaml").write_text(yaml.safe_dump(config))
+    store = FeatureStore(repo_path=str(path))
+    assert isinstance(offline_store_of(store), FeastRemoteOfflineStore)
+    return store
+
+
+def assert_bounded(message: str) -> None:
+    assert "more characters" in message
+    assert len(message) <= errors.MAX_MESSAGE_CHARS + 40
+    assert errors.wire_size(message) <= errors.MAX_DETAIL_BYTES
+
+
+@pytest.mark.parametrize("name", LONG_NAMES.values(), ids=LONG_NAMES.keys())
+def test_a_long_value_of_any_characters_reaches_every_client_as_the_servers_error(
+    name, raw_flight, flight_client, stock_store, offline_server, client_store, local_store
+):
+    ref = f"{name}:conv_rate"
+    expected_start = f"Feature view {name[:5]}"
+
+    with pytest.raises(flight.FlightError) as bare:
+        historical(raw_flight, ref)
+    assert type(bare.value) is flight.FlightServerError, repr(bare.value)
+    detail = flight_error_detail(bare.value)
+    assert detail["class"] == "FeatureViewNotFoundException"
+    assert detail["message"].startswith(expected_start)
+    assert_bounded(detail["message"])
+    assert len(errors.encode_detail(detail)) <= errors.MAX_DETAIL_BYTES
+    # The stats action any caller reads bounds the text too.
+    last = server_stats(offline_server)["last_error"]
+    assert last["class"] == "FeatureViewNotFoundException"
+    assert_bounded(last["message"])
+
+    with pytest.raises(FeatureViewNotFoundException) as ours:
+        flight_client.fetch(p.GetHistoricalFeatures(features=(ref,), entity_df=entities()))
+    assert str(ours.value) == detail["message"]
+
+    # Feast's stock client re-creates the class the detail names.
+    with pytest.raises(Exception) as stock:
+        offline_store_of(stock_store).get_historical_features(
+            config=stock_store.config,
+            feature_views=[],
+            feature_refs=[ref],
+            entity_df=entity_frame(5),
+            registry=stock_store.registry,
+            project=stock_store.project,
+        ).to_arrow()
+    assert isinstance(stock.value, FeatureViewNotFoundException), repr(stock.value)
+    assert str(stock.value).startswith(expected_start)
+    assert_serving_and_clean(offline_server, client_store, local_store)
+
+
+def test_quoted_and_shortened_values_stay_within_their_bytes():
+    for text in LONG_NAMES.values():
+        assert errors.wire_size(errors.quoted(text)) <= errors.QUOTE_BYTES
+        assert errors.wire_size(errors.shortened(text)) <= errors.MAX_DETAIL_BYTES
+    # Short texts are left whole, whatever their characters.
+    for short in ("plain", "\U0001f600" * 15, "\x01\x02"):
+        assert errors.shortened(short) == short
+        assert errors.quoted(short) == repr(short)
+    cut = errors.shortened("a" * 1000)
+    assert cut == "a" * errors.MAX_MESSAGE_CHARS + "... (200 more characters)"

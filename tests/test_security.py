@@ -65,10 +65,12 @@ from flightlab.server.auth import (
     TokenAuthenticator,
     authenticator_for,
 )
+from flightlab.server.limits import ServerLimits
 from flightlab.wire import protocol as p
 from flightlab.wire.errors import (
     AuthenticationFailedError,
     ConnectionFailedError,
+    ResourceExhaustedError,
     UnknownCommandError,
 )
 
@@ -854,6 +856,8 @@ def test_a_client_repo_sends_the_token_of_its_auth_config(
     with pytest.raises(FeastPermissionError) as denied:
         writer.get_historical_features(entities, FEATURES).to_df()
     assert "READ_OFFLINE" in str(denied.value) and "FeatureView:" in str(denied.value)
+    # ... and Flight's class for a refusal, whichever client re-created it.
+    assert isinstance(denied.value, flight.FlightUnauthorizedError), repr(denied.value)
     no_traceback(denied.value)
 
     # Without an auth config, or with an expired token: not authenticated.
@@ -917,6 +921,161 @@ def test_a_client_repo_writes_with_its_token(server, repo, tokens, tmp_path):
             store.write_to_offline_store("driver_stats", rows)
             assert pq.read_metadata(data_file).num_rows == before + 1
     assert_clean_and_serving(server, tokens)
+
+
+# --- Feast's stock client: each refusal is an instance of its Flight class -------------------
+
+
+@pytest.fixture(scope="module")
+def capped_server(repo) -> Iterator[OfflineServer]:
+    """Another server of the repo, with a cap of 5 entity rows per request."""
+    with OfflineServer(repo, port=0, limits=ServerLimits(max_entity_rows=5)) as running:
+        yield running
+
+
+def _stock_read(store: FeatureStore, refs: list[str]) -> None:
+    entities = entity_frame(8, seed=6, with_request_data=False)
+    store.get_historical_features(entities, refs).to_df()
+
+
+def _stock_unknown_feature(store: FeatureStore, refs: list[str]) -> None:
+    # Straight to the offline store: the client's registry check would find it first.
+    store._get_provider().offline_store.get_historical_features(
+        config=store.config,
+        feature_views=[],
+        feature_refs=["driver_stats:no_such_feature"],
+        entity_df=entity_frame(4, with_request_data=False),
+        registry=store.registry,
+        project=store.project,
+    ).to_arrow()
+
+
+def _stock_write(store: FeatureStore, refs: list[str]) -> None:
+    store.write_to_offline_store("driver_stats", new_driver_rows(7000, drivers=(1004,)))
+
+
+# user (None: no token), whether on the capped server, the call, the Flight
+# class, the class the detail names, and what the message says.
+STOCK_REFUSALS = {
+    "denied_read": (
+        "walt",
+        False,
+        _stock_read,
+        flight.FlightUnauthorizedError,
+        FeastPermissionError,
+        "READ_OFFLINE",
+    ),
+    "denied_write": (
+        "rita",
+        False,
+        _stock_write,
+        flight.FlightUnauthorizedError,
+        FeastPermissionError,
+        "WRITE_OFFLINE",
+    ),
+    "unauthenticated": (
+        None,
+        False,
+        _stock_read,
+        flight.FlightUnauthenticatedError,
+        AuthenticationFailedError,
+        "no credentials",
+    ),
+    "over_the_entity_cap": (
+        "rita",
+        True,
+        _stock_read,
+        flight.FlightUnavailableError,
+        ResourceExhaustedError,
+        "--max-entity-rows",
+    ),
+    "unknown_feature": (
+        "rita",
+        False,
+        _stock_unknown_feature,
+        flight.FlightServerError,
+        KeyError,
+        "no_such_feature",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "user, capped, call, flight_class, named_class, says",
+    STOCK_REFUSALS.values(),
+    ids=STOCK_REFUSALS.keys(),
+)
+def test_feasts_stock_client_gets_each_refusal_as_its_flight_class(
+    user,
+    capped,
+    call,
+    flight_class,
+    named_class,
+    says,
+    server,
+    capped_server,
+    repo,
+    tokens,
+    tmp_path,
+):
+    target = capped_server if capped else server
+    auth = {"type": "oidc", "token": tokens[user]} if user else None
+    # No retries of an unavailable server: the refusal itself is checked.
+    store_config = feast_store(target, connection_retries=0)
+    store = client_repo(tmp_path / "stock", repo / "data" / "registry.db", store_config, auth)
+    assert isinstance(store._get_provider().offline_store, FeastRemoteOfflineStore)
+    rows_before = pq.read_metadata(repo / "data" / "driver_stats.parquet").num_rows
+
+    with pytest.raises(flight.FlightError) as refused:
+        call(store, FEATURES)
+
+    assert isinstance(refused.value, flight_class), repr(refused.value)
+    if user is not None:
+        # Re-created by Feast from the detail (a refusal met while Feast's client
+        # still writes its upload arrives as the bare Flight error instead).
+        assert isinstance(refused.value, named_class), repr(refused.value)
+    assert says in str(refused.value), str(refused.value)
+    no_traceback(refused.value)
+    assert pq.read_metadata(repo / "data" / "driver_stats.parquet").num_rows == rows_before
+    assert_clean_and_serving(server, tokens)
+
+
+def test_every_flightlab_error_decoded_by_feast_is_its_flight_class():
+    """What each status's detail becomes through Feast's own decoder: the one
+    its stock client applies (flightlab's decoder is checked elsewhere)."""
+    from feast.arrow_error_handler import _get_exception_data
+    from feast.errors import FeastError, FeatureViewNotFoundException
+    from filelock import Timeout
+
+    from flightlab.wire import errors
+
+    flightlab_errors = [
+        cls("why")
+        for cls in vars(errors).values()
+        if isinstance(cls, type)
+        and issubclass(cls, errors.FlightlabError)
+        # The client's own name for an answer it cannot place: never sent.
+        and cls not in (errors.FlightlabError, errors.RemoteServerError)
+    ]
+    assert len(flightlab_errors) > 10
+    foreign = [FeastPermissionError("why"), Timeout("why"), FeatureViewNotFoundException("why")]
+    for exc in [*flightlab_errors, errors.PermissionDeniedError("why"), *foreign]:
+        status = errors.failure_status(exc)
+        sent = errors.to_flight_error(exc)
+        flight_class = errors._FLIGHT_ERROR_FOR_STATUS[status]
+        assert type(sent) is flight_class
+        again = FeastError.from_error_detail(_get_exception_data(str(sent)))
+        assert again is not None, repr(exc)
+        assert "why" in str(again)
+        if isinstance(exc, errors.FlightlabError):
+            assert type(again) is type(exc) and isinstance(again, flight_class), (exc, again)
+        elif flight_class is not flight.FlightServerError:
+            # Sent as flightlab's class of its status: the Flight class, and
+            # Feast's own class where there is one.
+            assert isinstance(again, flight_class), (exc, again)
+            assert isinstance(again, type(exc)) or isinstance(again, errors.FlightlabError)
+        else:  # a bad request: Feast's own class, as Feast's server would send it
+            assert type(again) is type(exc)
 
 
 # --- TLS and mTLS ----------------------------------------------------------------------------

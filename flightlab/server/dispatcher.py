@@ -30,19 +30,14 @@ from feast.infra.offline_stores.offline_utils import get_offline_store_from_conf
 from feast.permissions.action import AuthzedAction
 from feast.permissions.enforcer import enforce_policy
 from feast.permissions.user import User
-from feast.saved_dataset import SavedDatasetStorage
 
 from flightlab.engine.results import ResultStream
 from flightlab.engine.runner import Engine
 from flightlab.engine.settings import EngineMode, EngineSettings
-from flightlab.server.backends import StoreBackend, saved_dataset_storage
-from flightlab.server.feast_objects import (
-    data_source_from_bytes,
-    entity_frame,
-    storage_from_bytes,
-    storage_proto,
-)
+from flightlab.server.backends import StoreBackend
+from flightlab.server.feast_objects import data_source_from_bytes, entity_frame, storage_proto
 from flightlab.server.guards import check_entity_query_supported, named_feature_errors
+from flightlab.server.persisting import persist_destination, sources_besides_destination
 from flightlab.server.planning import HistoricalPlan, check_request_data, plan_historical
 from flightlab.server.writes import ParquetWrites
 from flightlab.wire import protocol as p
@@ -101,8 +96,8 @@ class OfflineDispatcher:
             self._refresh_registry()
             if isinstance(request, p.RETRIEVAL_REQUESTS):
                 return self._retrieve(request, user)
-            # A retrieval holds off renames of the sources while it reads (not
-            # a write: a persist to a registered source would wait on itself).
+            # A request that reads holds off renames of the sources meanwhile
+            # (a persist locks the ones it reads itself: not its destination).
             reads = self.store.list_data_sources() if request.returns_data else []
             with self._feast_store(), self._parquet.reading(reads):
                 result = self._handlers[type(request)](request, user)
@@ -137,11 +132,16 @@ class OfflineDispatcher:
             stream.close = _then(stream.close, reading.pop_all().close)
             return stream
 
-    def _retrieval_job(self, request: p.RetrievalRequest, user: Any) -> RetrievalJob:
-        """Feast's job for ``request`` (what ``persist`` saves)."""
+    def _retrieval_job(
+        self, request: p.RetrievalRequest, user: Any
+    ) -> tuple[RetrievalJob, list[DataSource]]:
+        """Feast's job for ``request`` (what ``persist`` saves), and the sources it reads."""
         if isinstance(request, p.GetHistoricalFeatures):
-            return self._historical_job(request, self._historical_plan(request, user))
-        return self._pull_job(request, self._readable_source(request, user))
+            plan = self._historical_plan(request, user)
+            sources = [view.batch_source for view in plan.feature_views]
+            return self._historical_job(request, plan), sources
+        source = self._readable_source(request, user)
+        return self._pull_job(request, source), [source]
 
     def _historical_plan(self, request: p.GetHistoricalFeatures, user: Any) -> HistoricalPlan:
         if self.enforce_permissions and request.entity_df_sql is not None:
@@ -287,40 +287,17 @@ class OfflineDispatcher:
         return {"rows_written": request.data.num_rows}
 
     def _persist(self, request: p.Persist, user: Any) -> dict[str, Any]:
-        destination, storage = self._persist_destination(request)
+        destination, storage = persist_destination(self.store, request, self.enforce_permissions)
         self._authorize(user, destination, AuthzedAction.WRITE_OFFLINE)
-        job = self._retrieval_job(request.retrieval, user)
-        if self._parquet.handles_storage(storage):
-            self._parquet.persist(job, storage, request.allow_overwrite)
-        else:
-            job.persist(storage, allow_overwrite=request.allow_overwrite)
+        job, sources = self._retrieval_job(request.retrieval, user)
+        # The job reads its sources as it persists: no rename may tear them.
+        reads = sources_besides_destination(sources, storage, self.store.config.repo_path)
+        with self._parquet.reading(reads):
+            if self._parquet.handles_storage(storage):
+                self._parquet.persist(job, storage, request.allow_overwrite)
+            else:
+                job.persist(storage, allow_overwrite=request.allow_overwrite)
         return {"persisted_to": str(storage.to_proto()).strip()}
-
-    def _persist_destination(
-        self, request: p.Persist
-    ) -> tuple[DataSource | None, SavedDatasetStorage]:
-        if request.destination_name is not None:
-            destination = self.store.get_data_source(request.destination_name)
-            return destination, saved_dataset_storage(destination)
-        storage = storage_from_bytes(request.storage)
-        if not self.enforce_permissions:
-            # The destination is only checked with permissions; and some
-            # storages (Spark's) cannot make an unnamed source.
-            return None, storage
-        # With permissions, a destination must be a registered data source, so
-        # that the check is made against its real name and tags: a storage the
-        # client makes up could name any file the server can write.
-        registered = self._registered_source_for(storage)
-        if registered is None:
-            raise FeastPermissionError(
-                "persist may only write to a registered data source on a server with "
-                f"authentication; {str(storage.to_proto()).strip()!r} is not one"
-            )
-        return registered, storage
-
-    def _registered_source_for(self, storage: SavedDatasetStorage) -> DataSource | None:
-        wanted = storage.to_proto()
-        return next((s for s in self.store.list_data_sources() if storage_proto(s) == wanted), None)
 
     def _validate_data_source(self, request: p.ValidateDataSource, user: Any) -> dict[str, Any]:
         source = data_source_from_bytes(request.data_source)

@@ -7,6 +7,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from flightlab.wire.errors import shortened
+
 
 @dataclass(frozen=True)
 class ErrorRecord:
@@ -70,7 +72,10 @@ class ServerStats:
         with self._lock:
             self._requests[api] += 1
             self._errors[api] += 1
-            self._last_error = ErrorRecord(api, type(exc).__name__, str(exc), time.time())
+            # Bounded as the error sent to the client: the text may quote a
+            # 100 MB parameter, and any caller of the stats action sees it.
+            message = shortened(str(exc))
+            self._last_error = ErrorRecord(api, type(exc).__name__, message, time.time())
 
     def snapshot(self) -> StatsSnapshot:
         with self._lock:

@@ -11,12 +11,18 @@ or the new one, never a part of one; once a call returns, its rows are on disk.
 
 The temporary files are hidden (a leading dot), so Arrow and duckdb dataset
 scans skip them; one left by a killed writer is removed by the next writer.
+
+No wait is unbounded: a writer gives up on another writer's lock after
+``DEFAULT_LOCK_TIMEOUT`` and on the readers of the file (a retrieval holds
+them until its client has read the last batch, and a client may stop reading)
+after ``SWAP_LOCK_TIMEOUT``, with :class:`ServerBusyError`: retry later.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -25,15 +31,27 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from filelock import FileLock
+from filelock import FileLock, Timeout
+
+from flightlab.wire.errors import ServerBusyError
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-# How long a writer waits for another one's lock before giving up.
+# How long a writer waits for another one's lock before giving up: writers
+# queue behind each other, and a rewrite of a large file takes a while.
 DEFAULT_LOCK_TIMEOUT = 600.0
+# How long a writer waits for the readers of a file to let it go before the
+# rename. Readers hold it only while they read, but a retrieval's client that
+# stops reading holds it until the server gives up on its stream; the writer
+# meanwhile holds its destination lock and a worker.
+SWAP_LOCK_TIMEOUT = 60.0
+# The first and the longest pause between two tries of the swap lock: short,
+# as a reader that polls the file may leave only brief gaps between its reads.
+_SWAP_POLL_FIRST = 0.001
+_SWAP_POLL_MAX = 0.01
 _TEMP_SUFFIX = ".tmp.parquet"
 
 
@@ -47,6 +65,12 @@ def lock_path(path: str | Path) -> Path:
     return path.parent / f".{path.name}.lock"
 
 
+def swap_lock_path(path: str | Path) -> Path:
+    """The lock file readers of ``path`` share and its rename takes alone."""
+    path = Path(path)
+    return path.parent / f".{path.name}.swap.lock"
+
+
 @contextmanager
 def destination_lock(path: str | Path, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[None]:
     """Hold the cross-process write lock of ``path``, then clear stale temp files.
@@ -55,24 +79,35 @@ def destination_lock(path: str | Path, timeout: float = DEFAULT_LOCK_TIMEOUT) ->
     while holding it belongs to a writer that died.
     """
     path = Path(path)
-    with FileLock(str(lock_path(path)), timeout=timeout):
+    try:
+        lock = FileLock(str(lock_path(path)), timeout=timeout).acquire()
+    except Timeout:
+        raise ServerBusyError(
+            f"another writer has held the write lock of {path} for {timeout:g} s; retry later"
+        ) from None
+    with lock:
         for stale in path.parent.glob(f".{path.name}.*{_TEMP_SUFFIX}"):
             stale.unlink(missing_ok=True)
         yield
 
 
-def replace_atomically(path: str | Path, write: Callable[[Path], None]) -> None:
+def replace_atomically(
+    path: str | Path, write: Callable[[Path], None], swap_timeout: float | None = None
+) -> None:
     """Have ``write`` fill a temporary file, make it durable, rename it to ``path``.
 
     The caller holds :func:`destination_lock` of ``path``. The rename waits
-    for the readers inside :func:`reading` of ``path`` to finish.
+    for the readers inside :func:`reading` of ``path`` to finish, at most
+    ``swap_timeout`` seconds (default ``SWAP_LOCK_TIMEOUT``); then it raises
+    :class:`ServerBusyError` and ``path`` is left as it was.
     """
     path = Path(path)
     temp = path.parent / f".{path.name}.{uuid.uuid4().hex}{_TEMP_SUFFIX}"
     try:
         write(temp)
         _fsync_file(temp)
-        with _swap_lock(path, exclusive=True):
+        timeout = SWAP_LOCK_TIMEOUT if swap_timeout is None else swap_timeout
+        with _swap_lock(path, exclusive=True, timeout=timeout):
             os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
@@ -95,16 +130,45 @@ def reading(paths: Iterable[str | Path]) -> Iterator[None]:
 
 
 @contextmanager
-def _swap_lock(path: Path, exclusive: bool) -> Iterator[None]:
+def _swap_lock(path: Path, exclusive: bool, timeout: float = SWAP_LOCK_TIMEOUT) -> Iterator[None]:
+    """The lock readers of ``path`` share and its rename takes alone.
+
+    A reader waits without a bound: the lock is held alone only for a rename.
+    A writer tries without blocking, pausing between tries, for ``timeout``
+    seconds: a blocking flock could wait forever behind a stalled reader.
+    """
     if fcntl is None:  # no flock (Windows): renames are still atomic
         yield
         return
-    descriptor = os.open(path.parent / f".{path.name}.swap.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    descriptor = os.open(swap_lock_path(path), os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        if exclusive:
+            _lock_exclusive(descriptor, path, timeout)
+        else:
+            fcntl.flock(descriptor, fcntl.LOCK_SH)
         yield
     finally:
         os.close(descriptor)  # closing releases the lock
+
+
+def _lock_exclusive(descriptor: int, path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pause = _SWAP_POLL_FIRST
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ServerBusyError(
+                f"cannot write {path}: readers still hold it after {timeout:g} s "
+                "(a retrieval of it whose client has not read its whole result); "
+                "the file is unchanged, retry later"
+            )
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, _SWAP_POLL_MAX)
 
 
 def write_parquet_atomically(path: str | Path, table: pa.Table) -> None:
@@ -160,7 +224,7 @@ def add_files_atomically(
     """
     folder = Path(folder)
     table = _normalized(table, timestamp_unit, keep_metadata)
-    folder.mkdir(parents=True, exist_ok=True)
+    _make_folders_durably(folder)
     staging = folder.parent / f".{folder.name}.{uuid.uuid4().hex}.tmp"
     try:
         ds.write_dataset(
@@ -179,11 +243,28 @@ def add_files_atomically(
 
 def _move_in(file: Path, staging: Path, folder: Path) -> Path:
     target = folder / file.relative_to(staging)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _make_folders_durably(target.parent)
     _fsync_file(file)
     os.replace(file, target)
     _fsync_dir(target.parent)
     return target
+
+
+def _make_folders_durably(folder: Path) -> None:
+    """Create ``folder`` and its missing parents, each durable: a new folder
+    is on disk only once the entry in its parent is, so each parent is
+    fsynced after its new child is made (a partition folder ``day=...``
+    would otherwise vanish at power loss with the rows acknowledged in it)."""
+    missing = []
+    for candidate in (folder, *folder.parents):
+        if candidate.is_dir():
+            break
+        missing.append(candidate)
+    for new in reversed(missing):  # outermost first
+        # exist_ok: another writer may make it meanwhile; sync its parent anyway,
+        # as this write is acknowledged perhaps before that writer's sync.
+        new.mkdir(exist_ok=True)
+        _fsync_dir(new.parent)
 
 
 def _normalized(table: pa.Table, timestamp_unit: str | None, keep_metadata: bool) -> pa.Table:

@@ -5,7 +5,8 @@ An error travels as a small JSON *detail* ``{"module", "class", "message",
 store uses, so Feast's exceptions (``FeatureViewNotFoundException``...) are
 raised again on the client as themselves. ``status`` says what kind of failure
 it was (``invalid_argument``, ``not_found``...), which the server turns into a
-Flight error class.
+Flight error class. Each class a detail names is also the Flight class of its
+status (see ``_wire_class``), on Feast's stock client too.
 """
 
 from __future__ import annotations
@@ -32,26 +33,52 @@ CANCELLED = "cancelled"
 DEADLINE_EXCEEDED = "deadline_exceeded"
 INTERNAL = "internal"
 
-# An error's message never exceeds this many characters, and a value quoted in
-# it is cut to QUOTE_CHARS: the message travels twice in gRPC headers (status
-# text and details), whose total is capped at 16 KiB. A longer one would reach
-# the client as gRPC's own "metadata size exceeds hard limit" instead.
+# An error's message is at most MAX_MESSAGE_CHARS characters, a value quoted
+# in it QUOTE_CHARS. But gRPC counts bytes: the detail travels three times in
+# the response's headers (the status text; Arrow's copy of it; the detail),
+# which a client may refuse above 8 KiB in all (gRPC's soft limit; always above
+# 16 KiB), and JSON escaping makes an emoji 12 bytes. So the encoded detail is
+# also kept within MAX_DETAIL_BYTES (about 6.5 KiB of headers), a quoted value
+# QUOTE_BYTES; more would reach the client as gRPC's "metadata size exceeds
+# ... limit" (or an internal error) instead of the server's error.
 MAX_MESSAGE_CHARS = 800
 QUOTE_CHARS = 80
+MAX_DETAIL_BYTES = 2 * 1024
+QUOTE_BYTES = 240
+# Room kept for the "... (N more characters)" that marks a cut.
+_CUT_MARK_BYTES = 40
 
 
 def quoted(value: object, limit: int = QUOTE_CHARS) -> str:
-    """``repr(value)``, cut to ``limit`` characters with the size of the rest."""
-    text = repr(value)
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+    """``repr(value)``, cut to ``limit`` characters (and QUOTE_BYTES once
+    encoded) with the size of the rest."""
+    return shortened(repr(value), limit, QUOTE_BYTES)
 
 
-def shortened(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    if len(text) <= limit:
+def shortened(text: str, limit: int = MAX_MESSAGE_CHARS, max_bytes: int = MAX_DETAIL_BYTES) -> str:
+    """``text`` cut to at most ``limit`` characters and ``max_bytes`` bytes on
+    the wire (see :func:`wire_size`), saying how many characters were cut."""
+    head = text[:limit]  # never measure more than ``limit`` characters of a huge text
+    if len(head) == len(text) and wire_size(head) <= max_bytes:
         return text
-    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+    keep = _fitting_prefix(head, max_bytes - _CUT_MARK_BYTES)
+    return f"{text[:keep]}... ({len(text) - keep} more characters)"
+
+
+def wire_size(text: str) -> int:
+    """The bytes ``text`` takes in an error detail: JSON-escaped (an emoji is
+    12 bytes, a control character 6) and with gRPC's percent-encoding of ``%``."""
+    return len(json.dumps(text)) - 2 + 2 * text.count("%")
+
+
+def _fitting_prefix(text: str, max_bytes: int) -> int:
+    """How many leading characters of ``text`` fit in ``max_bytes`` wire bytes."""
+    size = 0
+    for index, char in enumerate(text):
+        size += wire_size(char)
+        if size > max_bytes:
+            return index
+    return len(text)
 
 
 class FlightlabError(Exception):
@@ -162,8 +189,18 @@ class UnknownFeatureError(FlightlabError, KeyError, flight.FlightServerError):
     status = NOT_FOUND
 
     def __str__(self) -> str:
-        # As a local KeyError prints: the repr of its text.
-        return KeyError.__str__(self)
+        # As a local KeyError prints: the repr of its text, also when Feast's
+        # client re-created it, giving it only __overridden_message__.
+        text = getattr(self, "__overridden_message__", None)
+        return repr(text) if text is not None else KeyError.__str__(self)
+
+
+# The flightlab class a foreign error of each status is sent as (see _wire_class).
+_FLIGHTLAB_CLASS_FOR_STATUS: dict[str, type[FlightlabError]] = {
+    UNAUTHENTICATED: AuthenticationFailedError,
+    RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    UNAVAILABLE: ServerBusyError,
+}
 
 
 def _permission_denied_class() -> type:
@@ -200,14 +237,31 @@ def __getattr__(name: str) -> Any:
 
 
 def error_detail(exc: BaseException, status: str) -> dict[str, str]:
-    """The wire form of ``exc``."""
-    cls = type(exc)
-    return {
-        "module": cls.__module__,
-        "class": cls.__name__,
-        "message": shortened(_message(exc)) or cls.__name__,
-        "status": status,
-    }
+    """The wire form of ``exc``, at most MAX_DETAIL_BYTES once encoded."""
+    cls = _wire_class(exc, status)
+    detail = {"module": cls.__module__, "class": cls.__name__, "message": "", "status": status}
+    room = MAX_DETAIL_BYTES - len(encode_detail(detail))
+    detail["message"] = shortened(_message(exc), max_bytes=room) or cls.__name__
+    return detail
+
+
+def _wire_class(exc: BaseException, status: str) -> type:
+    """The class a detail names for ``exc``.
+
+    A client re-creates the class named (Feast's stock client imports it by
+    name), so another library's error whose status has a Flight class of its
+    own (a FeastPermissionError, a lock timeout) is named as flightlab's class
+    for that status, which is also the Flight class, and Feast's where Feast
+    has one: ``except pyarrow.flight.FlightUnauthorizedError`` catches it on
+    any client. Without flightlab installed, Feast's client raises the Flight
+    error itself, which is of that class too.
+    """
+    if isinstance(exc, FlightlabError):
+        return type(exc)
+    if status == PERMISSION_DENIED:
+        return _permission_denied_class()
+    stand_in = _FLIGHTLAB_CLASS_FOR_STATUS.get(status)
+    return stand_in if stand_in is not None else type(exc)
 
 
 def _message(exc: BaseException) -> str:
@@ -303,9 +357,12 @@ _FLIGHT_ERROR_FOR_STATUS: dict[str, type[flight.FlightError]] = {
 def failure_status(exc: BaseException) -> str:
     """What kind of failure ``exc`` is, in the vocabulary of flightlab.wire.errors."""
     from feast.errors import FeastObjectNotFoundException, FeastPermissionError
+    from filelock import Timeout
 
     if isinstance(exc, FlightlabError):
         return exc.status
+    if isinstance(exc, Timeout):  # another process holds a write lock: retry later
+        return UNAVAILABLE
     if isinstance(exc, ClientGoneError):
         return CANCELLED
     if isinstance(exc, FeastPermissionError):
