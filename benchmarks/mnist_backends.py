@@ -60,6 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out" / "mnist_backends"
 BACKENDS = ("spark", "duckdb")
 WARM_UP_ROWS = 10
+SPARK_DRIVER_MEMORY = "6g"
 
 _SPARK_IMPORT = (
     "from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource\n"
@@ -91,8 +92,15 @@ def create_spark_mnist_repo(repo: Path, table: pa.Table) -> Path:
     """The demo's repo on Feast's spark store: its sources are the same parquet
     files (microsecond timestamps, which Spark reads), registry a file."""
     mnist.write_feature_repo(repo)
+    # The sample repo's 1 GB driver runs out of heap collecting 230 MB of arrays
+    # (measured: java.lang.OutOfMemoryError, "result lost from block manager").
+    if "spark.driver.memory: 1g" not in SPARK_STORE_YAML:
+        raise RuntimeError("SPARK_STORE_YAML changed: update the driver memory here")
+    store_yaml = SPARK_STORE_YAML.replace(
+        "spark.driver.memory: 1g", f"spark.driver.memory: {SPARK_DRIVER_MEMORY}"
+    )
     (repo / "feature_store.yaml").write_text(
-        repo_yaml(FILE_REGISTRY_YAML, SPARK_STORE_YAML, project=mnist.PROJECT)
+        repo_yaml(FILE_REGISTRY_YAML, store_yaml, project=mnist.PROJECT)
     )
     (repo / DEFINITIONS_FILE).write_text(spark_definitions())
     mnist.write_source_data(repo, table)
