@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -242,3 +244,18 @@ def _holds_files(folder: Path) -> bool:
         return any(folder.iterdir())
     except FileNotFoundError:  # removed as we looked
         return False
+
+
+def run_flightlab(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m flightlab ARGS`` run to its end, for commands that should
+    fail at start-up: its exit code and what it printed."""
+    return subprocess.run(
+        [sys.executable, "-m", "flightlab", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=env,
+    )

@@ -28,6 +28,7 @@ from offline_helpers import (
     assert_same_rows,
     make_client_store,
     pull,
+    run_flightlab,
     watching_spill,
 )
 
@@ -174,12 +175,7 @@ def test_the_console_script_serves_and_stops_on_sigint(server_repo, local_store,
 
 
 def test_serving_a_folder_without_a_repo_fails_with_a_message(tmp_path):
-    run = subprocess.run(
-        [sys.executable, "-m", "flightlab", "-c", str(tmp_path), "serve_offline", "--port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = run_flightlab("-c", str(tmp_path), "serve_offline", "--port", "0")
     assert run.returncode == 2
     assert "no feature_store.yaml" in run.stderr
     assert run.stdout == ""
@@ -194,12 +190,7 @@ def test_serving_a_folder_without_a_repo_fails_with_a_message(tmp_path):
     ],
 )
 def test_a_setting_out_of_range_fails_with_a_message(tmp_path, option, message):
-    run = subprocess.run(
-        [sys.executable, "-m", "flightlab", "-c", str(tmp_path), "serve_offline", *option],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = run_flightlab("-c", str(tmp_path), "serve_offline", *option)
     assert run.returncode == 2
     assert message in run.stderr
     assert "Traceback" not in run.stderr

@@ -17,7 +17,6 @@ import json
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import time
 import tomllib
@@ -27,7 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import yaml
-from offline_helpers import ENTITY_KEYS, FEATURES, assert_same_rows
+from offline_helpers import ENTITY_KEYS, FEATURES, assert_same_rows, run_flightlab
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from service_helpers import (
@@ -124,14 +123,8 @@ def test_a_bad_environment_value_fails_naming_the_variable(name, value, capsys):
 
 
 def test_a_feature_store_yaml_that_is_not_base64_fails_with_a_message(tmp_path):
-    run = subprocess.run(
-        [sys.executable, "-m", "flightlab", "serve_offline", "-p", "0"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        env={**os.environ, FEATURE_STORE_YAML_ENV: "not base64 at all!"},
-    )
+    env = {**os.environ, FEATURE_STORE_YAML_ENV: "not base64 at all!"}
+    run = run_flightlab("serve_offline", "-p", "0", cwd=tmp_path, env=env)
     assert run.returncode == 2
     assert FEATURE_STORE_YAML_ENV in run.stderr and run.stdout == ""
 
@@ -210,14 +203,7 @@ def test_the_decoded_repo_is_removed_when_the_server_fails_to_start(tmp_path):
         "TMPDIR": str(tmp_path),
         FEATURE_STORE_YAML_ENV: base64.b64encode(bad_yaml.encode()).decode(),
     }
-    run = subprocess.run(
-        [sys.executable, "-m", "flightlab", "serve_offline", "-p", "0"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        env=env,
-    )
+    run = run_flightlab("serve_offline", "-p", "0", cwd=tmp_path, env=env)
     assert run.returncode != 0 and "flightlab serving" not in run.stdout
     assert "no_such_store" in run.stderr, run.stderr[-2000:]
     assert _decoded_repos(tmp_path) == []
