@@ -23,8 +23,8 @@ from pathlib import Path
 from flightlab import __version__
 from flightlab.cli_env import apply_env, remove_env_repos, repo_from_env
 from flightlab.engine.settings import EngineMode, EngineSettings
+from flightlab.operations.options import DEFAULT_DRAIN_SECONDS, ServiceOptions
 from flightlab.server.limits import ServerLimits
-from flightlab.server.operations import DEFAULT_DRAIN_SECONDS, ServiceOptions
 
 
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
@@ -289,10 +289,10 @@ def serve_offline(
     # The one line a script waits for, on stdout, with the port actually bound.
     print(f"flightlab serving {server.location}", flush=True)
     # Then, one line each, the side ports actually bound (port 0 picks them).
-    if server.ops.health_port is not None:
-        print(f"flightlab health grpc://{host}:{server.ops.health_port}", flush=True)
-    if server.ops.metrics_port is not None:
-        print(f"flightlab metrics http://{host}:{server.ops.metrics_port}/metrics", flush=True)
+    if server.health_port is not None:
+        print(f"flightlab health grpc://{host}:{server.health_port}", flush=True)
+    if server.metrics_port is not None:
+        print(f"flightlab metrics http://{host}:{server.metrics_port}/metrics", flush=True)
     while not stop_requested.is_set():
         received = signal.sigtimedwait(_STOP_SIGNALS, 0.5)
         if received is not None:
@@ -308,7 +308,7 @@ def _drain_and_stop(server) -> int:
     """
     stopper = threading.Thread(target=server.drain_and_stop, name="flightlab-drain")
     stopper.start()
-    stopper.join(server.ops.options.drain_seconds + 15)
+    stopper.join(server.service_options.drain_seconds + 15)
     if stopper.is_alive():
         logging.getLogger("flightlab").error("the server did not stop in time; exiting")
         logging.shutdown()

@@ -38,13 +38,15 @@ import pyarrow.parquet as pq
 from feast.errors import FeatureViewNotFoundException
 
 from flightlab.client.transport import OfflineFlightClient
-from flightlab.sample_repo import CUSTOMER_IDS, DAYS, DRIVER_IDS, START, entity_frame
-from flightlab.storage import parquet_writes
-from flightlab.wire import protocol as p
-from flightlab.wire.errors import (
+from flightlab.errors import (
     ResourceExhaustedError,
     UnknownFeatureError,
 )
+from flightlab.sample_repo import CUSTOMER_IDS, DAYS, DRIVER_IDS, START, entity_frame
+from flightlab.storage import parquet_writes
+from flightlab.wire import protocol
+from flightlab.wire.actions import ACTION_DROP
+from flightlab.wire.headers import OWNER_HEADER
 
 SERVING = re.compile(r"flightlab serving (grpc\+tcp://\S+)")
 # Markers of written rows live in avg_daily_trips, far above the sample's values.
@@ -244,7 +246,7 @@ class Markers:
 
 
 def write(client: OfflineFlightClient, table: pa.Table) -> None:
-    client.run_action(p.OfflineWriteBatch(feature_view_name="driver_stats", table=table))
+    client.run_action(protocol.OfflineWriteBatch(feature_view_name="driver_stats", table=table))
 
 
 # --- 1. SIGKILL during writes --------------------------------------------------------------
@@ -442,10 +444,10 @@ import sys, time
 import pyarrow as pa, pyarrow.flight as flight
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.sample_repo import entity_frame
-from flightlab.wire import protocol as p
+from flightlab.wire import protocol
 
 location, how, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
-request = p.GetHistoricalFeatures(
+request = protocol.GetHistoricalFeatures(
     features=("driver_stats:conv_rate",),
     entity_df=pa.Table.from_pandas(entity_frame(rows, seed=8)),
 )
@@ -461,11 +463,12 @@ if how == "after_staging":
 elif how == "mid_upload":
     raw = flight.FlightClient(location)
     table = request.entity_df
-    command = p.new_command_id()
-    meta = {**(table.schema.metadata or {}), **p.put_metadata(command, request.api, "entity_df")}
+    command = protocol.new_command_id()
+    put = protocol.put_metadata(command, request.api, "entity_df")
+    meta = {**(table.schema.metadata or {}), **put}
     schema = table.schema.with_metadata(meta)
     batches = table.to_batches(max_chunksize=1000)
-    writer, _ = raw.do_put(p.command_descriptor(command), schema)
+    writer, _ = raw.do_put(protocol.command_descriptor(command), schema)
     writer.write_batch(batches[0].replace_schema_metadata(meta))
     reached(f"uploading: sent 1 of {len(batches)} batches")
 elif how == "never_reading":
@@ -543,7 +546,7 @@ def _stats(location: str) -> dict[str, Any]:
 
 def _good_request_answers(location: str) -> bool:
     entities = entity_frame(50, seed=21)
-    request = p.GetHistoricalFeatures(
+    request = protocol.GetHistoricalFeatures(
         features=("driver_stats:conv_rate",), entity_df=pa.Table.from_pandas(entities)
     )
     with OfflineFlightClient(location, timeout=60) as client:
@@ -603,8 +606,8 @@ def soak(server: ServerProcess, requests: int = 1000, threads: int = 4, warmup: 
     }
 
 
-def _pull_request() -> p.PullLatestFromTableOrQuery:
-    return p.PullLatestFromTableOrQuery(
+def _pull_request() -> protocol.PullLatestFromTableOrQuery:
+    return protocol.PullLatestFromTableOrQuery(
         data_source_name="driver_stats_source",
         join_key_columns=("driver_id",),
         feature_name_columns=("conv_rate", "acc_rate"),
@@ -625,16 +628,21 @@ def _soak_calls(markers: Markers) -> list[tuple[Callable[[OfflineFlightClient], 
     )
     pull = _pull_request()
     return [
-        (lambda c: c.fetch(p.GetHistoricalFeatures(features=refs, entity_df=entities)), None),
+        (
+            lambda c: c.fetch(protocol.GetHistoricalFeatures(features=refs, entity_df=entities)),
+            None,
+        ),
         (lambda c: c.fetch(pull), None),
         (lambda c: write(c, marked_rows(markers.take(5), 5)), None),
         (
-            lambda c: c.fetch(p.GetHistoricalFeatures(features=("nope:x",), entity_df=entities)),
+            lambda c: c.fetch(
+                protocol.GetHistoricalFeatures(features=("nope:x",), entity_df=entities)
+            ),
             FeatureViewNotFoundException,
         ),
         (
             lambda c: c.fetch(
-                p.GetHistoricalFeatures(features=("driver_stats:nope",), entity_df=entities)
+                protocol.GetHistoricalFeatures(features=("driver_stats:nope",), entity_df=entities)
             ),
             UnknownFeatureError,
         ),
@@ -690,7 +698,7 @@ def hostile_inputs(
             ),
             "feature_references": (
                 lambda: client.fetch(
-                    p.GetHistoricalFeatures(
+                    protocol.GetHistoricalFeatures(
                         features=tuple(f"driver_stats:f{i}" for i in range(refs)),
                         entity_df=pa.Table.from_pandas(entity_frame(10)),
                     )
@@ -700,7 +708,7 @@ def hostile_inputs(
             ),
             "huge_string": (
                 lambda: client.fetch(
-                    p.GetHistoricalFeatures(
+                    protocol.GetHistoricalFeatures(
                         features=("driver_stats:conv_rate",), entity_df_sql="x" * string_bytes
                     )
                 ),
@@ -709,7 +717,7 @@ def hostile_inputs(
             ),
             "huge_feature_reference": (
                 lambda: client.fetch(
-                    p.GetHistoricalFeatures(
+                    protocol.GetHistoricalFeatures(
                         features=("driver_stats:" + "v" * string_bytes,),
                         entity_df=pa.Table.from_pandas(entity_frame(10)),
                     )
@@ -734,7 +742,7 @@ def hostile_inputs(
     }
 
 
-def _big_entity_request(rows: int) -> p.GetHistoricalFeatures:
+def _big_entity_request(rows: int) -> protocol.GetHistoricalFeatures:
     rng = np.random.default_rng(4)
     seconds = rng.integers(0, DAYS * 86400, rows)
     start = np.datetime64(START.replace(tzinfo=None), "s")
@@ -746,7 +754,7 @@ def _big_entity_request(rows: int) -> p.GetHistoricalFeatures:
             "event_timestamp": timestamps,
         }
     )
-    return p.GetHistoricalFeatures(features=("driver_stats:conv_rate",), entity_df=table)
+    return protocol.GetHistoricalFeatures(features=("driver_stats:conv_rate",), entity_df=table)
 
 
 def _outcome(run: Callable[[], Any], expected: type, names: str | None = None) -> str:
@@ -767,13 +775,13 @@ def _outcome(run: Callable[[], Any], expected: type, names: str | None = None) -
 def _stranger_case(location: str) -> str:
     """A stranger (a bare Flight client, no owner header) tries another's command."""
     entities = entity_frame(20, seed=12)
-    request = p.GetHistoricalFeatures(
+    request = protocol.GetHistoricalFeatures(
         features=("driver_stats:conv_rate",), entity_df=pa.Table.from_pandas(entities)
     )
-    secret = flight.FlightCallOptions(headers=[(b"x-flightlab-owner", b"the-owner")])
+    secret = flight.FlightCallOptions(headers=[(OWNER_HEADER.encode(), b"the-owner")])
     with OfflineFlightClient(location, timeout=60, owner="the-owner") as owner:
         command_id = owner.stage(request)
-    descriptor, ticket = p.command_descriptor(command_id), p.ticket_bytes(command_id)
+    descriptor, ticket = protocol.command_descriptor(command_id), protocol.ticket_bytes(command_id)
     stranger, owner_raw = flight.FlightClient(location), flight.FlightClient(location)
     try:
         seen = command_id in [i.descriptor.command.decode() for i in stranger.list_flights()]
@@ -783,7 +791,7 @@ def _stranger_case(location: str) -> str:
                 lambda: stranger.do_get(flight.Ticket(ticket)).read_all(), flight.FlightServerError
             ),
         ]
-        [answer] = stranger.do_action(flight.Action(p.ACTION_DROP, ticket))
+        [answer] = stranger.do_action(flight.Action(ACTION_DROP, ticket))
         dropped = answer.body.to_pybytes().decode()
         # The owner's command is untouched: listed to it, and it runs on its rows.
         listed = [i.descriptor.command.decode() for i in owner_raw.list_flights(b"", secret)]

@@ -28,8 +28,9 @@ from flightlab.sample_repo import (
     entity_frame,
 )
 from flightlab.server import OfflineServer
-from flightlab.wire import protocol as p
-from flightlab.wire.errors import decode_detail
+from flightlab.wire import protocol
+from flightlab.wire.actions import ACTION_STATS
+from flightlab.wire.flight_errors import decode_detail
 
 FEATURES = [
     "driver_stats:conv_rate",
@@ -133,7 +134,7 @@ def server_stats(server: OfflineServer) -> dict[str, Any]:
     """The server's figures as any client reads them: the ``stats`` action."""
     client = flight.FlightClient(server.location)
     try:
-        [result] = list(client.do_action(flight.Action("stats", b"")))
+        [result] = list(client.do_action(flight.Action(ACTION_STATS, b"")))
     finally:
         client.close()
     return json.loads(result.body.to_pybytes())
@@ -174,16 +175,16 @@ def arrow(frame: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(frame, preserve_index=False)
 
 
-def raw_stage(raw: flight.FlightClient, request: p.Request) -> str:
+def raw_stage(raw: flight.FlightClient, request: protocol.Request) -> str:
     """Stage every parameter of ``request`` with plain pyarrow.flight do_puts."""
-    command_id = p.new_command_id()
-    for name, table in p.encode_request(request).items():
+    command_id = protocol.new_command_id()
+    for name, table in protocol.encode_request(request).items():
         metadata = {
             **(table.schema.metadata or {}),
-            **p.put_metadata(command_id, request.api, name),
+            **protocol.put_metadata(command_id, request.api, name),
         }
         table = table.replace_schema_metadata(metadata)
-        writer, _ = raw.do_put(p.command_descriptor(command_id), table.schema)
+        writer, _ = raw.do_put(protocol.command_descriptor(command_id), table.schema)
         writer.write_table(table)
         writer.close()
     return command_id

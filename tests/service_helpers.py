@@ -27,6 +27,8 @@ from pathlib import Path
 import pyarrow.flight as flight
 import pytest
 
+from flightlab.wire.actions import ACTION_HEALTHCHECK
+
 STARTUP_SECONDS = 120
 _PUMP_BYTES = 1 << 16
 
@@ -176,7 +178,7 @@ def health_status(port: int, service: str = "") -> str:
 def healthcheck_action(location: str) -> dict:
     client = flight.FlightClient(location)
     try:
-        [result] = list(client.do_action(flight.Action("healthcheck", b"")))
+        [result] = list(client.do_action(flight.Action(ACTION_HEALTHCHECK, b"")))
     finally:
         client.close()
     return json.loads(result.body.to_pybytes())

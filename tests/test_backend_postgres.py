@@ -44,15 +44,15 @@ from service_helpers import healthcheck_action
 
 from flightlab.backend_repos import FILE_REGISTRY_YAML, create_postgres_repo
 from flightlab.client.transport import OfflineFlightClient
-from flightlab.postgres import PostgresServer, load_table, start_postgres
-from flightlab.sample_repo import driver_stats_frame, entity_frame
-from flightlab.server import OfflineServer
-from flightlab.server.backends import StoreBackend
-from flightlab.wire.errors import (
+from flightlab.dispatch.backends import StoreBackend
+from flightlab.errors import (
     OfflineStoreCredentialsError,
     OfflineStoreQueryError,
     OfflineStoreUnavailableError,
 )
+from flightlab.postgres import PostgresServer, load_table, start_postgres
+from flightlab.sample_repo import driver_stats_frame, entity_frame
+from flightlab.server import OfflineServer
 
 CLIENTS = ["flightlab", "feast"]
 

@@ -6,7 +6,7 @@ For every case, on the shared server:
   JSON detail names the exception class, the status and the problem, and
   carries no server traceback;
 - flightlab's client re-raises it as the class the server named (Feast's own
-  class where Feast has one, else one of ``flightlab.wire.errors``);
+  class where Feast has one, else one of ``flightlab.errors``, in its Flight form);
 - nothing stays staged, and the next good request gets the local answer.
 """
 
@@ -40,18 +40,19 @@ from offline_helpers import (
     server_stats,
 )
 
+from flightlab import errors
 from flightlab.client import RemoteOfflineStore
 from flightlab.client.transport import exception_for_flight_error
 from flightlab.sample_repo import entity_frame
-from flightlab.wire import errors
-from flightlab.wire import protocol as p
-from flightlab.wire.errors import (
-    _FLIGHT_ERROR_FOR_STATUS,
+from flightlab.wire import protocol
+from flightlab.wire.flight_errors import (
+    FLIGHT_CLASS_FOR_STATUS,
     MalformedParameterError,
     MissingParameterError,
     UnknownApiError,
     UnknownCommandError,
     UnknownParameterError,
+    encode_detail,
 )
 
 HISTORICAL = "get_historical_features"
@@ -296,7 +297,7 @@ def test_a_bare_flight_client_gets_a_fitting_error_naming_the_problem(
     for name in case.names:
         assert name in detail["message"]
     # Bad input is the client's fault: a server error, never an internal one.
-    assert type(error) is _FLIGHT_ERROR_FOR_STATUS[case.status] is flight.FlightServerError
+    assert type(error) is FLIGHT_CLASS_FOR_STATUS[case.status] is flight.FlightServerError
     assert_no_traceback(str(error))
     assert (
         sum(server_stats(offline_server)["errors_by_api"].values())
@@ -330,30 +331,30 @@ def test_an_unknown_feature_of_a_known_view_fails_remotely_as_locally(
 
 
 @dataclass(frozen=True)
-class NoSuchApi(p.Request):
+class NoSuchApi(protocol.Request):
     api = "no_such_api"
     returns_data = True
 
-    features: tuple[str, ...] = p.param(p.Kind.STRING_LIST)
+    features: tuple[str, ...] = protocol.param(protocol.Kind.STRING_LIST)
 
 
 @dataclass(frozen=True)
-class HistoricalWithoutFeatures(p.Request):
+class HistoricalWithoutFeatures(protocol.Request):
     """get_historical_features as a client that forgot 'features' would send it."""
 
     api = HISTORICAL
     returns_data = True
 
-    entity_df: pa.Table = p.param(p.Kind.TABLE)
+    entity_df: pa.Table = protocol.param(protocol.Kind.TABLE)
 
 
 @dataclass(frozen=True)
-class HistoricalWithBooleanFeatures(p.Request):
+class HistoricalWithBooleanFeatures(protocol.Request):
     api = HISTORICAL
     returns_data = True
 
-    entity_df: pa.Table = p.param(p.Kind.TABLE)
-    features: bool = p.param(p.Kind.BOOL)
+    entity_df: pa.Table = protocol.param(protocol.Kind.TABLE)
+    features: bool = protocol.param(protocol.Kind.BOOL)
 
 
 def remote_historical(client_store, entity_df, refs):
@@ -420,7 +421,7 @@ CLIENT_CASES = {
     ),
     "entity_data_without_event_timestamp_on_the_wire": (
         lambda store, client: client.fetch(
-            p.GetHistoricalFeatures(
+            protocol.GetHistoricalFeatures(
                 features=(FEATURES[0],),
                 entity_df=entities().drop_columns(["event_timestamp"]),
             )
@@ -494,7 +495,7 @@ def stock_store(offline_server, server_repo, tmp_path_factory) -> FeatureStore:
 def assert_bounded(message: str) -> None:
     assert "more characters" in message
     assert len(message) <= errors.MAX_MESSAGE_CHARS + 40
-    assert errors.wire_size(message) <= errors.MAX_DETAIL_BYTES
+    assert errors.encoded_size(message) <= errors.MAX_DETAIL_BYTES
 
 
 @pytest.mark.parametrize("name", LONG_NAMES.values(), ids=LONG_NAMES.keys())
@@ -511,14 +512,14 @@ def test_a_long_value_of_any_characters_reaches_every_client_as_the_servers_erro
     assert detail["class"] == "FeatureViewNotFoundException"
     assert detail["message"].startswith(expected_start)
     assert_bounded(detail["message"])
-    assert len(errors.encode_detail(detail)) <= errors.MAX_DETAIL_BYTES
+    assert len(encode_detail(detail)) <= errors.MAX_DETAIL_BYTES
     # The stats action any caller reads bounds the text too.
     last = server_stats(offline_server)["last_error"]
     assert last["class"] == "FeatureViewNotFoundException"
     assert_bounded(last["message"])
 
     with pytest.raises(FeatureViewNotFoundException) as ours:
-        flight_client.fetch(p.GetHistoricalFeatures(features=(ref,), entity_df=entities()))
+        flight_client.fetch(protocol.GetHistoricalFeatures(features=(ref,), entity_df=entities()))
     assert str(ours.value) == detail["message"]
 
     # Feast's stock client re-creates the class the detail names.
@@ -538,8 +539,8 @@ def test_a_long_value_of_any_characters_reaches_every_client_as_the_servers_erro
 
 def test_quoted_and_shortened_values_stay_within_their_bytes():
     for text in LONG_NAMES.values():
-        assert errors.wire_size(errors.quoted(text)) <= errors.QUOTE_BYTES
-        assert errors.wire_size(errors.shortened(text)) <= errors.MAX_DETAIL_BYTES
+        assert errors.encoded_size(errors.quoted(text)) <= errors.QUOTE_BYTES
+        assert errors.encoded_size(errors.shortened(text)) <= errors.MAX_DETAIL_BYTES
     # Short texts are left whole, whatever their characters.
     for short in ("plain", "\U0001f600" * 15, "\x01\x02"):
         assert errors.shortened(short) == short

@@ -36,7 +36,8 @@ from flightlab.cli import _engine_settings, build_parser
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.engine.settings import EngineMode, EngineSettings
 from flightlab.sample_repo import entity_frame
-from flightlab.wire import protocol as p
+from flightlab.wire import protocol
+from flightlab.wire.headers import OWNER_HEADER
 
 # Entity rows whose join outgrows a 16 MB DuckDB memory limit on one thread.
 SPILLING_ROWS = 50_000
@@ -108,20 +109,20 @@ def test_the_module_serves_a_repo_logs_each_request_and_stops_on_sigterm(
 
         # A request whose command id we know, and one the server refuses.
         fewer = entity_frame(9, seed=72)
-        request = p.GetHistoricalFeatures(
+        request = protocol.GetHistoricalFeatures(
             features=tuple(FEATURES), entity_df=pa.Table.from_pandas(fewer)
         )
         with OfflineFlightClient(cli.location, timeout=60, owner="cli-test") as client:
             command_id = client.stage(request)
             # Another connection holding the same owner secret may run it.
             raw = flight.FlightClient(cli.location)
-            owner = flight.FlightCallOptions(headers=[(b"x-flightlab-owner", b"cli-test")])
-            info = raw.get_flight_info(p.command_descriptor(command_id), owner)
+            owner = flight.FlightCallOptions(headers=[(OWNER_HEADER.encode(), b"cli-test")])
+            info = raw.get_flight_info(protocol.command_descriptor(command_id), owner)
             got = raw.do_get(info.endpoints[0].ticket, owner).read_pandas()
             raw.close()
             with pytest.raises(FeatureViewNotFoundException, match="no_such_view"):
                 client.fetch(
-                    p.GetHistoricalFeatures(
+                    protocol.GetHistoricalFeatures(
                         features=("no_such_view:x",), entity_df=pa.Table.from_pandas(fewer)
                     )
                 )
@@ -155,7 +156,7 @@ def test_the_console_script_serves_and_stops_on_sigint(server_repo, local_store,
         entities = entity_frame(12, seed=73)
         with OfflineFlightClient(cli.location, timeout=60) as client:
             got = client.fetch(
-                p.GetHistoricalFeatures(
+                protocol.GetHistoricalFeatures(
                     features=tuple(FEATURES), entity_df=pa.Table.from_pandas(entities)
                 )
             )
@@ -249,7 +250,7 @@ def test_the_engine_runs_with_the_threads_memory_limit_and_spill_folder_given(
     entities = entity_frame(SPILLING_ROWS, seed=75)
     with serve_offline([*command, "--port", "0", *options], tmp_path) as cli:
         with watching_spill(spill) as spilled, OfflineFlightClient(cli.location) as client:
-            request = p.GetHistoricalFeatures(
+            request = protocol.GetHistoricalFeatures(
                 features=tuple(FEATURES), entity_df=pa.Table.from_pandas(entities)
             )
             got = client.fetch(request, timeout=300).to_pandas()

@@ -40,7 +40,7 @@ from flightlab.cli_env import FEATURE_STORE_YAML_ENV, options_with_env
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.feast_entry import flightlab_argv
 from flightlab.sample_repo import entity_frame
-from flightlab.wire import protocol as p
+from flightlab.wire import protocol
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 VENV_BIN = str(Path(sys.executable).parent)
@@ -150,7 +150,7 @@ def _assert_serves_the_local_answer(location: str, local_store, rows: int, seed:
     entities = entity_frame(rows, seed=seed)
     with OfflineFlightClient(location, timeout=60) as client:
         got = client.fetch(
-            p.GetHistoricalFeatures(
+            protocol.GetHistoricalFeatures(
                 features=tuple(FEATURES), entity_df=pa.Table.from_pandas(entities)
             )
         )

@@ -35,14 +35,14 @@ from offline_helpers import (
 
 from flightlab.client.store import ENTITY_SLICE_ROWS, entity_rows_reader, entity_schema_of
 from flightlab.client.transport import OfflineFlightClient
+from flightlab.dispatch.planning import plan_historical
 from flightlab.engine import Engine, EngineMode, EngineSettings, EngineUsage, OnDemandFeatureError
 from flightlab.engine.on_demand import with_on_demand_features
+from flightlab.errors import MalformedEntityDataError, ResourceExhaustedError
 from flightlab.sample_repo import FEATURE_STORE_YAML, create_sample_repo, entity_frame
 from flightlab.server import OfflineServer
 from flightlab.server.limits import ServerLimits
-from flightlab.server.planning import plan_historical
-from flightlab.wire import protocol as p
-from flightlab.wire.errors import MalformedEntityDataError, ResourceExhaustedError
+from flightlab.wire import protocol
 
 BATCH_ROWS = 2048
 LARGE = 400_000  # entity rows: ~200 result batches, more than gRPC buffers hold
@@ -52,9 +52,9 @@ AHEAD_ROWS = 3 * 65_536
 KEYS = ["driver_id", "customer_id", "event_timestamp"]
 
 
-def historical(rows: int, seed: int = 3) -> p.GetHistoricalFeatures:
+def historical(rows: int, seed: int = 3) -> protocol.GetHistoricalFeatures:
     entity_df = pa.Table.from_pandas(entity_frame(rows, seed=seed), preserve_index=False)
-    return p.GetHistoricalFeatures(features=tuple(FEATURES), entity_df=entity_df)
+    return protocol.GetHistoricalFeatures(features=tuple(FEATURES), entity_df=entity_df)
 
 
 def local_answer(store: FeatureStore, rows: int, seed: int = 3):
@@ -211,7 +211,7 @@ def test_stats_and_the_log_name_the_engine_that_answered(server, caplog):
 
 def test_entity_rows_without_a_join_key_get_a_named_error(server):
     rows = entity_frame(5).drop(columns=["customer_id"])
-    request = p.GetHistoricalFeatures(
+    request = protocol.GetHistoricalFeatures(
         features=tuple(FEATURES), entity_df=pa.Table.from_pandas(rows, preserve_index=False)
     )
     with OfflineFlightClient(server.location) as client:
@@ -235,7 +235,7 @@ def test_an_on_demand_view_that_raises_gets_a_named_error_and_frees_its_database
         return pd.DataFrame({"broken": inputs["conv_rate"].astype("float64")})
 
     local.apply([broken_transform])
-    request = p.GetHistoricalFeatures(
+    request = protocol.GetHistoricalFeatures(
         features=("driver_stats:conv_rate", "broken_transform:broken"),
         entity_df=historical(50).entity_df,
     )

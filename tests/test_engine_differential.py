@@ -39,7 +39,7 @@ from test_feast_compat import stock_client
 
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.server import OfflineServer
-from flightlab.wire import protocol as p
+from flightlab.wire import protocol
 
 PROJECT = "flightlab_sample"  # the project the client helpers' yaml names
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -309,7 +309,7 @@ def assert_remote_equals_local(
     if isinstance(features, list):
         # Only the references asked for: the server's plan adds the features
         # that on-demand views read, as a client's Feast does before it sends.
-        request = p.GetHistoricalFeatures(
+        request = protocol.GetHistoricalFeatures(
             features=tuple(features), entity_df=arrow(entities), full_feature_names=names
         )
         with OfflineFlightClient(server.location) as wire:

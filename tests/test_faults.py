@@ -45,15 +45,28 @@ from offline_helpers import (
 )
 
 from flightlab.client.transport import (
-    OWNER_HEADER,
     OfflineFlightClient,
     exception_for_flight_error,
 )
+from flightlab.errors import MAX_MESSAGE_CHARS
 from flightlab.sample_repo import create_sample_repo, entity_frame
 from flightlab.server import OfflineServer
 from flightlab.server.limits import ServerLimits
-from flightlab.wire import errors
-from flightlab.wire import protocol as p
+from flightlab.wire import protocol
+from flightlab.wire.actions import ACTION_DROP
+from flightlab.wire.flight_errors import (
+    AuthenticationFailedError,
+    MissingParameterError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    ServerBusyError,
+    UnknownCommandError,
+    UnknownFeatureError,
+    UnsupportedQueryError,
+    error_detail,
+    exception_from_detail,
+)
+from flightlab.wire.headers import OWNER_HEADER
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -81,10 +94,12 @@ def test_a_remote_write_leaves_the_file_a_local_write_leaves(store, fault_repo, 
 
     with OfflineServer(repo, port=0) as server:
         with OfflineFlightClient(server.location, timeout=60) as client:
-            client.run_action(p.OfflineWriteBatch(feature_view_name="driver_stats", table=rows))
+            client.run_action(
+                protocol.OfflineWriteBatch(feature_view_name="driver_stats", table=rows)
+            )
             logs_before = set(logs_folder.rglob("*.parquet"))
             client.run_action(
-                p.WriteLoggedFeatures(feature_service_name="driver_activity", data=logs)
+                protocol.WriteLoggedFeatures(feature_service_name="driver_activity", data=logs)
             )
     written, remote_pull = (
         pq.read_table(source),
@@ -195,8 +210,8 @@ def server(fault_repo) -> Iterator[OfflineServer]:
         yield s
 
 
-def _request(rows: int = 10, seed: int = 3) -> p.GetHistoricalFeatures:
-    return p.GetHistoricalFeatures(
+def _request(rows: int = 10, seed: int = 3) -> protocol.GetHistoricalFeatures:
+    return protocol.GetHistoricalFeatures(
         features=("driver_stats:conv_rate",),
         entity_df=pa.Table.from_pandas(entity_frame(rows, seed=seed)),
     )
@@ -206,14 +221,15 @@ OWNER = "the-owners-secret"
 
 
 def _as_owner(timeout: float = 60) -> flight.FlightCallOptions:
-    return flight.FlightCallOptions(timeout=timeout, headers=[(OWNER_HEADER, OWNER.encode())])
+    headers = [(OWNER_HEADER.encode(), OWNER.encode())]
+    return flight.FlightCallOptions(timeout=timeout, headers=headers)
 
 
 def _run_as_owner(location: str, command_id: str) -> pa.Table:
     """Run a staged retrieval by its id, as its owner, with plain Flight calls."""
     raw = flight.FlightClient(location)
     try:
-        info = raw.get_flight_info(p.command_descriptor(command_id), _as_owner())
+        info = raw.get_flight_info(protocol.command_descriptor(command_id), _as_owner())
         return raw.do_get(info.endpoints[0].ticket, _as_owner()).read_all()
     finally:
         raw.close()
@@ -233,9 +249,9 @@ def test_a_strangers_refused_put_leaves_the_owners_command_intact(server):
     stranger = flight.FlightClient(server.location)
     table = _request(3, seed=9).entity_df
     schema = table.schema.with_metadata(
-        p.put_metadata(command_id, p.GetHistoricalFeatures.api, "entity_df")
+        protocol.put_metadata(command_id, protocol.GetHistoricalFeatures.api, "entity_df")
     )
-    writer, _ = stranger.do_put(p.command_descriptor(command_id), schema)
+    writer, _ = stranger.do_put(protocol.command_descriptor(command_id), schema)
     writer.write_table(table.replace_schema_metadata(schema.metadata))
     with pytest.raises(flight.FlightServerError, match="is taken"):
         writer.close()
@@ -250,7 +266,7 @@ def test_a_strangers_refused_put_leaves_the_owners_command_intact(server):
 
 def test_a_stranger_can_neither_run_nor_drop_the_owners_commands(server, fault_repo):
     read, rows = _request(10), marked_rows(TEST_MARKERS + 1_000, 5)
-    write = p.OfflineWriteBatch(feature_view_name="driver_stats", table=rows)
+    write = protocol.OfflineWriteBatch(feature_view_name="driver_stats", table=rows)
     source = fault_repo / "data" / "driver_stats.parquet"
     assert len(markers_in(source, TEST_MARKERS + 1_000)) == 0
     with OfflineFlightClient(server.location, timeout=60, owner=OWNER) as owner:
@@ -260,14 +276,14 @@ def test_a_stranger_can_neither_run_nor_drop_the_owners_commands(server, fault_r
         # For a stranger the commands do not exist: running either is refused
         # as for an unknown command (Flight's server error, flightlab's class in it).
         with pytest.raises(flight.FlightServerError) as ran:
-            stranger.do_get(flight.Ticket(p.ticket_bytes(read_id))).read_all()
+            stranger.do_get(flight.Ticket(protocol.ticket_bytes(read_id))).read_all()
         with pytest.raises(flight.FlightServerError) as wrote:
-            list(stranger.do_action(flight.Action(write.api, p.ticket_bytes(write_id))))
+            list(stranger.do_action(flight.Action(write.api, protocol.ticket_bytes(write_id))))
         for refused in (ran.value, wrote.value):
-            assert isinstance(exception_for_flight_error(refused), errors.UnknownCommandError)
+            assert isinstance(exception_for_flight_error(refused), UnknownCommandError)
         # And its drop answers as for an unknown command (docs/protocol.md).
         for command_id in (read_id, write_id):
-            action = flight.Action(p.ACTION_DROP, p.ticket_bytes(command_id))
+            action = flight.Action(ACTION_DROP, protocol.ticket_bytes(command_id))
             [answer] = stranger.do_action(action)
             assert json.loads(answer.body.to_pybytes()) == {"dropped": False}
     finally:
@@ -277,7 +293,7 @@ def test_a_stranger_can_neither_run_nor_drop_the_owners_commands(server, fault_r
     pd.testing.assert_frame_equal(_entity_rows(got), _entity_rows(read.entity_df))
     raw = flight.FlightClient(server.location)
     try:
-        list(raw.do_action(flight.Action(write.api, p.ticket_bytes(write_id)), _as_owner()))
+        list(raw.do_action(flight.Action(write.api, protocol.ticket_bytes(write_id)), _as_owner()))
     finally:
         raw.close()
     assert sorted(markers_in(source, TEST_MARKERS + 1_000).tolist()) == sorted(
@@ -290,7 +306,7 @@ def test_a_client_from_the_seed_document_works_without_the_owner_header(server):
     request = _request(12)
     command_id = raw_stage(raw, request)
     assert [i.descriptor.command.decode() for i in raw.list_flights()] == [command_id]
-    info = raw.get_flight_info(p.command_descriptor(command_id))
+    info = raw.get_flight_info(protocol.command_descriptor(command_id))
     assert raw.do_get(info.endpoints[0].ticket).read_all().num_rows == 12
     raw.close()
 
@@ -302,45 +318,47 @@ def test_flightlab_errors_are_the_flight_classes_of_their_status(server):
     with OfflineFlightClient(server.location, timeout=60) as client:
         with pytest.raises(flight.FlightUnavailableError) as too_big:
             client.fetch(
-                p.GetHistoricalFeatures(
+                protocol.GetHistoricalFeatures(
                     features=("driver_stats:conv_rate",), entity_df_sql="x" * 100_000
                 )
             )
-        assert isinstance(too_big.value, errors.ResourceExhaustedError)
+        assert isinstance(too_big.value, ResourceExhaustedError)
         assert "--max-param-bytes" in str(too_big.value) and "65536" in str(too_big.value)
 
         with pytest.raises(flight.FlightServerError) as unknown:
             client.fetch(
-                p.GetHistoricalFeatures(
+                protocol.GetHistoricalFeatures(
                     features=("driver_stats:nope",), entity_df=_request().entity_df
                 )
             )
-        assert isinstance(unknown.value, (errors.UnknownFeatureError, KeyError))
+        assert isinstance(unknown.value, (UnknownFeatureError, KeyError))
         assert "Feature nope not found in projection driver_stats" in str(unknown.value)
 
-        with pytest.raises(errors.UnsupportedQueryError, match="entity_df_sql is not supported"):
+        with pytest.raises(UnsupportedQueryError, match="entity_df_sql is not supported"):
             client.fetch(
-                p.GetHistoricalFeatures(
+                protocol.GetHistoricalFeatures(
                     features=("driver_stats:conv_rate",), entity_df_sql="SELECT 1"
                 )
             )
 
     for cls, flight_class in [
-        (errors.AuthenticationFailedError, flight.FlightUnauthenticatedError),
-        (errors.PermissionDeniedError, flight.FlightUnauthorizedError),
-        (errors.ServerBusyError, flight.FlightUnavailableError),
-        (errors.MissingParameterError, flight.FlightServerError),
+        (AuthenticationFailedError, flight.FlightUnauthenticatedError),
+        (PermissionDeniedError, flight.FlightUnauthorizedError),
+        (ServerBusyError, flight.FlightUnavailableError),
+        (MissingParameterError, flight.FlightServerError),
     ]:
         assert issubclass(cls, flight_class)
         # As Feast's stock client re-creates it: without __init__.
-        again = errors.exception_from_detail(errors.error_detail(cls("why"), cls.status))
+        again = exception_from_detail(error_detail(cls("why"), cls.status))
         assert isinstance(again, flight_class) and again.extra_info == b"" and str(again) == "why"
 
 
 def test_a_long_value_is_quoted_in_part_and_the_error_still_arrives(server):
     ref = "driver_stats:" + "q" * 60_000  # under the cap, far over gRPC's header limit
     with OfflineFlightClient(server.location, timeout=60) as client:
-        with pytest.raises(errors.UnknownFeatureError) as caught:
-            client.fetch(p.GetHistoricalFeatures(features=(ref,), entity_df=_request().entity_df))
+        with pytest.raises(UnknownFeatureError) as caught:
+            client.fetch(
+                protocol.GetHistoricalFeatures(features=(ref,), entity_df=_request().entity_df)
+            )
     assert "more characters" in str(caught.value)
-    assert len(str(caught.value)) <= errors.MAX_MESSAGE_CHARS + 100
+    assert len(str(caught.value)) <= MAX_MESSAGE_CHARS + 100

@@ -54,6 +54,7 @@ from offline_helpers import (
     registry_of,
 )
 
+from flightlab.errors import MalformedParameterError, UnknownApiError, UnsupportedQueryError
 from flightlab.sample_repo import (
     DAYS,
     DRIVER_IDS,
@@ -63,7 +64,6 @@ from flightlab.sample_repo import (
     entity_frame,
 )
 from flightlab.server import OfflineServer
-from flightlab.wire.errors import MalformedParameterError, UnknownApiError, UnsupportedQueryError
 from flightlab.wire.feast_protocol import is_placeholder_table
 
 PROJECT = "flightlab_sample"

@@ -142,9 +142,9 @@ def test_the_panel_reflects_real_server_stats(tools_repo, tmp_path):
         assert "rows sent" in html and "<td>20</td>" in html
 
         # A request the server refuses (a client that skips Feast's own checks).
-        from flightlab.wire import protocol as p
+        from flightlab.wire import protocol
 
-        bad = p.GetHistoricalFeatures(
+        bad = protocol.GetHistoricalFeatures(
             features=("no_such_view:x",), entity_df=_arrow(entity_frame(5))
         )
         with OfflineFlightClient(server.location) as client:
@@ -158,7 +158,9 @@ def test_the_panel_reflects_real_server_stats(tools_repo, tmp_path):
         # A command staged but never run shows as staged.
         with OfflineFlightClient(server.location) as client:
             client.stage(
-                p.GetHistoricalFeatures(features=tuple(FEATURES), entity_df=_arrow(entity_frame(3)))
+                protocol.GetHistoricalFeatures(
+                    features=tuple(FEATURES), entity_df=_arrow(entity_frame(3))
+                )
             )
         state = panel.refresh()
         assert state.stats["staged_commands"] == 1

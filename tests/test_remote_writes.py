@@ -36,7 +36,7 @@ from flightlab.client import RemoteOfflineStore
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.sample_repo import DAYS, START, create_sample_repo, entity_frame
 from flightlab.server import OfflineServer
-from flightlab.wire import protocol as p
+from flightlab.wire import protocol
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +249,7 @@ def test_a_saved_dataset_made_through_the_client_is_registered_and_reads_back(
 
 
 def test_objects_applied_after_the_server_started_are_found(remote, local, write_server):
-    request = p.GetHistoricalFeatures(
+    request = protocol.GetHistoricalFeatures(
         features=("driver_stats_late:conv_rate",),
         entity_df=arrow(entity_frame(20, seed=44, with_request_data=False)),
     )

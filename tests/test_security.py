@@ -57,6 +57,12 @@ from security_helpers import BearerToken, OidcProvider, Pki, make_pki
 
 from flightlab.client import RemoteOfflineStore
 from flightlab.client.transport import OfflineFlightClient, translated_errors
+from flightlab.errors import (
+    AuthenticationFailedError,
+    ConnectionFailedError,
+    ResourceExhaustedError,
+    UnknownCommandError,
+)
 from flightlab.sample_repo import DAYS, START, apply_repo, create_sample_repo, entity_frame
 from flightlab.server import OfflineServer, ServerTls
 from flightlab.server.auth import (
@@ -66,13 +72,9 @@ from flightlab.server.auth import (
     authenticator_for,
 )
 from flightlab.server.limits import ServerLimits
-from flightlab.wire import protocol as p
-from flightlab.wire.errors import (
-    AuthenticationFailedError,
-    ConnectionFailedError,
-    ResourceExhaustedError,
-    UnknownCommandError,
-)
+from flightlab.wire import protocol
+from flightlab.wire.actions import ACTION_DROP, ACTION_STATS
+from flightlab.wire.headers import AUTHORIZATION_HEADER
 
 PROJECT = "flightlab_sample"
 CALL_TIMEOUT = 30.0  # no call of these tests may hang
@@ -254,11 +256,11 @@ def mtls_server(repo, pki) -> Iterator[OfflineServer]:
 
 
 @pytest.fixture(scope="module")
-def api_requests(local) -> dict[str, Callable[[], p.Request]]:
+def api_requests(local) -> dict[str, Callable[[], protocol.Request]]:
     """A valid request of each API, naming real objects of the server's registry."""
     source = local.get_data_source("driver_stats_source")
     source_bytes = source.to_proto().SerializeToString()
-    historical = p.GetHistoricalFeatures(
+    historical = protocol.GetHistoricalFeatures(
         features=("driver_stats:conv_rate", "driver_stats:acc_rate"),
         entity_df=arrow(entity_frame(8, with_request_data=False)),
     )
@@ -274,20 +276,20 @@ def api_requests(local) -> dict[str, Callable[[], p.Request]]:
     hours = iter(range(1, 10_000))
     return {
         "get_historical_features": lambda: historical,
-        "pull_latest_from_table_or_query": lambda: p.PullLatestFromTableOrQuery(**pull),
-        "pull_all_from_table_or_query": lambda: p.PullAllFromTableOrQuery(**pull),
-        "get_table_column_names_and_types_from_data_source": lambda: p.GetTableColumnNamesAndTypes(
-            data_source=source_bytes
+        "pull_latest_from_table_or_query": lambda: protocol.PullLatestFromTableOrQuery(**pull),
+        "pull_all_from_table_or_query": lambda: protocol.PullAllFromTableOrQuery(**pull),
+        "get_table_column_names_and_types_from_data_source": lambda: (
+            protocol.GetTableColumnNamesAndTypes(data_source=source_bytes)
         ),
-        "validate_data_source": lambda: p.ValidateDataSource(data_source=source_bytes),
+        "validate_data_source": lambda: protocol.ValidateDataSource(data_source=source_bytes),
         # Each write appends rows later than any other (so no read changes).
-        "offline_write_batch": lambda: p.OfflineWriteBatch(
+        "offline_write_batch": lambda: protocol.OfflineWriteBatch(
             feature_view_name="driver_stats", table=arrow(new_driver_rows(next(hours)))
         ),
-        "write_logged_features": lambda: p.WriteLoggedFeatures(
+        "write_logged_features": lambda: protocol.WriteLoggedFeatures(
             feature_service_name="driver_activity", data=logged_rows(local)
         ),
-        "persist": lambda: p.Persist(
+        "persist": lambda: protocol.Persist(
             retrieval=historical, destination_name="persisted_training_set", allow_overwrite=True
         ),
     }
@@ -336,7 +338,7 @@ def options() -> flight.FlightCallOptions:
     return flight.FlightCallOptions(timeout=CALL_TIMEOUT)
 
 
-def run(flight_client: OfflineFlightClient, request: p.Request) -> pa.Table | dict[str, Any]:
+def run(flight_client: OfflineFlightClient, request: protocol.Request) -> pa.Table | dict[str, Any]:
     if request.returns_data:
         return flight_client.fetch(request)
     return flight_client.run_action(request)
@@ -370,7 +372,7 @@ def assert_clean_and_serving(server: OfflineServer, tokens: dict[str, str]) -> N
     """The server holds no staged command and still answers an allowed call."""
     assert server.stats_json()["staged_commands"] == 0
     with client(server, tokens["rita"]) as c:
-        request = p.PullLatestFromTableOrQuery(
+        request = protocol.PullLatestFromTableOrQuery(
             data_source_name="customer_stats_source",
             join_key_columns=("customer_id",),
             feature_name_columns=("avg_rating",),
@@ -485,17 +487,17 @@ def test_persist_writes_only_to_registered_destinations_it_is_granted(
     for user in ("pia", "ada"):
         before = side_effects(repo)
         with client(server, tokens[user]) as c, pytest.raises(FeastPermissionError) as denied:
-            c.run_action(p.Persist(retrieval=retrieval, storage=made_up))
+            c.run_action(protocol.Persist(retrieval=retrieval, storage=made_up))
         assert "registered data source" in str(denied.value)
         no_traceback(denied.value)
         assert side_effects(repo) == before
     assert not elsewhere.exists()
     with client(server, tokens["pia"]) as c:
         by_storage = c.run_action(
-            p.Persist(retrieval=retrieval, storage=registered, allow_overwrite=True)
+            protocol.Persist(retrieval=retrieval, storage=registered, allow_overwrite=True)
         )
         by_name = c.run_action(
-            p.Persist(
+            protocol.Persist(
                 retrieval=retrieval, destination_name="persisted_training_set", allow_overwrite=True
             )
         )
@@ -513,8 +515,8 @@ def test_a_pull_of_an_unregistered_source_is_checked_against_what_it_points_at(
     and it is that object's permissions that count."""
     registered = local.get_data_source("driver_stats_source")
 
-    def pull_of(source: FileSource) -> p.Request:
-        return p.PullAllFromTableOrQuery(
+    def pull_of(source: FileSource) -> protocol.Request:
+        return protocol.PullAllFromTableOrQuery(
             data_source_name="",
             data_source=source.to_proto().SerializeToString(),
             join_key_columns=("driver_id",),
@@ -542,7 +544,7 @@ def test_a_pull_of_an_unregistered_source_is_checked_against_what_it_points_at(
 def test_entity_sql_is_refused_on_a_server_with_auth(server, tokens):
     # It would run the client's SQL with the server's credentials, past every
     # feature-view permission: even the blanket reader may not send it.
-    request = p.GetHistoricalFeatures(
+    request = protocol.GetHistoricalFeatures(
         features=("driver_stats:conv_rate",), entity_df_sql="SELECT * FROM anything"
     )
     with client(server, tokens["rita"]) as c, pytest.raises(FeastPermissionError) as denied:
@@ -552,9 +554,9 @@ def test_entity_sql_is_refused_on_a_server_with_auth(server, tokens):
     assert_clean_and_serving(server, tokens)
 
 
-def historical(features: tuple[str, ...], with_request_data: bool = False) -> p.Request:
+def historical(features: tuple[str, ...], with_request_data: bool = False) -> protocol.Request:
     frame = entity_frame(6, with_request_data=with_request_data)
-    return p.GetHistoricalFeatures(features=features, entity_df=arrow(frame))
+    return protocol.GetHistoricalFeatures(features=features, entity_df=arrow(frame))
 
 
 def test_a_group_policy_grants_one_feature_view_and_no_other(server, tokens):
@@ -569,7 +571,7 @@ def test_a_group_policy_grants_one_feature_view_and_no_other(server, tokens):
             c.fetch(historical(("driver_stats:conv_rate", "customer_stats:avg_rating")))
         assert_denied(denied.value, "READ_OFFLINE", "FeatureView:customer_stats")
         # Nor does the group reach the view's data source.
-        pull = p.PullAllFromTableOrQuery(
+        pull = protocol.PullAllFromTableOrQuery(
             data_source_name="driver_stats_source",
             join_key_columns=("driver_id",),
             feature_name_columns=("conv_rate",),
@@ -606,7 +608,7 @@ def _stage_for(server: OfflineServer, token: str) -> str:
     """A command staged by the holder of ``token``: the target of the raw calls."""
     with client(server, token) as c:
         return c.stage(
-            p.GetHistoricalFeatures(
+            protocol.GetHistoricalFeatures(
                 features=("driver_stats:conv_rate",),
                 entity_df=arrow(entity_frame(3, with_request_data=False)),
             )
@@ -616,14 +618,18 @@ def _stage_for(server: OfflineServer, token: str) -> str:
 RAW_CALLS: dict[str, Callable[[flight.FlightClient, str], Any]] = {
     "list_actions": lambda c, cid: list(c.list_actions(options())),
     "list_flights": lambda c, cid: list(c.list_flights(b"", options())),
-    "get_flight_info": lambda c, cid: c.get_flight_info(p.command_descriptor(cid), options()),
-    "do_get": lambda c, cid: c.do_get(flight.Ticket(p.ticket_bytes(cid)), options()).read_all(),
-    "do_action_stats": lambda c, cid: list(c.do_action(flight.Action(p.ACTION_STATS, b""))),
+    "get_flight_info": lambda c, cid: c.get_flight_info(
+        protocol.command_descriptor(cid), options()
+    ),
+    "do_get": lambda c, cid: c.do_get(
+        flight.Ticket(protocol.ticket_bytes(cid)), options()
+    ).read_all(),
+    "do_action_stats": lambda c, cid: list(c.do_action(flight.Action(ACTION_STATS, b""))),
     "do_action_drop": lambda c, cid: list(
-        c.do_action(flight.Action(p.ACTION_DROP, p.ticket_bytes(cid)), options())
+        c.do_action(flight.Action(ACTION_DROP, protocol.ticket_bytes(cid)), options())
     ),
     "do_action_run": lambda c, cid: list(
-        c.do_action(flight.Action("validate_data_source", p.ticket_bytes(cid)), options())
+        c.do_action(flight.Action("validate_data_source", protocol.ticket_bytes(cid)), options())
     ),
     "do_put": lambda c, cid: _raw_put(c, cid),
     "do_exchange": lambda c, cid: _raw_exchange(c),
@@ -633,9 +639,9 @@ RAW_CALLS: dict[str, Callable[[flight.FlightClient, str], Any]] = {
 def _raw_put(c: flight.FlightClient, command_id: str) -> None:
     table = pa.table({"features": ["driver_stats:conv_rate"]})
     schema = table.schema.with_metadata(
-        p.put_metadata(command_id, "get_historical_features", "features")
+        protocol.put_metadata(command_id, "get_historical_features", "features")
     )
-    writer, _ = c.do_put(p.command_descriptor(command_id), schema, options())
+    writer, _ = c.do_put(protocol.command_descriptor(command_id), schema, options())
     writer.write_table(table.replace_schema_metadata(schema.metadata))
     writer.close()
 
@@ -663,7 +669,10 @@ def test_every_rpc_refuses_a_caller_without_valid_credentials(rpc, credentials, 
     # The owner's command is intact: rita still reads it.
     rita = raw_client(server, tokens["rita"])
     assert listed(rita) == [staged]
-    assert rita.do_get(flight.Ticket(p.ticket_bytes(staged)), options()).read_all().num_rows == 3
+    assert (
+        rita.do_get(flight.Ticket(protocol.ticket_bytes(staged)), options()).read_all().num_rows
+        == 3
+    )
     assert_clean_and_serving(server, tokens)
 
 
@@ -682,7 +691,7 @@ def test_unauthenticated_errors_say_why(header, reason, server, tokens):
     headers = []
     if header is not None:
         value = f"Bearer {tokens[header]}" if header in tokens else header
-        headers = [(b"authorization", value.encode())]
+        headers = [(AUTHORIZATION_HEADER.encode(), value.encode())]
     call_options = flight.FlightCallOptions(timeout=CALL_TIMEOUT, headers=headers)
     with pytest.raises(flight.FlightUnauthenticatedError) as refused:
         list(flight.FlightClient(server.location).list_actions(call_options))
@@ -694,7 +703,7 @@ def test_a_valid_token_lists_the_actions_whatever_its_permissions(server, tokens
     # Authentication, not authorization: list_actions needs a valid token only.
     with client(server, tokens["nobody"]) as c:
         actions = dict(c.list_actions())
-    assert {"offline_write_batch", "persist", p.ACTION_DROP, p.ACTION_STATS} <= set(actions)
+    assert {"offline_write_batch", "persist", ACTION_DROP, ACTION_STATS} <= set(actions)
 
 
 # --- staged commands belong to whoever staged them ----------------------------------------
@@ -706,7 +715,9 @@ def listed(raw: flight.FlightClient) -> list[str]:
 
 
 def action_result(raw: flight.FlightClient, action: str, command_id: str) -> Any:
-    results = list(raw.do_action(flight.Action(action, p.ticket_bytes(command_id)), options()))
+    results = list(
+        raw.do_action(flight.Action(action, protocol.ticket_bytes(command_id)), options())
+    )
     return json.loads(results[0].body.to_pybytes())
 
 
@@ -727,10 +738,10 @@ def test_staged_commands_are_invisible_to_another_user(server, tokens, api_reque
     assert listed(ada) == []
     for command_id in (read_id, write_id):
         # Someone else's command looks exactly like one never staged.
-        never_staged = p.new_command_id()
+        never_staged = protocol.new_command_id()
         for read_call in (
-            lambda cid: ada.get_flight_info(p.command_descriptor(cid), options()),
-            lambda cid: ada.do_get(flight.Ticket(p.ticket_bytes(cid)), options()).read_all(),
+            lambda cid: ada.get_flight_info(protocol.command_descriptor(cid), options()),
+            lambda cid: ada.do_get(flight.Ticket(protocol.ticket_bytes(cid)), options()).read_all(),
         ):
             messages = []
             for cid in (command_id, never_staged):
@@ -740,7 +751,7 @@ def test_staged_commands_are_invisible_to_another_user(server, tokens, api_reque
                 messages.append(str(info.value).replace(cid, "<id>"))
             assert "no staged command" in messages[0]
             assert messages[0] == messages[1]
-        assert action_result(ada, p.ACTION_DROP, command_id) == {"dropped": False}
+        assert action_result(ada, ACTION_DROP, command_id) == {"dropped": False}
     # Running walt's write as ada: not found (mapped back to flightlab's class).
     with pytest.raises(UnknownCommandError) as unknown, translated_errors():
         action_result(ada, write.api, write_id)
@@ -755,7 +766,7 @@ def test_staged_commands_are_invisible_to_another_user(server, tokens, api_reque
     assert listed(rita) == [read_id]
     assert listed(walt) == [write_id]
     # ...and still reads, runs and drops it.
-    info = rita.get_flight_info(p.command_descriptor(read_id), options())
+    info = rita.get_flight_info(protocol.command_descriptor(read_id), options())
     assert rita.do_get(info.endpoints[0].ticket, options()).read_all().num_rows == 8
     rows_before = side_effects(repo)["driver_stats"][0]
     assert action_result(walt, write.api, write_id) == {"rows_written": 2}
@@ -763,7 +774,7 @@ def test_staged_commands_are_invisible_to_another_user(server, tokens, api_reque
     with client(server, tokens["rita"]) as c:
         dropped_id = c.stage(read)
     assert listed(rita) == [dropped_id]
-    assert action_result(rita, p.ACTION_DROP, dropped_id) == {"dropped": True}
+    assert action_result(rita, ACTION_DROP, dropped_id) == {"dropped": True}
     assert listed(rita) == []
     assert_clean_and_serving(server, tokens)
 
@@ -1047,7 +1058,8 @@ def test_every_flightlab_error_decoded_by_feast_is_its_flight_class():
     from feast.errors import FeastError, FeatureViewNotFoundException
     from filelock import Timeout
 
-    from flightlab.wire import errors
+    from flightlab import errors
+    from flightlab.wire import flight_errors
 
     flightlab_errors = [
         cls("why")
@@ -1061,14 +1073,16 @@ def test_every_flightlab_error_decoded_by_feast_is_its_flight_class():
     foreign = [FeastPermissionError("why"), Timeout("why"), FeatureViewNotFoundException("why")]
     for exc in [*flightlab_errors, errors.PermissionDeniedError("why"), *foreign]:
         status = errors.failure_status(exc)
-        sent = errors.to_flight_error(exc)
-        flight_class = errors._FLIGHT_ERROR_FOR_STATUS[status]
+        sent = flight_errors.to_flight_error(exc)
+        flight_class = flight_errors.FLIGHT_CLASS_FOR_STATUS[status]
         assert type(sent) is flight_class
         again = FeastError.from_error_detail(_get_exception_data(str(sent)))
         assert again is not None, repr(exc)
         assert "why" in str(again)
         if isinstance(exc, errors.FlightlabError):
-            assert type(again) is type(exc) and isinstance(again, flight_class), (exc, again)
+            # The same class, in its Flight form.
+            same = flight_errors.flight_class(type(exc))
+            assert type(again) is same and isinstance(again, flight_class), (exc, again)
         elif flight_class is not flight.FlightServerError:
             # Sent as flightlab's class of its status: the Flight class, and
             # Feast's own class where there is one.
@@ -1081,8 +1095,8 @@ def test_every_flightlab_error_decoded_by_feast_is_its_flight_class():
 # --- TLS and mTLS ----------------------------------------------------------------------------
 
 
-def tls_request() -> p.Request:
-    return p.GetHistoricalFeatures(
+def tls_request() -> protocol.Request:
+    return protocol.GetHistoricalFeatures(
         features=("driver_stats:conv_rate",),
         entity_df=arrow(entity_frame(4, with_request_data=False)),
     )

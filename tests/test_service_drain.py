@@ -18,9 +18,9 @@ from offline_helpers import ENTITY_KEYS, FEATURES, assert_same_rows
 from service_helpers import health_status, healthcheck_action, server_process
 
 from flightlab.client.transport import OfflineFlightClient
+from flightlab.errors import ServerDrainingError
 from flightlab.sample_repo import entity_frame
-from flightlab.server.drain import ServerDrainingError
-from flightlab.wire import protocol as p
+from flightlab.wire import protocol
 
 ROWS = 200_000
 
@@ -31,7 +31,7 @@ def test_sigterm_lets_a_running_retrieval_finish_refuses_new_ones_and_exits_0(
     command = [sys.executable, "-m", "flightlab", "-c", str(server_repo), "serve_offline"]
     command += ["-p", "0", "--health-port", "0", "--batch-rows", "1024", "--drain-seconds", "120"]
     entities = entity_frame(ROWS, seed=91)
-    request = p.GetHistoricalFeatures(
+    request = protocol.GetHistoricalFeatures(
         features=tuple(FEATURES), entity_df=pa.Table.from_pandas(entities)
     )
     with server_process(command, tmp_path, side_ports=("health",)) as server:
@@ -48,7 +48,7 @@ def test_sigterm_lets_a_running_retrieval_finish_refuses_new_ones_and_exits_0(
                 assert time.monotonic() < deadline, "health never said NOT_SERVING"
                 time.sleep(0.1)
             # A new command is refused as unavailable, by both kinds of client.
-            small = p.GetHistoricalFeatures(
+            small = protocol.GetHistoricalFeatures(
                 features=tuple(FEATURES), entity_df=pa.Table.from_pandas(entity_frame(3))
             )
             with OfflineFlightClient(server.location, timeout=30) as other:
@@ -57,7 +57,8 @@ def test_sigterm_lets_a_running_retrieval_finish_refuses_new_ones_and_exits_0(
             raw = flight.FlightClient(server.location)
             with pytest.raises(flight.FlightUnavailableError, match="draining"):
                 writer, _ = raw.do_put(
-                    p.command_descriptor(p.new_command_id()), pa.schema([("x", "int64")])
+                    protocol.command_descriptor(protocol.new_command_id()),
+                    pa.schema([("x", "int64")]),
                 )
                 writer.close()
             raw.close()

@@ -20,11 +20,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from service_helpers import health_status, healthcheck_action
 
 from flightlab.client.transport import OfflineFlightClient
+from flightlab.errors import ServerDrainingError
+from flightlab.operations.options import ServiceOptions
 from flightlab.sample_repo import entity_frame
 from flightlab.server import OfflineServer
-from flightlab.server.drain import ServerDrainingError
-from flightlab.server.operations import ServiceOptions
-from flightlab.wire import protocol as p
+from flightlab.wire import protocol
 
 
 def _wait_for(predicate, seconds: float = 60) -> None:
@@ -40,7 +40,7 @@ def test_health_is_serving_once_ready_not_serving_while_draining_and_gone_once_s
     options = ServiceOptions(health_port=0)
     server = OfflineServer(server_repo, port=0, service=options).start()
     try:
-        health_port = server.ops.health_port
+        health_port = server.health_port
         _wait_for(lambda: health_status(health_port) == "SERVING")
         # Flight's own service name answers the same, and the Flight action agrees.
         assert health_status(health_port, "arrow.flight.protocol.FlightService") == "SERVING"
@@ -51,14 +51,16 @@ def test_health_is_serving_once_ready_not_serving_while_draining_and_gone_once_s
             health_status(health_port, "no.such.Service")
         assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
-        server.ops.begin_drain()
+        server.begin_drain()
         assert health_status(health_port) == "NOT_SERVING"
         assert healthcheck_action(server.location)["status"] == "NOT_SERVING"
         # A new command is refused as "unavailable"; the probe still answers.
         entities = pa.Table.from_pandas(entity_frame(5, seed=5))
         with OfflineFlightClient(server.location, timeout=60) as client:
             with pytest.raises(ServerDrainingError, match="draining"):
-                client.fetch(p.GetHistoricalFeatures(features=tuple(FEATURES), entity_df=entities))
+                client.fetch(
+                    protocol.GetHistoricalFeatures(features=tuple(FEATURES), entity_df=entities)
+                )
         assert len(server.staging) == 0
     finally:
         server.stop()
@@ -75,7 +77,7 @@ def test_health_stays_not_serving_while_the_offline_store_cannot_answer(tmp_path
         (repo / "data" / f"{table}.parquet").unlink()
     with OfflineServer(repo, port=0, service=ServiceOptions(health_port=0)) as server:
         _wait_for(lambda: "not ready" in healthcheck_action(server.location)["detail"])
-        assert health_status(server.ops.health_port) == "NOT_SERVING"
+        assert health_status(server.health_port) == "NOT_SERVING"
         assert "_stats.parquet" in healthcheck_action(server.location)["detail"]
 
 
@@ -125,7 +127,7 @@ def test_a_scrape_after_a_mixed_workload_counts_requests_rows_bytes_and_errors(
                 ENTITY_KEYS,
             )
         pulled = pull(client_store, "pull_all_from_table_or_query").to_arrow()
-        unknown_view = p.GetHistoricalFeatures(
+        unknown_view = protocol.GetHistoricalFeatures(
             features=("no_view:x",), entity_df=pa.Table.from_pandas(entity_frame(3))
         )
         with OfflineFlightClient(server.location, timeout=60) as client:
@@ -134,13 +136,13 @@ def test_a_scrape_after_a_mixed_workload_counts_requests_rows_bytes_and_errors(
         # An upload refused before it is staged: a do_put without the protocol's metadata.
         raw = flight.FlightClient(server.location)
         writer, _ = raw.do_put(
-            p.command_descriptor(p.new_command_id()), pa.schema([("x", "int64")])
+            protocol.command_descriptor(protocol.new_command_id()), pa.schema([("x", "int64")])
         )
         with pytest.raises(flight.FlightServerError):
             writer.close()
         raw.close()
 
-        samples = _scrape(server.ops.metrics_port)
+        samples = _scrape(server.metrics_port)
         staged = _scrape_with_a_command_staged(server)
 
     hist = "get_historical_features"
@@ -187,12 +189,12 @@ def test_a_scrape_after_a_mixed_workload_counts_requests_rows_bytes_and_errors(
 
 def _scrape_with_a_command_staged(server: OfflineServer) -> tuple[dict, dict]:
     """Scrapes while a retrieval is staged but not run, and after it is dropped."""
-    request = p.GetHistoricalFeatures(
+    request = protocol.GetHistoricalFeatures(
         features=tuple(FEATURES), entity_df=pa.Table.from_pandas(entity_frame(20, seed=20))
     )
     with OfflineFlightClient(server.location, timeout=60) as client:
         command_id = client.stage(request)
-        before = _scrape(server.ops.metrics_port)
+        before = _scrape(server.metrics_port)
         assert client.drop(command_id)
-        after = _scrape(server.ops.metrics_port)
+        after = _scrape(server.metrics_port)
     return before, after

@@ -37,10 +37,11 @@ from offline_helpers import (
 from service_helpers import RoundRobinProxy, ServerProcess, free_port, server_process
 
 from flightlab.client.transport import OfflineFlightClient
+from flightlab.errors import UnknownCommandError
 from flightlab.sample_repo import DAYS, START, create_sample_repo, entity_frame
-from flightlab.wire import protocol as p
-from flightlab.wire.command_set import params_metadata
-from flightlab.wire.errors import UnknownCommandError
+from flightlab.wire import protocol
+from flightlab.wire.actions import ACTION_DROP
+from flightlab.wire.manifest import params_metadata
 
 
 @dataclass
@@ -158,7 +159,7 @@ def test_every_api_through_the_balancer_with_feasts_stock_client_is_the_local_an
 
 
 def test_the_result_is_fetched_from_the_replica_that_holds_the_command(replicas):
-    request = p.GetHistoricalFeatures(
+    request = protocol.GetHistoricalFeatures(
         features=tuple(FEATURES), entity_df=pa.Table.from_pandas(entity_frame(5, seed=8))
     )
     by_location = {s.location: s for s in replicas.servers}
@@ -166,7 +167,7 @@ def test_the_result_is_fetched_from_the_replica_that_holds_the_command(replicas)
     with OfflineFlightClient(proxied, timeout=60) as client:
         options = client._options(None)  # the client's own headers, as its calls send them
         command_id = client.stage(request, options)
-        info = client._client.get_flight_info(p.command_descriptor(command_id), options)
+        info = client._client.get_flight_info(protocol.command_descriptor(command_id), options)
         [endpoint] = info.endpoints
         [advertised] = [loc.uri.decode() for loc in endpoint.locations]
         holder = by_location[advertised]  # a replica's own address, not the balancer's
@@ -185,32 +186,32 @@ def test_the_result_is_fetched_from_the_replica_that_holds_the_command(replicas)
 
 def test_a_command_staged_on_one_replica_is_unknown_on_the_other(replicas):
     a, b = (OfflineFlightClient(s.location, timeout=60) for s in replicas.servers)
-    request = p.GetHistoricalFeatures(
+    request = protocol.GetHistoricalFeatures(
         features=tuple(FEATURES), entity_df=pa.Table.from_pandas(entity_frame(4, seed=9))
     )
     with a, b:
         command_id = a.stage(request)
         with pytest.raises(flight.FlightServerError, match="no staged command"):
-            b._client.get_flight_info(p.command_descriptor(command_id))
+            b._client.get_flight_info(protocol.command_descriptor(command_id))
         assert a.fetch(request).num_rows == 4  # and the replica holding it still serves
-        drop = flight.Action(p.ACTION_DROP, p.ticket_bytes(command_id))
+        drop = flight.Action(ACTION_DROP, protocol.ticket_bytes(command_id))
         list(a._client.do_action(drop, a._options(None)))
 
 
 def test_a_command_whose_puts_were_split_over_the_replicas_fails_clearly(replicas):
-    request = p.GetHistoricalFeatures(
+    request = protocol.GetHistoricalFeatures(
         features=tuple(FEATURES), entity_df=pa.Table.from_pandas(entity_frame(4, seed=10))
     )
-    params = p.encode_request(request)
-    command_id = p.new_command_id()
-    descriptor = p.command_descriptor(command_id)
+    params = protocol.encode_request(request)
+    command_id = protocol.new_command_id()
+    descriptor = protocol.command_descriptor(command_id)
     clients = [flight.FlightClient(s.location) for s in replicas.servers]
     try:
         # As a per-request balancer would: each put to the next replica.
         for i, (name, table) in enumerate(params.items()):
             metadata = {
                 **(table.schema.metadata or {}),
-                **p.put_metadata(command_id, request.api, name),
+                **protocol.put_metadata(command_id, request.api, name),
                 **params_metadata(params),
             }
             table = table.replace_schema_metadata(metadata)

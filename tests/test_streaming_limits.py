@@ -32,20 +32,22 @@ from offline_helpers import raw_stage, wait_until
 
 from flightlab.client.transport import OfflineFlightClient, Progress, exception_for_flight_error
 from flightlab.engine import EngineMode, EngineSettings
-from flightlab.sample_repo import client_repo_yaml, create_sample_repo, entity_frame
-from flightlab.server import OfflineServer
-from flightlab.server.limits import ServerLimits
-from flightlab.server.ownership import OWNER_HEADER, owner_key
-from flightlab.server.staging import CommandStaging
-from flightlab.server.workers import ClosingIterator, WorkerPool
-from flightlab.wire import protocol as p
-from flightlab.wire import streaming
-from flightlab.wire.errors import (
+from flightlab.errors import (
     ClientGoneError,
     ResourceExhaustedError,
     ServerBusyError,
     UnknownCommandError,
 )
+from flightlab.sample_repo import client_repo_yaml, create_sample_repo, entity_frame
+from flightlab.server import OfflineServer
+from flightlab.server.limits import ServerLimits
+from flightlab.server.ownership import owner_key
+from flightlab.server.staging import CommandStaging
+from flightlab.server.streams import closing
+from flightlab.server.workers import WorkerPool
+from flightlab.wire import protocol, streaming
+from flightlab.wire.actions import ACTION_DROP, ACTION_STATS
+from flightlab.wire.headers import COMPRESSION_HEADER, OWNER_HEADER
 
 FEATURES = ("driver_stats:conv_rate", "driver_stats:acc_rate", "customer_stats:avg_rating")
 BATCH_ROWS = 64
@@ -63,11 +65,11 @@ BLOCKER_ROWS = 120_000
 
 def historical(rows: int, seed: int = 3, features: tuple[str, ...] = FEATURES):
     entity_df = pa.Table.from_pandas(entity_frame(rows, seed=seed), preserve_index=False)
-    return p.GetHistoricalFeatures(features=features, entity_df=entity_df)
+    return protocol.GetHistoricalFeatures(features=features, entity_df=entity_df)
 
 
-def pull_all_conv_rate() -> p.PullAllFromTableOrQuery:
-    return p.PullAllFromTableOrQuery(
+def pull_all_conv_rate() -> protocol.PullAllFromTableOrQuery:
+    return protocol.PullAllFromTableOrQuery(
         data_source_name="driver_stats_source",
         join_key_columns=("driver_id",),
         feature_name_columns=("conv_rate",),
@@ -98,17 +100,17 @@ def raw_client(server: OfflineServer) -> flight.FlightClient:
 
 
 def raw_stats(raw: flight.FlightClient) -> dict[str, Any]:
-    results = list(raw.do_action(flight.Action(p.ACTION_STATS, b"")))
+    results = list(raw.do_action(flight.Action(ACTION_STATS, b"")))
     return json.loads(results[0].body.to_pybytes())
 
 
 def raw_drop(raw: flight.FlightClient, command_id: str) -> dict[str, Any]:
-    results = list(raw.do_action(flight.Action(p.ACTION_DROP, p.ticket_bytes(command_id))))
+    results = list(raw.do_action(flight.Action(ACTION_DROP, protocol.ticket_bytes(command_id))))
     return json.loads(results[0].body.to_pybytes())
 
 
 def raw_fetch(raw: flight.FlightClient, command_id: str) -> pa.Table:
-    info = raw.get_flight_info(p.command_descriptor(command_id))
+    info = raw.get_flight_info(protocol.command_descriptor(command_id))
     return raw.do_get(info.endpoints[0].ticket).read_all()
 
 
@@ -268,8 +270,8 @@ def test_compression_in_the_client_config_gives_the_same_frame(
 def test_unknown_compression_is_refused_with_a_clear_error(server):
     raw = raw_client(server)
     command_id = raw_stage(raw, historical(20))
-    options = flight.FlightCallOptions(headers=[(b"x-flightlab-compression", b"gzip")])
-    info = raw.get_flight_info(p.command_descriptor(command_id))
+    options = flight.FlightCallOptions(headers=[(COMPRESSION_HEADER.encode(), b"gzip")])
+    info = raw.get_flight_info(protocol.command_descriptor(command_id))
     with pytest.raises(flight.FlightServerError) as caught:
         raw.do_get(info.endpoints[0].ticket, options).read_all()
     detail = detail_of(caught.value)
@@ -283,7 +285,7 @@ def test_unknown_compression_is_refused_with_a_clear_error(server):
 
 def test_a_large_upload_arrives_in_bounded_batches(server):
     request = historical(2000)
-    sent = p.encode_request(request)["entity_df"]
+    sent = protocol.encode_request(request)["entity_df"]
     for bounds, check in (
         ({"upload_batch_bytes": 4096}, lambda b: b.nbytes <= 4096),
         ({"upload_batch_rows": 100}, lambda b: b.num_rows <= 100),
@@ -315,7 +317,7 @@ def test_a_chunked_upload_gives_the_same_answer(server, reference):
 
 def test_stats_action_reports_staging_requests_and_errors(server, client):
     raw = raw_client(server)
-    api = p.GetHistoricalFeatures.api
+    api = protocol.GetHistoricalFeatures.api
     before = raw_stats(raw)
     assert before["workers"] == {"workers": 4, "running": 0, "queued": 0}
 
@@ -364,7 +366,7 @@ def test_closing_to_arrow_batches_early_leaves_the_server_serving(server, remote
 def test_a_raw_reader_cancelled_mid_stream_leaves_no_state(server, reference):
     raw = raw_client(server)
     reader = raw.do_get(
-        raw.get_flight_info(p.command_descriptor(raw_stage(raw, historical(2000))))
+        raw.get_flight_info(protocol.command_descriptor(raw_stage(raw, historical(2000))))
         .endpoints[0]
         .ticket
     )
@@ -448,7 +450,7 @@ def test_staging_cap_on_the_wire_and_through_the_client(capped_server):
         raw_stage(raw, big)
     detail = detail_of(caught.value)
     assert detail["class"] == "ResourceExhaustedError"
-    assert detail["module"] == "flightlab.wire.errors"
+    assert detail["module"] == "flightlab.wire.flight_errors"
     assert detail["status"] == "resource_exhausted"
     assert str(MAX_STAGED_BYTES) in detail["message"]
     # The parameters staged before the one refused are dropped with it.
@@ -478,9 +480,9 @@ def test_an_expired_command_is_gone_and_its_ticket_says_so(ttl_server):
     assert wait_until(lambda: len(ttl_server.staging) == 0)
 
     with pytest.raises(flight.FlightServerError) as by_descriptor:
-        raw.get_flight_info(p.command_descriptor(command_id))
+        raw.get_flight_info(protocol.command_descriptor(command_id))
     with pytest.raises(flight.FlightServerError) as by_ticket:
-        raw.do_get(flight.Ticket(p.ticket_bytes(command_id))).read_all()
+        raw.do_get(flight.Ticket(protocol.ticket_bytes(command_id))).read_all()
     for caught in (by_descriptor, by_ticket):
         detail = detail_of(caught.value)
         assert detail["class"] == "UnknownCommandError"
@@ -490,9 +492,9 @@ def test_an_expired_command_is_gone_and_its_ticket_says_so(ttl_server):
         assert isinstance(on_client, UnknownCommandError)
         assert "expired" in str(on_client)
 
-    never = p.new_command_id()
+    never = protocol.new_command_id()
     with pytest.raises(flight.FlightServerError) as unknown:
-        raw.get_flight_info(p.command_descriptor(never))
+        raw.get_flight_info(protocol.command_descriptor(never))
     assert "expired" not in detail_of(unknown.value)["message"]
 
     assert raw_fetch(raw, raw_stage(raw, historical(20))).num_rows == 20
@@ -768,7 +770,7 @@ def test_a_result_set_up_for_a_client_already_gone_is_closed():
         setting_up.set()
         time.sleep(0.3)
         batches = iter([pa.record_batch({"x": [1]})])
-        return pa.schema([("x", pa.int64())]), ClosingIterator(batches, closed.set)
+        return pa.schema([("x", pa.int64())]), closing(batches, closed.set)
 
     pool = WorkerPool(workers=1, queue_timeout=5)
     try:

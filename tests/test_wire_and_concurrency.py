@@ -24,7 +24,9 @@ from offline_helpers import ENTITY_KEYS, FEATURES, assert_same_rows, server_stat
 
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.sample_repo import entity_frame
-from flightlab.wire import protocol as p
+from flightlab.wire import protocol
+from flightlab.wire.actions import ACTION_DROP, ACTION_HEALTHCHECK, ACTION_STATS
+from flightlab.wire.headers import OWNER_HEADER
 
 THREADS = 8
 # A thread not done by then is stuck: fail rather than hang the suite.
@@ -91,14 +93,14 @@ def test_a_client_written_from_the_seed_document_works_unchanged(raw_flight, loc
 
 def test_list_actions_lists_every_action_with_a_description(flight_client):
     actions = dict(flight_client.list_actions())
-    runnable = {cls.api for cls in p.ACTION_REQUESTS}
+    runnable = {cls.api for cls in protocol.ACTION_REQUESTS}
     assert runnable == {
         "offline_write_batch",
         "write_logged_features",
         "persist",
         "validate_data_source",
     }
-    assert set(actions) == runnable | {p.ACTION_DROP, p.ACTION_STATS, "healthcheck"}
+    assert set(actions) == runnable | {ACTION_DROP, ACTION_STATS, ACTION_HEALTHCHECK}
     for name, description in actions.items():
         assert len(description) > 20, name
     for api in runnable:
@@ -106,7 +108,7 @@ def test_list_actions_lists_every_action_with_a_description(flight_client):
 
 
 def test_the_stats_and_drop_actions_do_what_list_actions_says(flight_client, offline_server):
-    request = p.GetHistoricalFeatures(
+    request = protocol.GetHistoricalFeatures(
         features=(FEATURES[0],), entity_df=pa.Table.from_pandas(entity_frame(5))
     )
     command_id = flight_client.stage(request)
@@ -114,7 +116,7 @@ def test_the_stats_and_drop_actions_do_what_list_actions_says(flight_client, off
 
     # Another client cannot drop it (for it, the command does not exist)...
     raw = flight.FlightClient(offline_server.location)
-    [answer] = raw.do_action(flight.Action(p.ACTION_DROP, command_id.encode()))
+    [answer] = raw.do_action(flight.Action(ACTION_DROP, command_id.encode()))
     assert answer.body.to_pybytes() == b'{"dropped": false}'
     raw.close()
     assert flight_client.stats()["staged_commands"] == 1
@@ -156,7 +158,7 @@ def test_a_command_staged_by_one_client_is_never_run_for_another(offline_server,
     # each ask for its own. Each must get the rows it sent, none another's.
     entity_frames = [entity_frame(10 + i, seed=300 + i) for i in range(THREADS)]
     requests = [
-        p.GetHistoricalFeatures(features=tuple(FEATURES), entity_df=pa.Table.from_pandas(e))
+        protocol.GetHistoricalFeatures(features=tuple(FEATURES), entity_df=pa.Table.from_pandas(e))
         for e in entity_frames
     ]
     all_staged = threading.Barrier(THREADS)
@@ -170,9 +172,9 @@ def test_a_command_staged_by_one_client_is_never_run_for_another(offline_server,
             staged_counts.append(client.stats()["staged_commands"])
             # A second connection of the same client: it sends the same owner secret.
             raw = flight.FlightClient(offline_server.location)
-            owner = flight.FlightCallOptions(headers=[(b"x-flightlab-owner", secret.encode())])
+            owner = flight.FlightCallOptions(headers=[(OWNER_HEADER.encode(), secret.encode())])
             try:
-                info = raw.get_flight_info(p.command_descriptor(command_id), owner)
+                info = raw.get_flight_info(protocol.command_descriptor(command_id), owner)
                 return raw.do_get(info.endpoints[0].ticket, owner).read_pandas()
             finally:
                 raw.close()

@@ -46,13 +46,13 @@ from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 from filelock import FileLock, Timeout
 from offline_helpers import arrow, new_driver_rows, raw_stage
 
+from flightlab import errors
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.sample_repo import DAYS, START, create_sample_repo, entity_frame
 from flightlab.server import OfflineServer
 from flightlab.server.limits import ServerLimits
 from flightlab.storage import parquet_writes
-from flightlab.wire import errors
-from flightlab.wire import protocol as p
+from flightlab.wire import flight_errors, protocol
 
 BOUND = 2.0  # the writers' wait for readers, in these tests
 SLACK = 8.0  # what a loaded machine may add to it
@@ -86,9 +86,9 @@ def driver_file(repo: Path) -> Path:
     return repo / "data" / "driver_stats.parquet"
 
 
-def write_request() -> p.OfflineWriteBatch:
+def write_request() -> protocol.OfflineWriteBatch:
     rows = new_driver_rows(next(HOURS), drivers=(1001, 1002))
-    return p.OfflineWriteBatch(feature_view_name="driver_stats", table=arrow(rows))
+    return protocol.OfflineWriteBatch(feature_view_name="driver_stats", table=arrow(rows))
 
 
 def write(server: OfflineServer) -> dict[str, Any]:
@@ -96,8 +96,10 @@ def write(server: OfflineServer) -> dict[str, Any]:
         return client.run_action(write_request())
 
 
-def pull_all(source: str, features: tuple[str, ...], created: str | None = None) -> p.Request:
-    return p.PullAllFromTableOrQuery(
+def pull_all(
+    source: str, features: tuple[str, ...], created: str | None = None
+) -> protocol.Request:
+    return protocol.PullAllFromTableOrQuery(
         data_source_name=source,
         join_key_columns=(source.split("_")[0] + "_id",),
         feature_name_columns=features,
@@ -111,7 +113,7 @@ def pull_all(source: str, features: tuple[str, ...], created: str | None = None)
 DRIVER_PULL = pull_all("driver_stats_source", ("conv_rate", "acc_rate", "avg_daily_trips"))
 
 
-def fetch(server: OfflineServer, request: p.Request) -> pa.Table:
+def fetch(server: OfflineServer, request: protocol.Request) -> pa.Table:
     with OfflineFlightClient(server.location, timeout=CALL_TIMEOUT) as client:
         return client.fetch(request)
 
@@ -171,14 +173,14 @@ def test_a_retrieval_whose_client_stops_reading_delays_writers_only_up_to_the_bo
     rows_before = pq.read_metadata(source).num_rows
     # A result of many batches: more than gRPC and the worker buffer ahead.
     entities = entity_frame(300_000, seed=5, with_request_data=False)
-    request = p.GetHistoricalFeatures(
+    request = protocol.GetHistoricalFeatures(
         features=("driver_stats:conv_rate", "driver_stats:acc_rate"), entity_df=arrow(entities)
     )
     reader_client = flight.FlightClient(server.location)
     stream = None
     try:
         command_id = raw_stage(reader_client, request)
-        info = reader_client.get_flight_info(p.command_descriptor(command_id))
+        info = reader_client.get_flight_info(protocol.command_descriptor(command_id))
         stream = reader_client.do_get(info.endpoints[0].ticket)
         assert stream.read_chunk().data.num_rows > 0  # then the client stops reading
         with pytest.raises(flight.FlightUnavailableError) as busy:
@@ -249,7 +251,8 @@ def test_a_writer_behind_another_writers_lock_gets_unavailable(tmp_path):
         with pytest.raises(errors.ServerBusyError) as busy:
             with parquet_writes.destination_lock(path, timeout=0.2):
                 pass
-    assert isinstance(busy.value, flight.FlightUnavailableError)
+    # It reaches a client as unavailable: retry later.
+    assert isinstance(flight_errors.to_flight_error(busy.value), flight.FlightUnavailableError)
     assert str(path) in str(busy.value) and "another writer" in str(busy.value)
     with parquet_writes.destination_lock(path, timeout=0.2):
         pass  # free again
@@ -258,14 +261,14 @@ def test_a_writer_behind_another_writers_lock_gets_unavailable(tmp_path):
 def test_a_lock_timeout_from_elsewhere_is_unavailable_not_internal():
     timeout = Timeout("/data/.rows.parquet.lock")
     assert errors.failure_status(timeout) == errors.UNAVAILABLE
-    sent = errors.to_flight_error(timeout)
+    sent = flight_errors.to_flight_error(timeout)
     assert type(sent) is flight.FlightUnavailableError
     # Both clients re-create it as flightlab's busy error, a FlightUnavailableError.
-    detail = errors.decode_detail(sent.extra_info)
+    detail = flight_errors.decode_detail(sent.extra_info)
     assert detail is not None and detail["class"] == "ServerBusyError"
     assert "rows.parquet" in detail["message"]
     for again in (
-        errors.exception_from_detail(detail),
+        flight_errors.exception_from_detail(detail),
         FeastError.from_error_detail(_get_exception_data(str(sent))),
     ):
         assert isinstance(again, errors.ServerBusyError), repr(again)
@@ -279,7 +282,7 @@ def test_a_persist_holds_off_renames_of_the_sources_it_reads(server, repo, tmp_p
     source = driver_file(repo)
     target = tmp_path / "persisted.parquet"
     storage = SavedDatasetFileStorage(path=str(target)).to_proto().SerializeToString()
-    request = p.Persist(retrieval=DRIVER_PULL, storage=storage)
+    request = protocol.Persist(retrieval=DRIVER_PULL, storage=storage)
     with OfflineFlightClient(server.location, timeout=CALL_TIMEOUT) as client:
         with ThreadPoolExecutor(1) as pool:
             with renaming(source):  # a writer in the middle of replacing the source
@@ -296,7 +299,7 @@ def test_a_persist_holds_off_renames_of_the_sources_it_reads(server, repo, tmp_p
 def test_a_persist_into_the_file_it_reads_does_not_wait_on_itself(server, repo, short_bound):
     source = repo / "data" / "customer_stats.parquet"
     before = pq.read_table(source)
-    request = p.Persist(
+    request = protocol.Persist(
         retrieval=pull_all("customer_stats_source", ("lifetime_trips", "avg_rating")),
         destination_name="customer_stats_source",
         allow_overwrite=True,

@@ -38,8 +38,8 @@ from feast.saved_dataset import SavedDatasetStorage
 from pydantic import StrictInt, StrictStr
 
 from flightlab.client.transport import OfflineFlightClient, ProgressCallback
-from flightlab.wire import protocol as p
-from flightlab.wire.errors import MalformedEntityDataError
+from flightlab.wire import protocol
+from flightlab.wire.flight_errors import MalformedEntityDataError
 
 
 class RemoteOfflineStoreConfig(FeastConfigBaseModel):
@@ -105,7 +105,7 @@ class RemoteRetrievalJob(RetrievalJob):
     def __init__(
         self,
         config: RepoConfig,
-        request: p.RetrievalRequest,
+        request: protocol.RetrievalRequest,
         metadata: RetrievalMetadata | None = None,
         entity_frame: pd.DataFrame | None = None,
     ):
@@ -114,7 +114,7 @@ class RemoteRetrievalJob(RetrievalJob):
         self._metadata = metadata
         self._entity_frame = entity_frame
 
-    def _request(self) -> p.RetrievalRequest:
+    def _request(self) -> protocol.RetrievalRequest:
         """The request to send: with the entity DataFrame converted to Arrow
         slice by slice as it is uploaded, so no second full copy of it is held
         (``self.request`` carries only its schema)."""
@@ -165,7 +165,7 @@ class RemoteRetrievalJob(RetrievalJob):
         allow_overwrite: bool = False,
         timeout: Optional[int] = None,
     ) -> None:
-        request = p.Persist(
+        request = protocol.Persist(
             retrieval=self._request(),
             storage=storage.to_proto().SerializeToString(),
             allow_overwrite=allow_overwrite,
@@ -194,7 +194,7 @@ class RemoteOfflineStore(OfflineStore):
         elif entity_df is not None:
             frame = entity_df
             entity_table = entity_schema_of(entity_df).empty_table()
-        request = p.GetHistoricalFeatures(
+        request = protocol.GetHistoricalFeatures(
             features=tuple(feature_refs),
             entity_df=entity_table,
             entity_df_sql=entity_sql,
@@ -218,7 +218,7 @@ class RemoteOfflineStore(OfflineStore):
         end_date: datetime,
     ) -> RemoteRetrievalJob:
         request = _pull_request(
-            p.PullLatestFromTableOrQuery,
+            protocol.PullLatestFromTableOrQuery,
             data_source,
             join_key_columns,
             feature_name_columns,
@@ -241,7 +241,7 @@ class RemoteOfflineStore(OfflineStore):
         end_date: Optional[datetime] = None,
     ) -> RemoteRetrievalJob:
         request = _pull_request(
-            p.PullAllFromTableOrQuery,
+            protocol.PullAllFromTableOrQuery,
             data_source,
             join_key_columns,
             feature_name_columns,
@@ -259,7 +259,7 @@ class RemoteOfflineStore(OfflineStore):
         table: pa.Table,
         progress: Optional[Callable[[int], Any]],
     ) -> None:
-        request = p.OfflineWriteBatch(feature_view_name=feature_view.name, table=table)
+        request = protocol.OfflineWriteBatch(feature_view_name=feature_view.name, table=table)
         with _client(config) as client:
             client.run_action(request)
         if progress:
@@ -277,21 +277,23 @@ class RemoteOfflineStore(OfflineStore):
             raise TypeError("flightlab writes logs of feature services only")
         if isinstance(data, Path):
             data = pq.read_table(data)
-        request = p.WriteLoggedFeatures(
+        request = protocol.WriteLoggedFeatures(
             feature_service_name=source._feature_service.name, data=data
         )
         with _client(config) as client:
             client.run_action(request)
 
     def validate_data_source(self, config: RepoConfig, data_source: DataSource) -> None:
-        request = p.ValidateDataSource(data_source=data_source.to_proto().SerializeToString())
+        request = protocol.ValidateDataSource(
+            data_source=data_source.to_proto().SerializeToString()
+        )
         with _client(config) as client:
             client.run_action(request)
 
     def get_table_column_names_and_types_from_data_source(
         self, config: RepoConfig, data_source: DataSource
     ) -> Iterable[tuple[str, str]]:
-        request = p.GetTableColumnNamesAndTypes(
+        request = protocol.GetTableColumnNamesAndTypes(
             data_source=data_source.to_proto().SerializeToString()
         )
         with _client(config) as client:
@@ -302,7 +304,7 @@ class RemoteOfflineStore(OfflineStore):
 
 
 def _pull_request(
-    request_type: type[p.PullRequest],
+    request_type: type[protocol.PullRequest],
     data_source: DataSource,
     join_key_columns: list[str],
     feature_name_columns: list[str],
@@ -310,7 +312,7 @@ def _pull_request(
     created_timestamp_column: Optional[str],
     start_date: Optional[datetime],
     end_date: Optional[datetime],
-) -> p.PullRequest:
+) -> protocol.PullRequest:
     # The source travels by name (the server resolves it in its registry)
     # and whole, for one the registry does not list (a saved dataset's).
     return request_type(

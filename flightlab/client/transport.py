@@ -18,23 +18,20 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from flightlab.wire import protocol as p
-from flightlab.wire import streaming
-from flightlab.wire.command_set import params_metadata
-from flightlab.wire.errors import (
-    ConnectionFailedError,
-    FlightlabError,
-    RemoteServerError,
+from flightlab.errors import ConnectionFailedError, FlightlabError, RemoteServerError
+from flightlab.wire import protocol, streaming
+from flightlab.wire.actions import ACTION_DROP, ACTION_STATS
+from flightlab.wire.flight_errors import (
+    as_flight_error,
     decode_detail,
     exception_from_detail,
+    flight_class,
 )
+from flightlab.wire.headers import COMPRESSION_HEADER, OWNER_HEADER
+from flightlab.wire.manifest import params_metadata
 
 DEFAULT_UPLOAD_BATCH_ROWS = 65_536
 DEFAULT_UPLOAD_BATCH_BYTES = 8 * 1024**2
-COMPRESSION_HEADER = b"x-flightlab-compression"
-# Sent on every call: the server binds the commands this client stages to it,
-# so that no other client can see, run or drop them (docs/protocol.md).
-OWNER_HEADER = b"x-flightlab-owner"
 
 
 class OfflineFlightClient:
@@ -87,7 +84,7 @@ class OfflineFlightClient:
 
     def fetch(
         self,
-        request: p.Request,
+        request: protocol.Request,
         timeout: float | None = None,
         progress: ProgressCallback | None = None,
     ) -> pa.Table:
@@ -101,7 +98,7 @@ class OfflineFlightClient:
 
     def iter_batches(
         self,
-        request: p.Request,
+        request: protocol.Request,
         timeout: float | None = None,
         progress: ProgressCallback | None = None,
     ) -> Iterator[pa.RecordBatch]:
@@ -114,7 +111,7 @@ class OfflineFlightClient:
 
     @contextmanager
     def open_reader(
-        self, request: p.Request, timeout: float | None = None
+        self, request: protocol.Request, timeout: float | None = None
     ) -> Iterator[flight.FlightStreamReader]:
         """Run an API that returns data; yield a reader over its record batches."""
         if not request.returns_data:
@@ -122,7 +119,7 @@ class OfflineFlightClient:
         options = self._options(timeout)
         command_id = self.stage(request, options)
         with translated_errors():
-            info = self._client.get_flight_info(p.command_descriptor(command_id), options)
+            info = self._client.get_flight_info(protocol.command_descriptor(command_id), options)
             endpoint = info.endpoints[0]
             reader = self._client_for(endpoint).do_get(endpoint.ticket, options)
         try:
@@ -142,28 +139,30 @@ class OfflineFlightClient:
             self._replicas[uri] = flight.FlightClient(uri, **self._client_kwargs)
         return self._replicas[uri]
 
-    def run_action(self, request: p.Request, timeout: float | None = None) -> dict[str, Any]:
+    def run_action(self, request: protocol.Request, timeout: float | None = None) -> dict[str, Any]:
         """Run an API that returns no data; return the server's summary."""
         if request.returns_data:
             raise ValueError(f"{request.api} returns data: use fetch")
         options = self._options(timeout)
         command_id = self.stage(request, options)
-        action = flight.Action(request.api, p.ticket_bytes(command_id))
+        action = flight.Action(request.api, protocol.ticket_bytes(command_id))
         with translated_errors():
             results = list(self._client.do_action(action, options))
         return json.loads(results[0].body.to_pybytes()) if results else {}
 
-    def stage(self, request: p.Request, options: flight.FlightCallOptions | None = None) -> str:
+    def stage(
+        self, request: protocol.Request, options: flight.FlightCallOptions | None = None
+    ) -> str:
         """Send every parameter of ``request``; return the new command id."""
-        command_id = p.new_command_id()
-        descriptor = p.command_descriptor(command_id)
-        params = p.encode_request(request)
+        command_id = protocol.new_command_id()
+        descriptor = protocol.command_descriptor(command_id)
+        params = protocol.encode_request(request)
         with translated_errors():
             for name, value in params.items():
                 schema = value.schema.with_metadata(
                     {
                         **(value.schema.metadata or {}),
-                        **p.put_metadata(command_id, request.api, name),
+                        **protocol.put_metadata(command_id, request.api, name),
                         # All the command's parameters: a server that got only
                         # some of them (a load balancer split the puts) says so.
                         **params_metadata(params),
@@ -183,14 +182,14 @@ class OfflineFlightClient:
 
     def drop(self, command_id: str, timeout: float | None = None) -> bool:
         """Discard a command this client staged without running it."""
-        action = flight.Action(p.ACTION_DROP, p.ticket_bytes(command_id))
+        action = flight.Action(ACTION_DROP, protocol.ticket_bytes(command_id))
         with translated_errors():
             results = list(self._client.do_action(action, self._options(timeout)))
         return bool(json.loads(results[0].body.to_pybytes())["dropped"])
 
     def stats(self, timeout: float | None = None) -> dict[str, Any]:
         with translated_errors():
-            action = flight.Action(p.ACTION_STATS, b"")
+            action = flight.Action(ACTION_STATS, b"")
             results = list(self._client.do_action(action, self._options(timeout)))
         return json.loads(results[0].body.to_pybytes())
 
@@ -200,12 +199,14 @@ class OfflineFlightClient:
 
     def _options(self, timeout: float | None) -> flight.FlightCallOptions:
         timeout = self.timeout if timeout is None else timeout
-        headers = [(OWNER_HEADER, self._owner)]
+        # Sent on every call: the server binds the commands this client stages
+        # to it, so that no other client can see, run or drop them.
+        headers = [(OWNER_HEADER.encode(), self._owner)]
         if self.compression is None:
             return flight.FlightCallOptions(timeout=timeout, headers=headers)
         return flight.FlightCallOptions(
             timeout=timeout,
-            headers=[*headers, (COMPRESSION_HEADER, self.compression.encode())],
+            headers=[*headers, (COMPRESSION_HEADER.encode(), self.compression.encode())],
             write_options=streaming.write_options(self.compression),
         )
 
@@ -267,10 +268,12 @@ def translated_errors() -> Iterator[None]:
     """Raise a server's error as the exception it described."""
     try:
         yield
-    except FlightlabError:
-        raise  # already flightlab's (a Flight error class too), raised on this side
     except flight.FlightError as exc:
+        if isinstance(exc, FlightlabError):
+            raise  # already in its Flight form
         raise exception_for_flight_error(exc) from exc
+    except FlightlabError as exc:  # raised on this side (the upload's entity rows, say)
+        raise as_flight_error(exc) from exc
 
 
 def _connection_failure(exc: flight.FlightError) -> str:
@@ -289,7 +292,7 @@ def exception_for_flight_error(exc: flight.FlightError) -> Exception:
         return exception_from_detail(detail)
     if isinstance(exc, flight.FlightUnavailableError):
         # A busy server says so in a detail; without one, nothing answered.
-        return ConnectionFailedError(_connection_failure(exc))
+        return flight_class(ConnectionFailedError)(_connection_failure(exc))
     if isinstance(exc, (flight.FlightTimedOutError, flight.FlightCancelledError)):
         return exc
-    return RemoteServerError(str(exc))
+    return flight_class(RemoteServerError)(str(exc))

@@ -38,7 +38,7 @@ _LAZY = {
     "EngineMode": "flightlab.engine.settings",
     "EngineSettings": "flightlab.engine.settings",
     "EngineUsage": "flightlab.engine.usage",
-    "OnDemandFeatureError": "flightlab.engine.on_demand",
+    "OnDemandFeatureError": "flightlab.errors",
 }
 
 __getattr__ = lazy_exports(__name__, _LAZY)

@@ -7,7 +7,7 @@ import pyarrow as pa
 from feast.errors import EntityTimestampInferenceException
 from feast.infra.offline_stores.offline_utils import DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL
 
-from flightlab.wire.errors import MalformedEntityDataError
+from flightlab.errors import MalformedEntityDataError
 
 ENTITY_TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
 

@@ -15,16 +15,10 @@ import itertools
 from collections.abc import Iterator
 
 import pyarrow as pa
-import pyarrow.flight as flight
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.types import from_feast_to_pyarrow_type
 
-from flightlab.wire.errors import FlightlabError, shortened
-
-
-class OnDemandFeatureError(FlightlabError, flight.FlightInternalError):
-    """An on-demand feature view's transformation failed on the retrieved rows:
-    the repo's code, not the request, is at fault (the server logs the trace)."""
+from flightlab.errors import OnDemandFeatureError, shortened
 
 
 def with_on_demand_features(

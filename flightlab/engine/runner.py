@@ -34,7 +34,7 @@ from flightlab.engine.settings import (
 )
 from flightlab.engine.sources import ParquetSource, parquet_source
 from flightlab.engine.usage import EngineUsage, UsageCounters
-from flightlab.wire.errors import MalformedEntityDataError, ResourceExhaustedError, shortened
+from flightlab.errors import MalformedEntityDataError, ResourceExhaustedError, shortened
 
 # Rows DuckDB hands over per batch; the server cuts them to its own bounds.
 _READ_BATCH_ROWS = 65_536

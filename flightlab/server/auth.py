@@ -5,7 +5,7 @@ servers do: ``no_auth`` lets everyone in anonymously; ``oidc`` and
 ``kubernetes`` require a bearer token on every call, validated by Feast's own
 token parsers (JWKS signature and expiry for OIDC, a TokenReview for
 Kubernetes). What the caller may then do is decided by the registry's
-Permission objects, in :mod:`flightlab.server.dispatcher`.
+Permission objects, in :mod:`flightlab.dispatch.dispatcher`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,15 @@ from typing import Any
 
 import pyarrow.flight as flight
 
-from flightlab.wire.errors import AuthenticationFailedError, to_flight_error
+from flightlab.errors import AuthenticationFailedError
+from flightlab.server.ownership import owner_key
+from flightlab.wire.flight_errors import to_flight_error
+from flightlab.wire.headers import AUTHORIZATION_HEADER, BEARER_PREFIX
 
 logger = logging.getLogger(__name__)
 
-AUTHORIZATION_HEADER = "authorization"
-BEARER_PREFIX = "bearer "
+# The key under which every call's CallMiddleware is registered.
+CALL_MIDDLEWARE = "call"
 
 
 class AuthConfigError(ValueError):
@@ -133,6 +136,23 @@ class CallMiddlewareFactory(flight.ServerMiddlewareFactory):
         except AuthenticationFailedError as exc:
             raise to_flight_error(exc) from None
         return CallMiddleware(caller, headers)
+
+
+def _call_middleware(context: Any) -> CallMiddleware | None:
+    return context.get_middleware(CALL_MIDDLEWARE)
+
+
+def caller_of(context: Any) -> Caller:
+    """Who made the call ``context`` belongs to."""
+    middleware = _call_middleware(context)
+    return middleware.caller if middleware is not None else ANONYMOUS
+
+
+def owner_of(context: Any) -> str:
+    """Whose commands this call may see and run (see flightlab.server.ownership)."""
+    middleware = _call_middleware(context)
+    headers = middleware.headers if middleware is not None else {}
+    return owner_key(caller_of(context).name, headers, context.peer())
 
 
 def _expiry_reason(token: str) -> str | None:

@@ -1,45 +1,38 @@
 """The offline server's life cycle: :class:`OfflineServer` and its TLS settings.
 
 :class:`OfflineServer` is what users start (from Python, a notebook or the
-``flightlab serve_offline`` command). It owns the Feast store, the
-dispatcher, the staged commands, the worker pool and the counters; its
-:class:`~flightlab.server.service.FlightService` maps RPCs to requests and
-calls back here to run them, so every request is counted and logged once.
+``flightlab serve_offline`` command). It holds the parts and gives each what
+it uses: the Feast store and the engine to the dispatcher
+(:mod:`flightlab.dispatch`); the dispatcher, the worker pool, the caps, the
+drain gate and the record of counts to the
+:class:`~flightlab.server.calls.CallRunner`; the runner and the staged
+commands to the :class:`~flightlab.server.rpcs.FlightService`; the counts,
+readiness and drain to the operations side (:mod:`flightlab.operations`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Generator, Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
-from flightlab.engine.results import ResultStream
 from flightlab.engine.settings import EngineSettings
-from flightlab.server import memory
-from flightlab.server.auth import Caller, CallMiddlewareFactory
-from flightlab.server.guards import check_request
+from flightlab.operations.counts import RequestCounts
+from flightlab.operations.drain import DrainGate
+from flightlab.operations.health import HealthState
+from flightlab.operations.metrics import metrics_registry
+from flightlab.operations.options import ServiceOptions
+from flightlab.operations.ports import SidePorts
+from flightlab.server.auth import CALL_MIDDLEWARE, CallMiddlewareFactory
+from flightlab.server.calls import CallRunner
 from flightlab.server.limits import ServerLimits
-from flightlab.server.operations import Operations, ServiceOptions
-from flightlab.server.service import CALL_MIDDLEWARE, FlightService, caller_of, owner_of
+from flightlab.server.rpcs import FlightService
 from flightlab.server.staging import CommandStaging
-from flightlab.server.stats import ServerStats
-from flightlab.server.workers import ClosingIterator, WorkerPool
-from flightlab.wire import protocol as p
-from flightlab.wire import streaming
-from flightlab.wire.errors import (
-    INTERNAL,
-    ClientGoneError,
-    failure_status,
-    shortened,
-    to_flight_error,
-)
+from flightlab.server.workers import WorkerPool
+from flightlab.wire.actions import ACTION_HEALTHCHECK, ACTION_STATS
 
 logger = logging.getLogger("flightlab.server")
 
@@ -67,27 +60,6 @@ class ServerTls:
         )
 
 
-class _Call:
-    """What is known and logged about one RPC."""
-
-    def __init__(self, rpc: str, caller: Caller, api: str | None, owner: str | None = None):
-        self.rpc = rpc
-        self.caller = caller
-        self.owner = owner  # the key its staged commands belong to
-        self.api = api
-        self.command_id: str | None = None
-        self.rows_in = 0
-        self.rows_out = 0
-        self.bytes_out = 0
-        self.engine: str | None = None
-        self.executed = False
-        self.request: p.Request | None = None
-        # A result streamed after the RPC handler returned: counted and logged
-        # when its last batch has gone, not when the handler returns.
-        self.streaming = False
-        self.started = time.perf_counter()
-
-
 class OfflineServer:
     """Serves a Feast repo's offline store over Arrow Flight.
 
@@ -98,7 +70,9 @@ class OfflineServer:
     repo's ``auth`` config; ``tls`` serves over TLS (and mTLS with a client CA).
     ``engine`` says who answers retrievals (flightlab's DuckDB engine or the
     repo's Feast store) and with which resources; the default, ``auto``, uses
-    the engine wherever it gives the Feast store's own answers.
+    the engine wherever it gives the Feast store's own answers. ``service``
+    adds what running as a service needs: health and metrics ports, a drain
+    time, the location to advertise.
     """
 
     def __init__(
@@ -119,15 +93,15 @@ class OfflineServer:
             from feast import FeatureStore
 
             store = FeatureStore(repo_path=str(repo_path))
+        from flightlab.dispatch.dispatcher import OfflineDispatcher
+        from flightlab.engine.runner import Engine
         from flightlab.server.auth import authenticator_for
-        from flightlab.server.dispatcher import OfflineDispatcher
 
         self.store = store
         self.limits = limits or ServerLimits()
         self.tls = tls
+        self.service_options = service or ServiceOptions()
         self.authenticator = authenticator_for(store.config.auth_config)
-        from flightlab.engine.runner import Engine
-
         self.engine_settings = engine or EngineSettings()
         self.dispatcher = OfflineDispatcher(
             store,
@@ -135,13 +109,16 @@ class OfflineServer:
             engine=Engine(self.engine_settings),
         )
         self.staging = CommandStaging(self.limits.staged_ttl, self.limits.max_staged_bytes)
-        self.stats = ServerStats()
-        # Health, metrics, drain and the advertised location (server/operations.py).
-        self.ops = Operations(self, service)
+        self.counts = RequestCounts()
+        self.drain = DrainGate()
+        self.health = HealthState()
         self.host = host
         self._requested_port = port
         self._pool: WorkerPool | None = None
         self._service: FlightService | None = None
+        self._side_ports = SidePorts(
+            self.service_options, self.health, metrics_registry(self.counts, self._gauges)
+        )
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
 
@@ -152,9 +129,24 @@ class OfflineServer:
             raise RuntimeError("the server is already running")
         self._pool = WorkerPool(self.limits.workers, self.limits.queue_timeout)
         self._stopped.clear()
+        runner = CallRunner(
+            run_request=self.dispatcher.run,
+            pool=self._pool,
+            limits=self.limits,
+            counts=self.counts,
+            drain=self.drain,
+            drop_command=self.staging.drop,
+        )
         self._service = FlightService(
-            self,
             f"{self.scheme}://{self.host}:{self._requested_port}",
+            runner=runner,
+            staging=self.staging,
+            limits=self.limits,
+            server_actions={
+                ACTION_STATS: lambda: self.stats_json(for_caller=True),
+                ACTION_HEALTHCHECK: self.health_json,
+            },
+            advertise_location=self.service_options.advertise_location,
             middleware={CALL_MIDDLEWARE: CallMiddlewareFactory(self.authenticator)},
             **self._tls_arguments(),
         )
@@ -163,7 +155,14 @@ class OfflineServer:
         )
         self._thread.start()
         threading.Thread(target=self._sweep_expired, name="flightlab-sweeper", daemon=True).start()
-        self.ops.start(self.host)
+        self.health.set(ready=False, draining=False, stopped=False)
+        self._side_ports.start(self.host)
+        threading.Thread(
+            target=self.health.probe_until_ready,
+            args=(self.store, self._stopped),
+            name="flightlab-readiness",
+            daemon=True,
+        ).start()
         logger.info(
             "flightlab offline server serving project %s at %s (auth: %s)",
             self.store.project,
@@ -177,7 +176,8 @@ class OfflineServer:
         if service is None:
             return
         self._stopped.set()
-        self.ops.stop()
+        self.health.set(stopped=True)
+        self._side_ports.stop()
         service.shutdown()
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -185,10 +185,26 @@ class OfflineServer:
             self._pool.shutdown()
         logger.info("flightlab offline server stopped")
 
+    def begin_drain(self) -> None:
+        """Refuse new commands from now on, and say NOT_SERVING."""
+        self.drain.start_draining()
+        self.health.set(draining=True)
+
     def drain_and_stop(self, seconds: float | None = None) -> bool:
         """Refuse new commands, let running ones finish (at most ``seconds``,
         default ``drain_seconds``), then stop; True if nothing was cut short."""
-        idle = self.ops.drain_until_idle(seconds)
+        seconds = self.service_options.drain_seconds if seconds is None else seconds
+        self.begin_drain()
+        logger.info(
+            "draining: %d call(s) in flight, waiting up to %gs", self.drain.in_flight, seconds
+        )
+        idle = self.drain.wait_idle(seconds)
+        if not idle:
+            logger.warning(
+                "drain time over with %d call(s) still in flight: cutting them",
+                self.drain.in_flight,
+            )
+            self.drain.cut()
         self.stop()
         return idle
 
@@ -222,6 +238,16 @@ class OfflineServer:
         host = "localhost" if self.host in ("0.0.0.0", "::") else self.host
         return f"{self.scheme}://{host}:{self.port}"
 
+    @property
+    def health_port(self) -> int | None:
+        """The port of the gRPC health service, once started (None: not served)."""
+        return self._side_ports.health_port
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port of the Prometheus metrics, once started (None: not served)."""
+        return self._side_ports.metrics_port
+
     def _tls_arguments(self) -> dict[str, Any]:
         if self.tls is None:
             return {}
@@ -243,11 +269,29 @@ class OfflineServer:
             "staged_commands": len(staged),
             "staged_bytes": sum(s.nbytes for s in staged),
             "workers": self._pool.load() if self._pool else None,
-            **self.stats.snapshot().to_json(),
+            **self.counts.stats(),
         }
         if for_caller and self.authenticator.enforces_permissions:
             figures["last_error"] = None
         return figures
+
+    def health_json(self) -> dict[str, Any]:
+        """What the ``healthcheck`` action answers."""
+        return {**self.health.to_json(), "in_flight": self.drain.in_flight}
+
+    def _gauges(self) -> Mapping[str, tuple[str, float]]:
+        """What the metrics report at scrape time besides the counts."""
+        load = self._pool.load() if self._pool is not None else {}
+        return {
+            "flightlab_staged_commands": ("Commands staged, not run yet", len(self.staging)),
+            "flightlab_staged_bytes": ("Bytes staged by all clients", self.staging.staged_bytes),
+            "flightlab_workers": ("Size of the worker pool", load.get("workers", 0)),
+            "flightlab_workers_busy": ("Workers running a call", load.get("running", 0)),
+            "flightlab_worker_queue_depth": ("Requests queued for a worker", load.get("queued", 0)),
+            "flightlab_in_flight": ("RPCs and result streams in flight", self.drain.in_flight),
+            "flightlab_draining": ("1 while the server drains", int(self.drain.draining)),
+            "flightlab_ready": ("1 once the readiness probe passed", int(self.health.ready)),
+        }
 
     def _sweep_expired(self) -> None:
         # Frees the memory of abandoned commands even when no request comes.
@@ -256,130 +300,3 @@ class OfflineServer:
             expired = self.staging.expire()
             if expired:
                 logger.info("expired %d staged command(s) never run", expired)
-
-    # --- helpers for the Flight service ------------------------------------------
-
-    @contextmanager
-    def _handling(self, rpc: str, context, api: str | None = None) -> Iterator[_Call]:
-        call = _Call(rpc, caller_of(context), api, owner_of(context))
-        with self.ops.drain.active():
-            try:
-                self.ops.drain.admit(rpc)
-                yield call
-            except Exception as exc:
-                if not call.streaming:  # a streamed result records its own end
-                    self._record_failure(call, exc)
-                memory.release_soon()  # a refused upload may have been large
-                raise to_flight_error(exc) from None
-            self._record_success(call)
-            if not call.streaming:
-                _release_memory_after(call)
-
-    def _execute(self, call: _Call, request: p.Request, context) -> Any:
-        """Run a decoded request that returns no data on the worker pool."""
-        call.rows_in = request.rows_in()
-        call.request = request
-        check_request(request, self.limits)
-        assert self._pool is not None, "the server is not running"
-        user = call.caller.user
-        result = self._pool.run(lambda: self.dispatcher.run(request, user), context.is_cancelled)
-        call.executed = True
-        return result
-
-    def _stream(
-        self, call: _Call, request: p.Request, context
-    ) -> tuple[pa.Schema, Iterator[tuple[pa.RecordBatch, bytes | None]]]:
-        """Run a request that returns data: its schema, then (batch, metadata)
-        pairs within the server's bounds as the worker produces them. The call
-        is counted and logged once the last batch is out."""
-        call.rows_in = request.rows_in()
-        call.request = request
-        check_request(request, self.limits)
-        assert self._pool is not None, "the server is not running"
-        user = call.caller.user
-        limits = self.limits
-
-        def open_stream() -> tuple[ResultStream, Iterator[pa.RecordBatch]]:
-            result = self.dispatcher.run(request, user)
-            bounded = streaming.bounded_stream(
-                result.batches, limits.batch_rows, limits.max_batch_bytes
-            )
-            return result, ClosingIterator(bounded, result.close)
-
-        result, batches = self._pool.stream(open_stream, context.is_cancelled)
-        call.engine = result.engine
-        call.executed = call.streaming = True
-        pairs = streaming.stream_batches(
-            result.schema, batches, (result.total_rows, result.total_bytes), context.is_cancelled
-        )
-        # A result stream outlives its RPC handler: a drain waits for it too.
-        return result.schema, self.ops.drain.tracked(self._counted(call, pairs, batches))
-
-    def _counted(
-        self,
-        call: _Call,
-        pairs: Iterator[tuple[pa.RecordBatch, bytes | None]],
-        source: Generator,
-    ) -> Iterator[tuple[pa.RecordBatch, bytes | None]]:
-        try:
-            for batch, metadata in pairs:
-                call.rows_out += batch.num_rows
-                call.bytes_out += batch.nbytes
-                yield batch, metadata
-        except Exception as exc:
-            self._record_failure(call, exc)
-            raise to_flight_error(exc) from None
-        except GeneratorExit:  # the stream was dropped: its client is gone
-            self._record_failure(call, ClientGoneError("the client stopped reading"))
-            raise
-        finally:
-            source.close()  # frees the worker however the stream ended
-            _release_memory_after(call)
-        self._record_success(call, finished_stream=True)
-
-    def _record_success(self, call: _Call, finished_stream: bool = False) -> None:
-        if call.streaming and not finished_stream:
-            return  # counted when its last batch is out
-        seconds = time.perf_counter() - call.started
-        self.ops.observe(call)
-        if not call.executed:
-            logger.debug("%s %s command=%s %.3fs", call.rpc, call.api, call.command_id, seconds)
-            return
-        self.stats.record_success(
-            call.api or "?", call.rows_in, call.rows_out, call.bytes_out, call.engine
-        )
-        logger.info(
-            "%s command=%s user=%s engine=%s rows_in=%d rows_out=%d bytes_out=%d %.3fs",
-            call.api,
-            call.command_id,
-            call.caller.name or "-",
-            call.engine or "-",
-            call.rows_in,
-            call.rows_out,
-            call.bytes_out,
-            seconds,
-        )
-
-    def _record_failure(self, call: _Call, exc: Exception) -> None:
-        api = call.api or call.rpc
-        self.stats.record_error(api, exc)
-        self.ops.observe(call, exc)
-        if failure_status(exc) == INTERNAL:
-            logger.exception("%s command=%s failed", api, call.command_id)
-        else:
-            logger.warning(
-                "%s command=%s rejected: %s: %s",
-                api,
-                call.command_id,
-                type(exc).__name__,
-                shortened(str(exc)),
-            )
-        if call.command_id is not None:
-            # Whatever failed, the command will not run: keep no state for it.
-            self.staging.drop(call.command_id, call.owner)
-
-
-def _release_memory_after(call: _Call) -> None:
-    """Give a large call's memory back to the system (see server.memory)."""
-    if call.rows_in + call.rows_out > 100_000 or call.bytes_out > memory.LARGE_CALL_BYTES:
-        memory.release_soon()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 
-OWNER_HEADER = "x-flightlab-owner"
+from flightlab.wire.headers import OWNER_HEADER
 
 
 def owner_key(user_name: str | None, headers: dict[str, list[str]], peer: str) -> str:

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from flightlab.server.limits import DEFAULT_MAX_STAGED_BYTES, DEFAULT_STAGED_TTL
-from flightlab.wire.errors import (
+from flightlab.errors import (
     MalformedParameterError,
     ResourceExhaustedError,
     UnknownCommandError,
     quoted,
 )
+from flightlab.server.limits import DEFAULT_MAX_STAGED_BYTES, DEFAULT_STAGED_TTL
 
 # How many expired command ids are remembered, to say "expired" rather than
 # "unknown" when a late client asks for one.

@@ -16,7 +16,7 @@ from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flightlab.wire.errors import ClientGoneError, ServerBusyError
+from flightlab.errors import ClientGoneError, ServerBusyError
 
 T = TypeVar("T")
 
@@ -197,28 +197,3 @@ class WorkerPool:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-class ClosingIterator(Iterator[T]):
-    """``items``, then ``close()`` however the iteration ends: also when the
-    stream is closed before its first item was asked for (a client gone before
-    the head was handed over), where a generator's ``finally`` would never run
-    and a request's DuckDB database and read locks would wait for the garbage
-    collector."""
-
-    def __init__(self, items: Iterator[T], close: Callable[[], object]) -> None:
-        self._items = items
-        self._close = close
-        self._closed = False
-
-    def __next__(self) -> T:
-        try:
-            return next(self._items)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._close()

@@ -33,7 +33,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
-from flightlab.wire.errors import ServerBusyError
+from flightlab.errors import ParquetWriteError, ServerBusyError
 
 try:
     import fcntl
@@ -53,10 +53,6 @@ SWAP_LOCK_TIMEOUT = 60.0
 _SWAP_POLL_FIRST = 0.001
 _SWAP_POLL_MAX = 0.01
 _TEMP_SUFFIX = ".tmp.parquet"
-
-
-class ParquetWriteError(ValueError):
-    """Rows that cannot be appended to a parquet file (wrong columns)."""
 
 
 def lock_path(path: str | Path) -> Path:

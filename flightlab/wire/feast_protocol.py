@@ -24,8 +24,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from flightlab.wire import protocol as p
-from flightlab.wire.errors import MalformedParameterError, MissingParameterError, quoted
+from flightlab.errors import quoted
+from flightlab.wire import protocol
+from flightlab.wire.flight_errors import MalformedParameterError, MissingParameterError
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class FeastCommand:
 
     @property
     def returns_data(self) -> bool:
-        return p.api_type(self.api).returns_data
+        return protocol.api_type(self.api).returns_data
 
 
 def parse_descriptor(descriptor: Any) -> FeastCommand | None:
@@ -52,8 +53,8 @@ def parse_descriptor(descriptor: Any) -> FeastCommand | None:
         raise MalformedParameterError("the flight descriptor holds malformed JSON") from None
     if not isinstance(document, dict) or "api" not in document:
         raise MissingParameterError("the descriptor's JSON command names no 'api'")
-    p.api_type(document["api"])  # an unknown API fails here, by name
-    command_id = str(document.get("command_id") or p.new_command_id())
+    protocol.api_type(document["api"])  # an unknown API fails here, by name
+    command_id = str(document.get("command_id") or protocol.new_command_id())
     params = {k: v for k, v in document.items() if k not in ("command_id", "api")}
     return FeastCommand(command_id=command_id, api=document["api"], params=params)
 
@@ -75,21 +76,21 @@ def is_placeholder_table(table: pa.Table | None) -> bool:
     return len(values) <= 1 or "".join(v or "" for v in values) == _PLACEHOLDER_TEXT
 
 
-def to_request(command: FeastCommand, table: pa.Table | None) -> p.Request:
+def to_request(command: FeastCommand, table: pa.Table | None) -> protocol.Request:
     """The flightlab request a Feast command and its uploaded table describe."""
     table = None if is_placeholder_table(table) else table
     params = command.params
     api = command.api
     try:
-        if api == p.Persist.api:
+        if api == protocol.Persist.api:
             return _persist(params, table)
         return _DECODERS[api](params, table)
     except KeyError as exc:
         raise MissingParameterError(f"{api} needs the parameter {exc.args[0]!r}") from None
 
 
-def _historical(params: dict[str, Any], table: pa.Table | None) -> p.GetHistoricalFeatures:
-    return p.GetHistoricalFeatures(
+def _historical(params: dict[str, Any], table: pa.Table | None) -> protocol.GetHistoricalFeatures:
+    return protocol.GetHistoricalFeatures(
         features=_strings(params, "feature_refs"),
         entity_df=table,
         entity_df_sql=params.get("entity_df_sql") if table is None else None,
@@ -111,44 +112,46 @@ def _pull_fields(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _pull_latest(params: dict[str, Any], _table: pa.Table | None) -> p.Request:
+def _pull_latest(params: dict[str, Any], _table: pa.Table | None) -> protocol.Request:
     fields = _pull_fields(params)
     for name in ("start_date", "end_date"):
         if fields[name] is None:
             raise MissingParameterError(f"pull_latest_from_table_or_query needs {name!r}")
-    return p.PullLatestFromTableOrQuery(**fields)
+    return protocol.PullLatestFromTableOrQuery(**fields)
 
 
-def _pull_all(params: dict[str, Any], _table: pa.Table | None) -> p.Request:
-    return p.PullAllFromTableOrQuery(**_pull_fields(params))
+def _pull_all(params: dict[str, Any], _table: pa.Table | None) -> protocol.Request:
+    return protocol.PullAllFromTableOrQuery(**_pull_fields(params))
 
 
-def _offline_write_batch(params: dict[str, Any], table: pa.Table | None) -> p.Request:
+def _offline_write_batch(params: dict[str, Any], table: pa.Table | None) -> protocol.Request:
     names = _strings(params, "feature_view_names")
     if len(names) != 1:
         raise MalformedParameterError("offline_write_batch writes to exactly one feature view")
-    return p.OfflineWriteBatch(feature_view_name=names[0], table=_required_table(table, "table"))
+    return protocol.OfflineWriteBatch(
+        feature_view_name=names[0], table=_required_table(table, "table")
+    )
 
 
-def _write_logged_features(params: dict[str, Any], table: pa.Table | None) -> p.Request:
-    return p.WriteLoggedFeatures(
+def _write_logged_features(params: dict[str, Any], table: pa.Table | None) -> protocol.Request:
+    return protocol.WriteLoggedFeatures(
         feature_service_name=_string(params, "feature_service_name"),
         data=_required_table(table, "data"),
     )
 
 
-def _data_source_request(cls: type[p.Request]):
-    def decode(params: dict[str, Any], _table: pa.Table | None) -> p.Request:
+def _data_source_request(cls: type[protocol.Request]):
+    def decode(params: dict[str, Any], _table: pa.Table | None) -> protocol.Request:
         return cls(data_source=_data_source_bytes(_string(params, "data_source_proto")))
 
     return decode
 
 
-def _persist(params: dict[str, Any], table: pa.Table | None) -> p.Persist:
+def _persist(params: dict[str, Any], table: pa.Table | None) -> protocol.Persist:
     retrieval_api = _string(params, "retrieve_func")
-    if retrieval_api not in p.RETRIEVAL_TYPES:
+    if retrieval_api not in protocol.RETRIEVAL_TYPES:
         raise MalformedParameterError(f"persist cannot save the result of {quoted(retrieval_api)}")
-    if retrieval_api != p.GetHistoricalFeatures.api:
+    if retrieval_api != protocol.GetHistoricalFeatures.api:
         # Feast's client sends one 'data_source_name' that is both the pull's
         # source and the destination: saving would overwrite the source.
         raise MalformedParameterError(
@@ -156,7 +159,7 @@ def _persist(params: dict[str, Any], table: pa.Table | None) -> p.Persist:
             "'data_source_name' names both the source and the destination); "
             "use flightlab's client, which sends the destination separately"
         )
-    return p.Persist(
+    return protocol.Persist(
         retrieval=_historical(params, table),
         destination_name=_string(params, "data_source_name"),
         allow_overwrite=bool(params.get("allow_overwrite", False)),
@@ -164,13 +167,15 @@ def _persist(params: dict[str, Any], table: pa.Table | None) -> p.Persist:
 
 
 _DECODERS = {
-    p.GetHistoricalFeatures.api: _historical,
-    p.PullLatestFromTableOrQuery.api: _pull_latest,
-    p.PullAllFromTableOrQuery.api: _pull_all,
-    p.OfflineWriteBatch.api: _offline_write_batch,
-    p.WriteLoggedFeatures.api: _write_logged_features,
-    p.ValidateDataSource.api: _data_source_request(p.ValidateDataSource),
-    p.GetTableColumnNamesAndTypes.api: _data_source_request(p.GetTableColumnNamesAndTypes),
+    protocol.GetHistoricalFeatures.api: _historical,
+    protocol.PullLatestFromTableOrQuery.api: _pull_latest,
+    protocol.PullAllFromTableOrQuery.api: _pull_all,
+    protocol.OfflineWriteBatch.api: _offline_write_batch,
+    protocol.WriteLoggedFeatures.api: _write_logged_features,
+    protocol.ValidateDataSource.api: _data_source_request(protocol.ValidateDataSource),
+    protocol.GetTableColumnNamesAndTypes.api: _data_source_request(
+        protocol.GetTableColumnNamesAndTypes
+    ),
 }
 
 

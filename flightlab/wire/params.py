@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from flightlab.wire.errors import MalformedParameterError
+from flightlab.wire.flight_errors import MalformedParameterError
 
 # Timestamps travel as microseconds in UTC: the precision Feast's SQL-backed
 # stores keep, and a naive datetime is read as UTC, as Feast does.

@@ -26,13 +26,16 @@ from typing import ClassVar, Union
 
 import pyarrow as pa
 
-from flightlab.wire.errors import (
+from flightlab.errors import quoted
+
+# What the wire raises is raised in its Flight form (flightlab.wire.flight_errors):
+# a client building a bad request gets the error a server would send.
+from flightlab.wire.flight_errors import (
     MalformedParameterError,
     MissingParameterError,
     UnknownApiError,
     UnknownCommandError,
     UnknownParameterError,
-    quoted,
 )
 from flightlab.wire.params import Kind, decode_text, decode_value, encode_value, param
 
@@ -41,10 +44,6 @@ META_COMMAND = b"command"
 META_API = b"api"
 META_PARAM = b"param"
 PROTOCOL_METADATA_KEYS = (META_COMMAND, META_API, META_PARAM)
-
-# Actions that are not offline-store APIs.
-ACTION_DROP = "drop_command"
-ACTION_STATS = "stats"
 
 
 @dataclass(frozen=True)

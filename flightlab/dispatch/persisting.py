@@ -18,13 +18,13 @@ from feast.errors import FeastPermissionError
 from feast.infra.offline_stores.file_source import FileSource, SavedDatasetFileStorage
 from feast.saved_dataset import SavedDatasetStorage
 
-from flightlab.server.backends import saved_dataset_storage
-from flightlab.server.feast_objects import storage_from_bytes, storage_proto
-from flightlab.wire import protocol as p
+from flightlab.dispatch.backends import saved_dataset_storage
+from flightlab.dispatch.feast_objects import storage_from_bytes, storage_proto
+from flightlab.wire import protocol
 
 
 def persist_destination(
-    store: FeatureStore, request: p.Persist, enforce_permissions: bool
+    store: FeatureStore, request: protocol.Persist, enforce_permissions: bool
 ) -> tuple[DataSource | None, SavedDatasetStorage]:
     """The registered source a persist writes to (None when unchecked) and its storage."""
     if request.destination_name is not None:

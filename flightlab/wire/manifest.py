@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 
 import pyarrow as pa
 
-from flightlab.wire.errors import MalformedParameterError, UnknownCommandError
+from flightlab.wire.flight_errors import MalformedParameterError, UnknownCommandError
 
 META_PARAMS = b"params"
 

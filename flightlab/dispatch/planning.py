@@ -26,7 +26,7 @@ from feast.protos.feast.core.FeatureViewProjection_pb2 import (
 )
 from google.protobuf.message import DecodeError
 
-from flightlab.wire.errors import MalformedParameterError
+from flightlab.errors import MalformedParameterError
 
 
 @dataclass(frozen=True)

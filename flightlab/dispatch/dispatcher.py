@@ -31,17 +31,17 @@ from feast.permissions.action import AuthzedAction
 from feast.permissions.enforcer import enforce_policy
 from feast.permissions.user import User
 
+from flightlab.dispatch.backends import StoreBackend
+from flightlab.dispatch.checks import check_entity_query_supported, named_feature_errors
+from flightlab.dispatch.feast_objects import data_source_from_bytes, entity_frame, storage_proto
+from flightlab.dispatch.persisting import persist_destination, sources_besides_destination
+from flightlab.dispatch.planning import HistoricalPlan, check_request_data, plan_historical
+from flightlab.dispatch.writes import ParquetWrites
 from flightlab.engine.results import ResultStream
 from flightlab.engine.runner import Engine
 from flightlab.engine.settings import EngineMode, EngineSettings
-from flightlab.server.backends import StoreBackend
-from flightlab.server.feast_objects import data_source_from_bytes, entity_frame, storage_proto
-from flightlab.server.guards import check_entity_query_supported, named_feature_errors
-from flightlab.server.persisting import persist_destination, sources_besides_destination
-from flightlab.server.planning import HistoricalPlan, check_request_data, plan_historical
-from flightlab.server.writes import ParquetWrites
-from flightlab.wire import protocol as p
-from flightlab.wire.errors import MalformedParameterError
+from flightlab.errors import MalformedParameterError
+from flightlab.wire import protocol
 
 logger = logging.getLogger(__name__)
 
@@ -76,15 +76,15 @@ class OfflineDispatcher:
         self._backend = StoreBackend(store.config.offline_store)
         # Parquet files are written by flightlab itself, locked and atomically.
         self._parquet = ParquetWrites(self.offline_store, store.config.repo_path)
-        self._handlers: dict[type[p.Request], Callable[[Any, Any], Any]] = {
-            p.GetTableColumnNamesAndTypes: self._column_names_and_types,
-            p.OfflineWriteBatch: self._offline_write_batch,
-            p.WriteLoggedFeatures: self._write_logged_features,
-            p.Persist: self._persist,
-            p.ValidateDataSource: self._validate_data_source,
+        self._handlers: dict[type[protocol.Request], Callable[[Any, Any], Any]] = {
+            protocol.GetTableColumnNamesAndTypes: self._column_names_and_types,
+            protocol.OfflineWriteBatch: self._offline_write_batch,
+            protocol.WriteLoggedFeatures: self._write_logged_features,
+            protocol.Persist: self._persist,
+            protocol.ValidateDataSource: self._validate_data_source,
         }
 
-    def run(self, request: p.Request, user: Any = None) -> ResultStream | dict[str, Any]:
+    def run(self, request: protocol.Request, user: Any = None) -> ResultStream | dict[str, Any]:
         """Run ``request`` for ``user`` (a Feast ``User``; None without auth).
 
         A request that returns data gets a :class:`ResultStream`; the others a
@@ -94,7 +94,7 @@ class OfflineDispatcher:
             # Objects applied after the server started must be found: reload
             # the registry (a small read) before resolving any name.
             self._refresh_registry()
-            if isinstance(request, p.RETRIEVAL_REQUESTS):
+            if isinstance(request, protocol.RETRIEVAL_REQUESTS):
                 return self._retrieve(request, user)
             # A request that reads holds off renames of the sources meanwhile
             # (a persist locks the ones it reads itself: not its destination).
@@ -108,13 +108,13 @@ class OfflineDispatcher:
 
     # --- retrievals ----------------------------------------------------------
 
-    def _retrieve(self, request: p.RetrievalRequest, user: Any) -> ResultStream:
+    def _retrieve(self, request: protocol.RetrievalRequest, user: Any) -> ResultStream:
         """flightlab's engine answers where it can; Feast's store elsewhere.
 
         Either way the sources' renames are held off until the result is read:
         to its last batch, for a result the engine streams.
         """
-        if isinstance(request, p.GetHistoricalFeatures):
+        if isinstance(request, protocol.GetHistoricalFeatures):
             plan = self._historical_plan(request, user)
             answer_with_engine = lambda: self._engine_historical(request, plan)  # noqa: E731
             feast_job = lambda: self._historical_job(request, plan)  # noqa: E731
@@ -133,17 +133,19 @@ class OfflineDispatcher:
             return stream
 
     def _retrieval_job(
-        self, request: p.RetrievalRequest, user: Any
+        self, request: protocol.RetrievalRequest, user: Any
     ) -> tuple[RetrievalJob, list[DataSource]]:
         """Feast's job for ``request`` (what ``persist`` saves), and the sources it reads."""
-        if isinstance(request, p.GetHistoricalFeatures):
+        if isinstance(request, protocol.GetHistoricalFeatures):
             plan = self._historical_plan(request, user)
             sources = [view.batch_source for view in plan.feature_views]
             return self._historical_job(request, plan), sources
         source = self._readable_source(request, user)
         return self._pull_job(request, source), [source]
 
-    def _historical_plan(self, request: p.GetHistoricalFeatures, user: Any) -> HistoricalPlan:
+    def _historical_plan(
+        self, request: protocol.GetHistoricalFeatures, user: Any
+    ) -> HistoricalPlan:
         if self.enforce_permissions and request.entity_df_sql is not None:
             # The store would run the client's SQL with the server's
             # credentials, past every feature-view permission.
@@ -161,7 +163,7 @@ class OfflineDispatcher:
         return plan
 
     def _engine_historical(
-        self, request: p.GetHistoricalFeatures, plan: HistoricalPlan
+        self, request: protocol.GetHistoricalFeatures, plan: HistoricalPlan
     ) -> ResultStream | None:
         if request.entity_df is None:
             return None  # SQL entity rows and date ranges are the store's to answer
@@ -175,7 +177,7 @@ class OfflineDispatcher:
         )
 
     def _historical_job(
-        self, request: p.GetHistoricalFeatures, plan: HistoricalPlan
+        self, request: protocol.GetHistoricalFeatures, plan: HistoricalPlan
     ) -> RetrievalJob:
         # What FeatureStore.get_historical_features does around the store call.
         check_entity_query_supported(self.offline_store, request)
@@ -200,7 +202,9 @@ class OfflineDispatcher:
             **dates,
         )
 
-    def _engine_pull(self, request: p.PullRequest, source: DataSource) -> ResultStream | None:
+    def _engine_pull(
+        self, request: protocol.PullRequest, source: DataSource
+    ) -> ResultStream | None:
         return self.engine.pull(
             self.store.config,
             source,
@@ -210,13 +214,13 @@ class OfflineDispatcher:
             request.created_timestamp_column,
             request.start_date,
             request.end_date,
-            latest=isinstance(request, p.PullLatestFromTableOrQuery),
+            latest=isinstance(request, protocol.PullLatestFromTableOrQuery),
         )
 
-    def _pull_job(self, request: p.PullRequest, source: DataSource) -> RetrievalJob:
+    def _pull_job(self, request: protocol.PullRequest, source: DataSource) -> RetrievalJob:
         pull = (
             self.offline_store.pull_latest_from_table_or_query
-            if isinstance(request, p.PullLatestFromTableOrQuery)
+            if isinstance(request, protocol.PullLatestFromTableOrQuery)
             else self.offline_store.pull_all_from_table_or_query
         )
         return pull(
@@ -231,7 +235,7 @@ class OfflineDispatcher:
         )
 
     def _column_names_and_types(
-        self, request: p.GetTableColumnNamesAndTypes, user: Any
+        self, request: protocol.GetTableColumnNamesAndTypes, user: Any
     ) -> pa.Table:
         source = data_source_from_bytes(request.data_source)
         self._authorize(user, source, AuthzedAction.READ_OFFLINE)
@@ -245,7 +249,9 @@ class OfflineDispatcher:
 
     # --- writes ----------------------------------------------------------------
 
-    def _offline_write_batch(self, request: p.OfflineWriteBatch, user: Any) -> dict[str, Any]:
+    def _offline_write_batch(
+        self, request: protocol.OfflineWriteBatch, user: Any
+    ) -> dict[str, Any]:
         feature_view = self._writable_feature_view(request.feature_view_name)
         self._authorize(user, feature_view, AuthzedAction.WRITE_OFFLINE)
         if self._parquet.handles_source(feature_view.batch_source):
@@ -266,7 +272,9 @@ class OfflineDispatcher:
             except FeastError:
                 raise FeatureViewNotFoundException(name, self.store.project) from None
 
-    def _write_logged_features(self, request: p.WriteLoggedFeatures, user: Any) -> dict[str, Any]:
+    def _write_logged_features(
+        self, request: protocol.WriteLoggedFeatures, user: Any
+    ) -> dict[str, Any]:
         service = self.store.get_feature_service(request.feature_service_name)
         self._authorize(user, service, AuthzedAction.WRITE_OFFLINE)
         if service.logging_config is None:
@@ -286,7 +294,7 @@ class OfflineDispatcher:
         )
         return {"rows_written": request.data.num_rows}
 
-    def _persist(self, request: p.Persist, user: Any) -> dict[str, Any]:
+    def _persist(self, request: protocol.Persist, user: Any) -> dict[str, Any]:
         destination, storage = persist_destination(self.store, request, self.enforce_permissions)
         self._authorize(user, destination, AuthzedAction.WRITE_OFFLINE)
         job, sources = self._retrieval_job(request.retrieval, user)
@@ -299,7 +307,9 @@ class OfflineDispatcher:
                 job.persist(storage, allow_overwrite=request.allow_overwrite)
         return {"persisted_to": str(storage.to_proto()).strip()}
 
-    def _validate_data_source(self, request: p.ValidateDataSource, user: Any) -> dict[str, Any]:
+    def _validate_data_source(
+        self, request: protocol.ValidateDataSource, user: Any
+    ) -> dict[str, Any]:
         source = data_source_from_bytes(request.data_source)
         self._authorize(user, source, AuthzedAction.READ_OFFLINE)
         self.offline_store.validate_data_source(self.store.config, source)
@@ -318,7 +328,7 @@ class OfflineDispatcher:
             actions=[action],
         )
 
-    def _readable_source(self, request: p.PullRequest, user: Any) -> DataSource:
+    def _readable_source(self, request: protocol.PullRequest, user: Any) -> DataSource:
         try:
             source = self.store.get_data_source(request.data_source_name)
         except DataSourceObjectNotFoundException as not_registered:

@@ -14,8 +14,8 @@ from feast.protos.feast.core.SavedDataset_pb2 import (
 from feast.saved_dataset import SavedDatasetStorage
 from google.protobuf.message import DecodeError
 
-from flightlab.server.backends import saved_dataset_storage
-from flightlab.wire.errors import MalformedEntityDataError, MalformedParameterError
+from flightlab.dispatch.backends import saved_dataset_storage
+from flightlab.errors import MalformedEntityDataError, MalformedParameterError
 
 
 def entity_frame(table: pa.Table) -> pd.DataFrame:

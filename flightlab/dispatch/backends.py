@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from flightlab.wire.errors import (
+from flightlab.errors import (
     OfflineStoreCredentialsError,
     OfflineStoreQueryError,
     OfflineStoreUnavailableError,

@@ -14,21 +14,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
 
-from flightlab.wire.errors import ServerBusyError
-
-T = TypeVar("T")
+from flightlab.errors import ServerDrainingError
 
 # The RPCs that begin a new command; refused while draining.
 NEW_WORK_RPCS = frozenset({"do_put", "do_exchange"})
-
-
-class ServerDrainingError(ServerBusyError):
-    """The server is shutting down and takes no new commands: retry on another
-    replica (an "unavailable" error, as a busy server's)."""
 
 
 class DrainGate:
@@ -66,13 +58,18 @@ class DrainGate:
         finally:
             self._leave()
 
-    def tracked(self, stream: Iterator[T]) -> Iterator[T]:
-        """``stream``, counted as in flight from now until it ends or is dropped.
+    def hold(self) -> Callable[[], None]:
+        """Count one more call in flight until the returned release is called
+        (once; later calls do nothing). A result stream outlives its RPC
+        handler (Flight reads it afterwards), so it holds the gate by itself."""
+        self._enter()
+        once = threading.Lock()
 
-        A result stream outlives its ``do_get`` handler (Flight reads it
-        afterwards), so it is counted by itself, from before the handler returns.
-        """
-        return _TrackedStream(self, stream)
+        def release() -> None:
+            if once.acquire(blocking=False):
+                self._leave()
+
+        return release
 
     def start_draining(self) -> None:
         self._draining = True
@@ -92,9 +89,10 @@ class DrainGate:
         """The drain time is over: result streams still open end at their next batch."""
         self._cut = True
 
-    @property
-    def is_cut(self) -> bool:
-        return self._cut
+    def check_not_cut(self) -> None:
+        """Raise :class:`ServerDrainingError` once the drain time is over."""
+        if self._cut:
+            raise ServerDrainingError("the server shut down before this result was sent")
 
     def _enter(self) -> None:
         with self._lock:
@@ -104,44 +102,3 @@ class DrainGate:
         with self._lock:
             self._in_flight -= 1
             self._lock.notify_all()
-
-
-class _TrackedStream:
-    """An iterator that holds its gate's in-flight count until it is done.
-
-    A class, not a generator: a generator's ``finally`` never runs when it is
-    dropped before its first item, and the count would leak.
-    """
-
-    def __init__(self, gate: DrainGate, stream: Iterator[T]):
-        self._gate = gate
-        self._stream = stream
-        self._open = True
-        gate._enter()
-
-    def __iter__(self) -> _TrackedStream:
-        return self
-
-    def __next__(self) -> T:
-        if self._gate.is_cut:
-            self._release()
-            raise ServerDrainingError("the server shut down before this result was sent")
-        try:
-            return next(self._stream)
-        except BaseException:
-            self._release()
-            raise
-
-    def close(self) -> None:
-        close = getattr(self._stream, "close", None)
-        if close is not None:
-            close()
-        self._release()
-
-    def _release(self) -> None:
-        if self._open:
-            self._open = False
-            self._gate._leave()
-
-    def __del__(self) -> None:
-        self._release()

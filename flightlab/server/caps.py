@@ -1,4 +1,4 @@
-"""Checks of a request against the server's caps and its store's abilities.
+"""Checks of a request against the server's caps.
 
 The caps bound what one request may make the server hold: a parameter other
 than a table (a string, a list of feature references, a serialized proto) at
@@ -10,19 +10,13 @@ its command-line option, before any Feast work starts.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
 
+from flightlab.errors import ResourceExhaustedError
 from flightlab.server.limits import ServerLimits
-from flightlab.wire import protocol as p
-from flightlab.wire.errors import (
-    ResourceExhaustedError,
-    UnknownFeatureError,
-    UnsupportedQueryError,
-)
+from flightlab.wire import protocol
 from flightlab.wire.params import Kind
 
 ENTITY_PARAM = "entity_df"
@@ -36,9 +30,9 @@ def check_staged_parameter(api: str, param: str, table: pa.Table, limits: Server
         _refuse_param(param, table.nbytes, limits)
 
 
-def check_request(request: p.Request, limits: ServerLimits) -> None:
+def check_request(request: protocol.Request, limits: ServerLimits) -> None:
     """Refuse a decoded request over a cap (whichever protocol it came by)."""
-    if isinstance(request, p.Persist):
+    if isinstance(request, protocol.Persist):
         check_request(request.retrieval, limits)
     entity_df = getattr(request, ENTITY_PARAM, None)
     if isinstance(entity_df, pa.Table):
@@ -50,35 +44,6 @@ def check_request(request: p.Request, limits: ServerLimits) -> None:
         size = _value_bytes(getattr(request, field.name))
         if size > limits.max_param_bytes:
             _refuse_param(field.name, size, limits)
-
-
-def check_entity_query_supported(offline_store: Any, request: p.Request) -> None:
-    """Name the refusal of ``entity_df_sql`` on a store that cannot run it
-    (Feast's file and duckdb stores fail on it with an AttributeError or a
-    ValueError about DataFrames)."""
-    if not isinstance(request, p.GetHistoricalFeatures) or request.entity_df_sql is None:
-        return
-    from feast.infra.offline_stores.dask import DaskOfflineStore
-    from feast.infra.offline_stores.duckdb import DuckDBOfflineStore
-
-    if isinstance(offline_store, (DaskOfflineStore, DuckDBOfflineStore)):
-        raise UnsupportedQueryError(
-            f"entity_df_sql is not supported by this server's offline store "
-            f"({type(offline_store).__name__}): send the entity rows as the table 'entity_df'"
-        )
-
-
-@contextmanager
-def named_feature_errors() -> Iterator[None]:
-    """Turn Feast's bare KeyError for an unknown feature of a known view into
-    :class:`UnknownFeatureError`, a KeyError with the same text."""
-    try:
-        yield
-    except KeyError as exc:
-        text = exc.args[0] if len(exc.args) == 1 else None
-        if isinstance(text, str) and text.startswith("Feature ") and " not found in " in text:
-            raise UnknownFeatureError(text) from None
-        raise
 
 
 def _check_entity_rows(rows: int, limits: ServerLimits) -> None:
@@ -99,11 +64,11 @@ def _refuse_param(name: str, size: int, limits: ServerLimits) -> None:
 
 def _is_table_param(api: str, param: str) -> bool:
     try:
-        request_type = p.api_type(api)
+        request_type = protocol.api_type(api)
     except Exception:
         return False  # an unknown API is refused by the decoder, with its own error
     kinds = {f.name: f.metadata.get("kind") for f in dataclasses.fields(request_type)}
-    if request_type is p.Persist:
+    if request_type is protocol.Persist:
         return param in ("entity_df",)
     return kinds.get(param) is Kind.TABLE
 

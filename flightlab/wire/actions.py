@@ -1,0 +1,29 @@
+"""The Flight actions a flightlab server offers, and what ``list_actions`` says of them.
+
+Besides the offline-store APIs that return no data (run with
+``do_action(api, body=command id)``), three actions are the server's own.
+"""
+
+from __future__ import annotations
+
+# Drop a staged command without running it (body: the command id).
+ACTION_DROP = "drop_command"
+# The server's counters, as JSON.
+ACTION_STATS = "stats"
+# Readiness, as JSON (what the gRPC health service answers too).
+ACTION_HEALTHCHECK = "healthcheck"
+
+DESCRIPTIONS = {
+    "offline_write_batch": "Run a staged offline_write_batch: append the staged "
+    "'table' to the batch source of feature view 'feature_view_name'.",
+    "write_logged_features": "Run a staged write_logged_features: write the staged "
+    "'data' to the logging destination of feature service 'feature_service_name'.",
+    "persist": "Run a staged persist: execute the staged retrieval and save its "
+    "result to the staged 'storage' or 'destination_name'.",
+    "validate_data_source": "Run a staged validate_data_source: check that the "
+    "staged 'data_source' exists and can be read by the offline store.",
+    ACTION_DROP: "Drop a staged command without running it (body: the command id).",
+    ACTION_STATS: "Report staged commands, requests served per API and errors, as JSON.",
+    ACTION_HEALTHCHECK: "Report readiness as JSON: status SERVING once the registry loaded "
+    "and the offline store answered, NOT_SERVING before that and while draining.",
+}

@@ -1,0 +1,16 @@
+"""The call headers flightlab's client and server exchange, besides Flight's own.
+
+gRPC sends header names in lower case; the server compares them so.
+"""
+
+from __future__ import annotations
+
+# Who owns the commands this call stages (see flightlab.server.ownership): a
+# secret flightlab's client makes per connection and sends on every call.
+OWNER_HEADER = "x-flightlab-owner"
+# A client's request for compressed results, and the codecs it may name.
+COMPRESSION_HEADER = "x-flightlab-compression"
+COMPRESSIONS = ("zstd", "lz4")
+# The caller's credentials: "Bearer <token>", as Feast's clients send them.
+AUTHORIZATION_HEADER = "authorization"
+BEARER_PREFIX = "bearer "
