@@ -48,13 +48,13 @@ from feast import FeatureStore  # noqa: E402
 from procs import Server  # noqa: E402
 
 from flightlab import mnist  # noqa: E402
-from flightlab.backend_repos import (  # noqa: E402
+from flightlab.mnist.postgres_repo import _FILE_SOURCES, DEFINITIONS_FILE  # noqa: E402
+from flightlab.notebook.plots import time_calls  # noqa: E402
+from flightlab.testing.backend_repos import (  # noqa: E402
     FILE_REGISTRY_YAML,
     SPARK_STORE_YAML,
     repo_yaml,
 )
-from flightlab.mnist.postgres_repo import _FILE_SOURCES, DEFINITIONS_FILE  # noqa: E402
-from flightlab.notebook.plots import time_calls  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out" / "mnist_backends"

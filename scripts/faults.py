@@ -33,7 +33,7 @@ from fault_scenarios import (  # noqa: E402
     soak,
 )
 
-from flightlab.sample_repo import create_sample_repo  # noqa: E402
+from flightlab.testing.sample_repo import create_sample_repo  # noqa: E402
 
 FULL = {
     "kill": {"source_rows": 3_000_000, "trials": 10, "rows_per_write": 2000},

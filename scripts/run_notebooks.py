@@ -211,7 +211,7 @@ def run(output: Path, ci: bool, store: str = "duckdb") -> None:
         run_profile(output, ci, {}, {})
         return
     from flightlab.mnist.postgres_repo import create_postgres_feature_repo
-    from flightlab.postgres import start_postgres
+    from flightlab.testing.postgres import start_postgres
 
     log("starting a throwaway PostgreSQL (scripts/postgres.sh)")
     server = start_postgres()

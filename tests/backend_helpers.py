@@ -18,9 +18,9 @@ from offline_helpers import (
     pull,
 )
 
-from flightlab.backend_repos import client_yaml
-from flightlab.sample_repo import DAYS, START, entity_frame
 from flightlab.server import OfflineServer
+from flightlab.testing.backend_repos import client_yaml
+from flightlab.testing.sample_repo import DAYS, START, entity_frame
 
 # flightlab's client plug-in, and Feast's stock remote client.
 CLIENT_TYPES = {"flightlab": "flightlab.client.RemoteOfflineStore", "feast": "remote"}

@@ -42,8 +42,8 @@ from flightlab.errors import (
     ResourceExhaustedError,
     UnknownFeatureError,
 )
-from flightlab.sample_repo import CUSTOMER_IDS, DAYS, DRIVER_IDS, START, entity_frame
 from flightlab.storage import parquet_writes
+from flightlab.testing.sample_repo import CUSTOMER_IDS, DAYS, DRIVER_IDS, START, entity_frame
 from flightlab.wire import protocol
 from flightlab.wire.actions import ACTION_DROP
 from flightlab.wire.headers import OWNER_HEADER
@@ -443,7 +443,7 @@ _DYING_CLIENT = r"""
 import sys, time
 import pyarrow as pa, pyarrow.flight as flight
 from flightlab.client.transport import OfflineFlightClient
-from flightlab.sample_repo import entity_frame
+from flightlab.testing.sample_repo import entity_frame
 from flightlab.wire import protocol
 
 location, how, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -42,7 +42,6 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source i
 from offline_helpers import ENTITY_KEYS, FEATURES, arrow, logged_rows, offline_store_of
 from service_helpers import healthcheck_action
 
-from flightlab.backend_repos import FILE_REGISTRY_YAML, create_postgres_repo
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.dispatch.backends import StoreBackend
 from flightlab.errors import (
@@ -50,9 +49,10 @@ from flightlab.errors import (
     OfflineStoreQueryError,
     OfflineStoreUnavailableError,
 )
-from flightlab.postgres import PostgresServer, load_table, start_postgres
-from flightlab.sample_repo import driver_stats_frame, entity_frame
 from flightlab.server import OfflineServer
+from flightlab.testing.backend_repos import FILE_REGISTRY_YAML, create_postgres_repo
+from flightlab.testing.postgres import PostgresServer, load_table, start_postgres
+from flightlab.testing.sample_repo import driver_stats_frame, entity_frame
 
 CLIENTS = ["flightlab", "feast"]
 

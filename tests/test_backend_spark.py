@@ -46,11 +46,11 @@ from offline_helpers import (
     pull,
 )
 
-from flightlab.backend_repos import FILE_REGISTRY_YAML, create_spark_repo
-from flightlab.postgres import SCRIPT as POSTGRES_SCRIPT
-from flightlab.sample_repo import entity_frame
 from flightlab.server import OfflineServer
 from flightlab.server.limits import ServerLimits
+from flightlab.testing.backend_repos import FILE_REGISTRY_YAML, create_spark_repo
+from flightlab.testing.postgres import SCRIPT as POSTGRES_SCRIPT
+from flightlab.testing.sample_repo import entity_frame
 
 CLIENTS = ["flightlab", "feast"]
 DRIVER_FEATURES = ["driver_stats:conv_rate", "driver_stats:acc_rate"]

@@ -35,7 +35,7 @@ from offline_helpers import (
 from flightlab.cli import _engine_settings, build_parser
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.engine.settings import EngineMode, EngineSettings
-from flightlab.sample_repo import entity_frame
+from flightlab.testing.sample_repo import entity_frame
 from flightlab.wire import protocol
 from flightlab.wire.headers import OWNER_HEADER
 

@@ -19,7 +19,7 @@ import pytest
 from feast import FeatureStore
 from offline_helpers import ENTITY_KEYS, FEATURES, assert_same_rows, server_stats
 
-from flightlab.sample_repo import client_repo_yaml, entity_frame
+from flightlab.testing.sample_repo import client_repo_yaml, entity_frame
 
 VALIDATE = "validate_data_source"
 COLUMNS = "get_table_column_names_and_types_from_data_source"

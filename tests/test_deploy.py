@@ -39,7 +39,7 @@ from flightlab.cli import build_parser
 from flightlab.cli_env import FEATURE_STORE_YAML_ENV, options_with_env
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.feast_entry import flightlab_argv
-from flightlab.sample_repo import entity_frame
+from flightlab.testing.sample_repo import entity_frame
 from flightlab.wire import protocol
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"

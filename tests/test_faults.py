@@ -49,9 +49,9 @@ from flightlab.client.transport import (
     exception_for_flight_error,
 )
 from flightlab.errors import MAX_MESSAGE_CHARS
-from flightlab.sample_repo import create_sample_repo, entity_frame
 from flightlab.server import OfflineServer
 from flightlab.server.limits import ServerLimits
+from flightlab.testing.sample_repo import create_sample_repo, entity_frame
 from flightlab.wire import protocol
 from flightlab.wire.actions import ACTION_DROP
 from flightlab.wire.flight_errors import (

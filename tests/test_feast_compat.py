@@ -55,7 +55,8 @@ from offline_helpers import (
 )
 
 from flightlab.errors import MalformedParameterError, UnknownApiError, UnsupportedQueryError
-from flightlab.sample_repo import (
+from flightlab.server import OfflineServer
+from flightlab.testing.sample_repo import (
     DAYS,
     DRIVER_IDS,
     START,
@@ -63,7 +64,6 @@ from flightlab.sample_repo import (
     create_sample_repo,
     entity_frame,
 )
-from flightlab.server import OfflineServer
 from flightlab.wire.feast_protocol import is_placeholder_table
 
 PROJECT = "flightlab_sample"

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from flightlab import notebook as nb  # noqa: E402
-from flightlab.sample_repo import client_repo_yaml, create_sample_repo, entity_frame  # noqa: E402
+from flightlab.testing.sample_repo import client_repo_yaml, create_sample_repo, entity_frame  # noqa: E402
 
 FEATURES = ["driver_stats:conv_rate", "driver_stats:avg_daily_trips"]
 
@@ -300,7 +300,7 @@ def test_a_headless_panel_shows_a_text_snapshot_that_ends_stopped(
     cells = [
         "from feast import FeatureStore\n"
         "from flightlab import notebook as nb\n"
-        "from flightlab.sample_repo import entity_frame\n"
+        "from flightlab.testing.sample_repo import entity_frame\n"
         f"server = nb.start_server({str(tools_repo)!r}, port={port})",
         "panel = nb.ServerPanel(server, interval=0.2)\npanel",
         "nb.ServerPanel(server, live=False, headless=False)  # JupyterLab's: the widget",

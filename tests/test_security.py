@@ -63,7 +63,6 @@ from flightlab.errors import (
     ResourceExhaustedError,
     UnknownCommandError,
 )
-from flightlab.sample_repo import DAYS, START, apply_repo, create_sample_repo, entity_frame
 from flightlab.server import OfflineServer, ServerTls
 from flightlab.server.auth import (
     AuthConfigError,
@@ -72,6 +71,7 @@ from flightlab.server.auth import (
     authenticator_for,
 )
 from flightlab.server.limits import ServerLimits
+from flightlab.testing.sample_repo import DAYS, START, apply_repo, create_sample_repo, entity_frame
 from flightlab.wire import protocol
 from flightlab.wire.actions import ACTION_DROP, ACTION_STATS
 from flightlab.wire.headers import AUTHORIZATION_HEADER

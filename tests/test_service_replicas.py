@@ -38,7 +38,7 @@ from service_helpers import RoundRobinProxy, ServerProcess, free_port, server_pr
 
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.errors import UnknownCommandError
-from flightlab.sample_repo import DAYS, START, create_sample_repo, entity_frame
+from flightlab.testing.sample_repo import DAYS, START, create_sample_repo, entity_frame
 from flightlab.wire import protocol
 from flightlab.wire.actions import ACTION_DROP
 from flightlab.wire.manifest import params_metadata

@@ -24,7 +24,7 @@ from flightlab.mnist.dataset import (
     feature_table,
     load_mnist,
 )
-from flightlab.postgres import PostgresServer, load_table
+from flightlab.testing.postgres import PostgresServer, load_table
 
 TABLE = "mnist"
 PREDICTIONS_TABLE = "mnist_predictions"

@@ -70,7 +70,7 @@ def require_source_data(repo: str | Path) -> Path:
 def apply(repo: str | Path) -> str:
     """``feast apply`` the repo; returns what Feast printed.
 
-    In a child process, as :func:`flightlab.sample_repo.apply_repo` does: Feast
+    In a child process, as :func:`flightlab.testing.sample_repo.apply_repo` does: Feast
     imports a repo's definition files as modules, once per process.
     """
     import subprocess
@@ -129,7 +129,7 @@ def write_client_repo(
 ) -> Path:
     """A client repo at ``path`` whose offline store is the flightlab server at
     ``host:port``; it reads the registry the server's repo wrote."""
-    from flightlab.sample_repo import client_repo_yaml
+    from flightlab.testing.sample_repo import client_repo_yaml
 
     path = Path(path)
     (path / "data").mkdir(parents=True, exist_ok=True)

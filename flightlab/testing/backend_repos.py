@@ -1,4 +1,4 @@
-"""The sample repo (:mod:`flightlab.sample_repo`) on Feast's PostgreSQL and Spark stores.
+"""The sample repo (:mod:`flightlab.testing.sample_repo`) on Feast's PostgreSQL and Spark stores.
 
 Same entities, views, on-demand view and feature service, same rows; only the
 sources and the store differ:
@@ -21,8 +21,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flightlab.postgres import PostgresServer, load_table
-from flightlab.sample_repo import (
+from flightlab.testing.postgres import PostgresServer, load_table
+from flightlab.testing.sample_repo import (
     customer_stats_frame,
     definitions_with,
     driver_stats_frame,
@@ -161,7 +161,7 @@ def create_spark_repo(path: str | Path, apply: bool = True) -> Path:
 
 
 def apply_repo(repo: Path) -> None:
-    """``feast apply`` in a child process (see flightlab.sample_repo.apply_repo);
+    """``feast apply`` in a child process (see flightlab.testing.sample_repo.apply_repo);
     a failure raises with what Feast printed."""
     done = subprocess.run(
         [sys.executable, "-m", "feast.cli.cli", "-c", str(repo.resolve()), "apply"],

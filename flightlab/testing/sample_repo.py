@@ -37,7 +37,7 @@ offline_store:
 entity_key_serialization_version: 3
 """
 
-# The sources, apart: the backend repos (flightlab.backend_repos) swap them.
+# The sources, apart: the backend repos (flightlab.testing.backend_repos) swap them.
 FILE_SOURCES = """\
 driver_stats_source = FileSource(
     name="driver_stats_source",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "postgres.sh"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "postgres.sh"
 # The user and database scripts/postgres.sh creates.
 USER = PASSWORD = DATABASE = "flightlab"
 HOST = "127.0.0.1"

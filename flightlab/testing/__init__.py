@@ -1,0 +1,11 @@
+"""Fixtures for tests, benchmarks and the demo: real Feast repos, a throwaway
+PostgreSQL, processes.
+
+- :mod:`~flightlab.testing.sample_repo`: a small real Feast repo (parquet
+  sources, two entities, two feature views, an on-demand view, a feature
+  service with a logging config);
+- :mod:`~flightlab.testing.backend_repos`: the same repo on Feast's PostgreSQL
+  and Spark stores;
+- :mod:`~flightlab.testing.postgres`: a throwaway PostgreSQL cluster on a free
+  loopback port, how Feast reaches it, and table loading.
+"""
