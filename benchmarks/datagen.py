@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,6 +28,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from flightlab.testing.processes import feast_apply
 
 STORES = ("duckdb", "file")
 PROJECT = "flightlab_bench"
@@ -277,7 +277,7 @@ def build_repos(
             FEATURE_STORE_YAML.format(project=PROJECT, store=store)
         )
         (repo / "definitions.py").write_text(_definitions(data))
-        apply_repo(repo)
+        feast_apply(repo)
     if mnist:
         demo = demo_mnist()
         for store in stores:
@@ -296,21 +296,9 @@ def build_repos(
                     FEATURE_STORE_YAML.format(project=MNIST_PROJECT, store=store)
                 )
                 (repo / "definitions.py").write_text(_mnist_definitions(repo / "data"))
-            apply_repo(repo)
+            feast_apply(repo)
     stamp.write_text(_fingerprint())
     return repos
-
-
-def apply_repo(repo: Path) -> None:
-    """``feast apply`` in a child process (Feast imports the definitions as a
-    module; two repos in one process would share it)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "feast.cli.cli", "-c", str(repo), "apply"],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"feast apply failed in {repo}:\n{done.stdout}\n{done.stderr}")
 
 
 def user_stats_path(repo: Path) -> Path:

@@ -230,7 +230,8 @@ def run(output: Path, ci: bool, store: str = "duckdb") -> None:
 def run_profile(output: Path, ci: bool, demo_params: dict, client_params: dict) -> None:
     """The notebooks in order; ``demo_params`` go to the mnist_demo notebooks and
     the server's, ``client_params`` to the client's (both name the repo)."""
-    from flightlab.notebook import free_port, server_answers, wait_for_server
+    from flightlab.notebook import server_answers, wait_for_server
+    from flightlab.testing.processes import free_port
 
     total = time.perf_counter()
     execute(DEMO / "01_prepare_mnist.ipynb", output / "01_prepare_mnist.ipynb", demo_params, DEMO)

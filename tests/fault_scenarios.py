@@ -14,9 +14,7 @@ file grown by the drill's rows and nothing else.
 
 from __future__ import annotations
 
-import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -25,7 +23,6 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from statistics import median
@@ -43,12 +40,12 @@ from flightlab.errors import (
     UnknownFeatureError,
 )
 from flightlab.storage import parquet_writes
+from flightlab.testing.processes import ServerProcess, running_servers, serve_offline_command
 from flightlab.testing.sample_repo import CUSTOMER_IDS, DAYS, DRIVER_IDS, START, entity_frame
 from flightlab.wire import protocol
 from flightlab.wire.actions import ACTION_DROP
 from flightlab.wire.headers import OWNER_HEADER
 
-SERVING = re.compile(r"flightlab serving (grpc\+tcp://\S+)")
 # Markers of written rows live in avg_daily_trips, far above the sample's values.
 # Each drill writes in a range of its own: in a repo several drills share,
 # rows one left behind can neither hide a row another lost nor count as its own.
@@ -63,37 +60,6 @@ SOURCE = "driver_stats.parquet"
 # --- a server process ---------------------------------------------------------------------
 
 
-@dataclass
-class ServerProcess:
-    process: subprocess.Popen
-    location: str
-    log: Path | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def rss_mb(self) -> float:
-        return rss_mb(self.pid)
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The server's last log lines and whether it still runs: for a failure's message."""
-        state = "running" if self.process.poll() is None else f"exited {self.process.returncode}"
-        logged = self.log.read_text().splitlines()[-lines:] if self.log else ["(no log kept)"]
-        return f"server {self.pid} {state}; its log ends:\n" + "\n".join(logged)
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
 @contextmanager
 def server_process(repo: Path, *options: str, log: Path | None = None) -> Iterator[ServerProcess]:
     """`python -m flightlab -c REPO serve_offline --port 0 OPTIONS`, until its serving line."""
@@ -106,37 +72,9 @@ def server_processes(
     repo: Path, n: int, *options: str, log: Path | None = None
 ) -> Iterator[list[ServerProcess]]:
     """``n`` servers of one repo, started side by side; all stopped at the end."""
-    command = [sys.executable, "-m", "flightlab", "-c", str(repo), "serve_offline", "--port", "0"]
-    stderr = open(log or os.devnull, "a")
-    processes = [
-        subprocess.Popen(
-            [*command, "--log-level", "warning", *options],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-        )
-        for _ in range(n)
-    ]
-    try:
-        yield [ServerProcess(process, _serving_location(process), log) for process in processes]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        stderr.close()
-
-
-def _serving_location(process: subprocess.Popen) -> str:
-    line = process.stdout.readline()
-    match = SERVING.search(line)
-    if match is None:
-        raise RuntimeError(f"server did not start (exit {process.poll()}): {line!r}")
-    return match.group(1)
+    command = serve_offline_command(repo, "--log-level", "warning", *options)
+    with running_servers([command] * n, log=log, stop_timeout=30) as servers:
+        yield servers
 
 
 # --- data ----------------------------------------------------------------------------------

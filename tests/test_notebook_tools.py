@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from flightlab import notebook as nb  # noqa: E402
+from flightlab.testing.processes import free_port  # noqa: E402
 from flightlab.testing.sample_repo import client_repo_yaml, create_sample_repo, entity_frame  # noqa: E402
 
 FEATURES = ["driver_stats:conv_rate", "driver_stats:avg_daily_trips"]
@@ -51,7 +52,7 @@ def tools_client(tools_server, tools_repo, tmp_path_factory):
 
 
 def test_nothing_answers_on_a_free_port():
-    port = nb.free_port()
+    port = free_port()
     assert not nb.server_answers("127.0.0.1", port, timeout=2)
     assert not nb.wait_for_server("127.0.0.1", port, timeout=0.6, interval=0.2)
     assert not nb.wait_for_server("127.0.0.1", port, timeout=30, alive=lambda: False)
@@ -80,7 +81,7 @@ def test_connect_uses_a_running_server_or_starts_one(tools_server, tools_repo):
     existing.close()  # not ours: leaves it running
     assert tools_server.running
 
-    nobody = nb.free_port()
+    nobody = free_port()
     started = nb.connect_or_start(tools_repo, "127.0.0.1", nobody)
     try:
         assert started.started_here and started.server.running
@@ -291,7 +292,7 @@ def test_a_headless_panel_shows_a_text_snapshot_that_ends_stopped(
     """papermill's view of the ArrowServer notebook: no widget repr
     (``VBox(children=...``) but the panel as text and HTML, replaced in place
     by the final status once the server stops."""
-    port = nb.free_port()
+    port = free_port()
     client_repo = tmp_path / "client"
     (client_repo / "data").mkdir(parents=True)
     (client_repo / "feature_store.yaml").write_text(
@@ -348,7 +349,7 @@ def test_a_client_finds_the_announced_server(tools_repo, tmp_path):
     assert nb.announced(repo) is None
 
     # A file left by a server that is gone (killed kernel) names nobody.
-    path.write_text(f'{{"host": "127.0.0.1", "port": {nb.free_port()}}}')
+    path.write_text(f'{{"host": "127.0.0.1", "port": {free_port()}}}')
     assert nb.announced(repo, timeout=1) is None
     path.write_text("not json")
     assert nb.announced(repo) is None

@@ -23,6 +23,7 @@ from flightlab.mnist.dataset import (
     feature_table,
     load_mnist,
 )
+from flightlab.testing.processes import feast_apply
 
 # The demo's repo files are committed in DEFAULT_REPO (feature_store.yaml and
 # the definitions, which name the objects above); other repos are copies.
@@ -68,23 +69,8 @@ def require_source_data(repo: str | Path) -> Path:
 
 
 def apply(repo: str | Path) -> str:
-    """``feast apply`` the repo; returns what Feast printed.
-
-    In a child process, as :func:`flightlab.testing.sample_repo.apply_repo` does: Feast
-    imports a repo's definition files as modules, once per process.
-    """
-    import subprocess
-    import sys
-
-    repo = Path(repo).resolve()
-    done = subprocess.run(
-        [sys.executable, "-m", "feast.cli.cli", "-c", str(repo), "apply"],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"feast apply failed in {repo}:\n{done.stdout}{done.stderr}")
-    return done.stdout
+    """``feast apply`` the repo (in a child process); returns what Feast printed."""
+    return feast_apply(repo)
 
 
 def registry_summary(store: Any) -> pd.DataFrame:
