@@ -18,7 +18,8 @@ executed copy: headless runs show progress and the server panel as text.
     python scripts/run_notebooks.py --output out/ci-notebooks --ci
     python scripts/run_notebooks.py --store postgres   # the proof of concept's backend
 
-``--store postgres`` starts a throwaway PostgreSQL (scripts/postgres.sh), loads
+``--store postgres`` starts a throwaway PostgreSQL (scripts/backends.sh installs
+it where missing; flightlab.testing.postgres runs the cluster), loads
 MNIST into it and runs the same notebooks on a repo whose offline store is
 Feast's postgres store (``<output>/feature_repo_postgres``); the cluster is
 removed at the end. The default is the committed repo on the embedded duckdb store.
@@ -213,7 +214,9 @@ def run(output: Path, ci: bool, store: str = "duckdb") -> None:
     from flightlab.mnist.postgres_repo import create_postgres_feature_repo
     from flightlab.testing.postgres import start_postgres
 
-    log("starting a throwaway PostgreSQL (scripts/postgres.sh)")
+    # PostgreSQL where missing, as for the backend tests.
+    subprocess.run(["bash", str(ROOT / "scripts" / "backends.sh")], check=True)
+    log("starting a throwaway PostgreSQL (flightlab.testing.postgres)")
     server = start_postgres()
     try:
         repo = output / "feature_repo_postgres"

@@ -7,7 +7,8 @@ PostgreSQL, processes.
 - :mod:`~flightlab.testing.backend_repos`: the same repo on Feast's PostgreSQL
   and Spark stores;
 - :mod:`~flightlab.testing.postgres`: a throwaway PostgreSQL cluster on a free
-  loopback port, how Feast reaches it, and table loading;
+  loopback port (also ``python -m flightlab.testing.postgres``), how Feast
+  reaches it, and table loading;
 - :mod:`~flightlab.testing.processes`: child processes: ``feast apply``,
   ``flightlab serve_offline`` on a port it picks and reports, free ports,
   memory and CPU time from ``/proc``.
