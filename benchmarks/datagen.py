@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from paths import MNIST_NPZ, MNIST_REPO
 
 from flightlab.testing.processes import feast_apply
 
@@ -45,7 +46,6 @@ MNIST_REFS = tuple(f"mnist:row_{i:02d}" for i in range(MNIST_ROWS)) + (
     "mnist:label",
     "mnist:split",
 )
-MNIST_NPZ = Path(__file__).resolve().parent.parent / "notebooks/mnist_demo/data/mnist.npz"
 # The MNIST rows are stamped at START; entity rows ask for them a day later.
 MNIST_EVENT = START
 MNIST_ASKED = START + timedelta(days=1)
@@ -287,7 +287,9 @@ def build_repos(
                 continue
             log(f"data: writing and applying the {store} MNIST repo with {mnist_builder()}")
             if demo is not None:
-                demo.create_feature_repo(repo, apply_it=False)
+                demo.create_feature_repo(
+                    repo, MNIST_REPO, demo.load_mnist(MNIST_NPZ), apply_it=False
+                )
                 _use_store(repo, store)
             else:
                 (repo / "data").mkdir(parents=True, exist_ok=True)

@@ -211,6 +211,7 @@ def run(output: Path, ci: bool, store: str = "duckdb") -> None:
     if store == "duckdb":
         run_profile(output, ci, {}, {})
         return
+    from flightlab.mnist import load_mnist
     from flightlab.mnist.postgres_repo import create_postgres_feature_repo
     from flightlab.testing.postgres import start_postgres
 
@@ -222,7 +223,8 @@ def run(output: Path, ci: bool, store: str = "duckdb") -> None:
         repo = output / "feature_repo_postgres"
         log(f"loading MNIST into PostgreSQL on port {server.port}; repo {_shown(repo)}")
         started = time.perf_counter()
-        create_postgres_feature_repo(repo, server)
+        data = load_mnist(DEMO / "data" / "mnist.npz")
+        create_postgres_feature_repo(repo, server, DEMO / "feature_repo", data)
         log(f"loaded in {time.perf_counter() - started:.0f} s")
         run_profile(output, ci, {"repo": str(repo)}, {"repo": str(repo), "profile": store})
     finally:

@@ -44,7 +44,7 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source i
     SavedDatasetPostgreSQLStorage,
 )
 from offline_helpers import ENTITY_KEYS, FEATURES, arrow, logged_rows, offline_store_of
-from paths import SCRIPTS
+from paths import MNIST_NPZ, MNIST_REPO, SCRIPTS
 from service_helpers import healthcheck_action
 
 from flightlab.client.transport import OfflineFlightClient
@@ -405,8 +405,8 @@ def test_the_mnist_postgres_profile_serves_the_shipped_images(pg, tmp_path):
     from flightlab import mnist
     from flightlab.mnist.postgres_repo import create_postgres_feature_repo
 
-    data = mnist.load_mnist().head(1500)  # holds image 1000, corrected 30 days later
-    repo = create_postgres_feature_repo(tmp_path / "mnist_pg", pg, data)
+    data = mnist.load_mnist(MNIST_NPZ).head(1500)  # holds image 1000, corrected 30 days later
+    repo = create_postgres_feature_repo(tmp_path / "mnist_pg", pg, MNIST_REPO, data)
     mnist.apply(repo)
     local = FeatureStore(repo_path=str(repo))
     assert type(offline_store_of(local)).__name__ == "PostgreSQLOfflineStore"

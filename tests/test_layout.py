@@ -10,7 +10,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "flightlab"
+from paths import ROOT
+
+PACKAGE = ROOT / "flightlab"
 MAX_MODULE_LINES = 400
 
 

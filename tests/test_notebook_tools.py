@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from paths import ROOT, SCRIPTS  # noqa: E402
 
 from flightlab import notebook as nb  # noqa: E402
 from flightlab.testing.processes import free_port  # noqa: E402
@@ -449,12 +450,11 @@ def test_environment_yml_covers_what_the_notebooks_need():
 
     import yaml
 
-    root = Path(__file__).resolve().parents[1]
-    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     # The core dependencies come with flightlab itself (-e .); the notebook
     # extra is listed one by one.
     wanted = project["optional-dependencies"]["notebooks"]
-    env = yaml.safe_load((root / "environment.yml").read_text())
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     listed = {re.split(r"[<>=\[ ]", spec, maxsplit=1)[0].lower() for spec in pip}
     for requirement in wanted:
@@ -466,7 +466,7 @@ def test_environment_yml_covers_what_the_notebooks_need():
 def _run_notebooks_script():
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "run_notebooks.py"
+    path = SCRIPTS / "run_notebooks.py"
     spec = importlib.util.spec_from_file_location("run_notebooks", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
