@@ -11,5 +11,12 @@ PostgreSQL, processes.
   reaches it, and table loading;
 - :mod:`~flightlab.testing.processes`: child processes: ``feast apply``,
   ``flightlab serve_offline`` on a port it picks and reports, free ports,
-  memory and CPU time from ``/proc``.
+  memory and CPU time from ``/proc``;
+- :mod:`~flightlab.testing.faults`: the fault drills against real server
+  processes (``tests/test_faults.py`` runs them small, ``scripts/faults.py``
+  at full size).
+
+Installed from a wheel, the package has no checkout around it: nothing here
+looks for one. Whoever needs the checkout's files (the MNIST archive, the
+demo's feature repo, ``scripts/``) passes their paths.
 """
