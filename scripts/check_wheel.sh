@@ -94,8 +94,13 @@ print(f"check_wheel: imported {len(modules) + 1} modules from {where.parent}; no
 print("  listed or names the checkout, scripts/ or notebooks/")
 
 # 2. serve the sample repo with the installed console script; one retrieval.
+import warnings  # noqa: E402
+
 import pandas as pd  # noqa: E402
 from feast import FeatureStore  # noqa: E402
+
+# Importing Feast turns deprecation warnings back on; its libraries' are noise here.
+warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 from flightlab.testing.processes import running_server  # noqa: E402
 from flightlab.testing.sample_repo import (  # noqa: E402
