@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,6 +28,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from paths import MNIST_NPZ, MNIST_REPO
+
+from flightlab.testing.processes import feast_apply
 
 STORES = ("duckdb", "file")
 PROJECT = "flightlab_bench"
@@ -45,7 +46,6 @@ MNIST_REFS = tuple(f"mnist:row_{i:02d}" for i in range(MNIST_ROWS)) + (
     "mnist:label",
     "mnist:split",
 )
-MNIST_NPZ = Path(__file__).resolve().parent.parent / "notebooks/mnist_demo/data/mnist.npz"
 # The MNIST rows are stamped at START; entity rows ask for them a day later.
 MNIST_EVENT = START
 MNIST_ASKED = START + timedelta(days=1)
@@ -277,7 +277,7 @@ def build_repos(
             FEATURE_STORE_YAML.format(project=PROJECT, store=store)
         )
         (repo / "definitions.py").write_text(_definitions(data))
-        apply_repo(repo)
+        feast_apply(repo)
     if mnist:
         demo = demo_mnist()
         for store in stores:
@@ -287,7 +287,9 @@ def build_repos(
                 continue
             log(f"data: writing and applying the {store} MNIST repo with {mnist_builder()}")
             if demo is not None:
-                demo.create_feature_repo(repo, apply_it=False)
+                demo.create_feature_repo(
+                    repo, MNIST_REPO, demo.load_mnist(MNIST_NPZ), apply_it=False
+                )
                 _use_store(repo, store)
             else:
                 (repo / "data").mkdir(parents=True, exist_ok=True)
@@ -296,21 +298,9 @@ def build_repos(
                     FEATURE_STORE_YAML.format(project=MNIST_PROJECT, store=store)
                 )
                 (repo / "definitions.py").write_text(_mnist_definitions(repo / "data"))
-            apply_repo(repo)
+            feast_apply(repo)
     stamp.write_text(_fingerprint())
     return repos
-
-
-def apply_repo(repo: Path) -> None:
-    """``feast apply`` in a child process (Feast imports the definitions as a
-    module; two repos in one process would share it)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "feast.cli.cli", "-c", str(repo), "apply"],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"feast apply failed in {repo}:\n{done.stdout}\n{done.stderr}")
 
 
 def user_stats_path(repo: Path) -> Path:

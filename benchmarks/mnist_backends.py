@@ -45,18 +45,18 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from feast import FeatureStore  # noqa: E402
+from paths import MNIST_NPZ, MNIST_REPO, ROOT  # noqa: E402
 from procs import Server  # noqa: E402
 
 from flightlab import mnist  # noqa: E402
-from flightlab.backend_repos import (  # noqa: E402
+from flightlab.mnist.postgres_repo import _FILE_SOURCES, DEFINITIONS_FILE  # noqa: E402
+from flightlab.notebook.plots import time_calls  # noqa: E402
+from flightlab.testing.backend_repos import (  # noqa: E402
     FILE_REGISTRY_YAML,
     SPARK_STORE_YAML,
     repo_yaml,
 )
-from flightlab.mnist.postgres_repo import _FILE_SOURCES, DEFINITIONS_FILE  # noqa: E402
-from flightlab.notebook.plots import time_calls  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out" / "mnist_backends"
 BACKENDS = ("spark", "duckdb")
 WARM_UP_ROWS = 10
@@ -76,7 +76,7 @@ def log(message: str) -> None:
 
 def spark_definitions() -> str:
     """The committed definitions, each FileSource a SparkSource over the same parquet."""
-    text = (mnist.DEFAULT_REPO / DEFINITIONS_FILE).read_text()
+    text = (MNIST_REPO / DEFINITIONS_FILE).read_text()
     for file_source in _FILE_SOURCES:
         if file_source not in text:
             raise RuntimeError(f"{DEFINITIONS_FILE} changed: update {Path(__file__).name}")
@@ -91,7 +91,7 @@ def spark_definitions() -> str:
 def create_spark_mnist_repo(repo: Path, table: pa.Table) -> Path:
     """The demo's repo on Feast's spark store: its sources are the same parquet
     files (microsecond timestamps, which Spark reads), registry a file."""
-    mnist.write_feature_repo(repo)
+    mnist.write_feature_repo(repo, MNIST_REPO)
     # The sample repo's 1 GB driver runs out of heap collecting 230 MB of arrays
     # (measured: java.lang.OutOfMemoryError, "result lost from block manager").
     if "spark.driver.memory: 1g" not in SPARK_STORE_YAML:
@@ -113,7 +113,7 @@ def create_repo(backend: str, repo: Path, table: pa.Table) -> Path:
         shutil.rmtree(repo)
     if backend == "spark":
         return create_spark_mnist_repo(repo, table)
-    mnist.write_feature_repo(repo)  # the committed repo: duckdb
+    mnist.write_feature_repo(repo, MNIST_REPO)  # the committed repo: duckdb
     mnist.write_source_data(repo, table)
     mnist.apply(repo)
     return repo
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     os.chdir(OUT)  # Spark may leave folders (spark-warehouse...) in its working directory
-    data = mnist.load_mnist().head(args.rows)
+    data = mnist.load_mnist(MNIST_NPZ).head(args.rows)
     log(f"{len(data):,} images, backends {args.backends}, {args.repeats} timed call(s) per side")
     results = [measure(backend, data, args.repeats) for backend in args.backends]
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())

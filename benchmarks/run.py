@@ -42,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import datagen  # noqa: E402
 import report  # noqa: E402
+from paths import ROOT  # noqa: E402
 from procs import Server  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().with_name("worker.py")
 
 

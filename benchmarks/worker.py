@@ -45,7 +45,8 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import datagen  # noqa: E402
-import procs  # noqa: E402
+
+from flightlab.testing import processes  # noqa: E402
 
 CLIENT_MODES = ("local", "engine-limit", "flightlab", "flightlab-stream", "feast-client")
 WARMUP_ROWS = 1_000
@@ -124,15 +125,15 @@ def retrieve(
         if not seen:
             if announce:
                 emit("FIRST_BATCH")
-            seen["first_batch_rss"] = procs.current_rss()
-            seen["upload_peak_rss"] = procs.peak_rss()
-            procs.reset_peak_rss()
+            seen["first_batch_rss"] = processes.current_rss()
+            seen["upload_peak_rss"] = processes.peak_rss()
+            processes.reset_peak_rss()
         rows += batch.num_rows
         nbytes += batch.nbytes
         del batch  # hold no batch longer than it takes to count it
         del last[:-1]
     if seen:
-        seen["stream_peak_rss"] = procs.peak_rss()
+        seen["stream_peak_rss"] = processes.peak_rss()
     return {"rows": rows, "bytes": nbytes, **seen}
 
 
@@ -159,8 +160,8 @@ def run_client(args: argparse.Namespace) -> None:
                 if not sys.stdin.readline():
                     return
             gc.collect()
-            procs.reset_peak_rss()
-            before = procs.current_rss()
+            processes.reset_peak_rss()
+            before = processes.current_rss()
             server = server_before(server_pid)
             if args.sync:
                 emit("CALLING")
@@ -175,7 +176,7 @@ def run_client(args: argparse.Namespace) -> None:
                 message = str(exc).splitlines()[0].split(" Detail:")[0]
                 call["error"] = f"{type(exc).__name__}: {message[:300]}"
             seconds = time.perf_counter() - t0
-            peak = procs.peak_rss()
+            peak = processes.peak_rss()
             if "upload_peak_rss" in call:  # the peak was reset at the first batch
                 peak = max(peak or 0, call["upload_peak_rss"] or 0)
             call.update(
@@ -198,13 +199,16 @@ def server_before(pid: int | None) -> dict[str, object]:
     that of this call) and note its RSS; empty without a server."""
     if pid is None:
         return {}
-    return {"server_reset": procs.reset_peak_rss(pid), "server_rss_before": procs.current_rss(pid)}
+    return {
+        "server_reset": processes.reset_peak_rss(pid),
+        "server_rss_before": processes.current_rss(pid),
+    }
 
 
 def server_after(pid: int | None, before: dict[str, object]) -> dict[str, object]:
     if pid is None:
         return {}
-    return {**before, "server_call_peak_rss": procs.peak_rss(pid)}
+    return {**before, "server_call_peak_rss": processes.peak_rss(pid)}
 
 
 def loopback_table(case: str, repo: Path) -> pa.Table:

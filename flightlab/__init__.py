@@ -4,7 +4,8 @@ The sub-packages are the layers: :mod:`flightlab.wire` (the protocols and
 error mapping that server and client share), :mod:`flightlab.server` (the
 Flight server around a Feast repo), :mod:`flightlab.client` (Feast's
 offline-store plug-in and its transport), :mod:`flightlab.notebook` (the
-notebooks' widgets and plots) and :mod:`flightlab.mnist` (the MNIST demo).
+notebooks' widgets and plots), :mod:`flightlab.mnist` (the MNIST demo) and
+:mod:`flightlab.testing` (the fixtures tests, benchmarks and the demo share).
 
 Exports ``OfflineServer``, ``OfflineFlightClient``, ``RemoteOfflineStore`` and
 ``RemoteOfflineStoreConfig``; they load when first used, so ``import

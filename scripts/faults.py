@@ -3,7 +3,7 @@
     .venv/bin/python scripts/faults.py            # full size (~10-20 min)
     .venv/bin/python scripts/faults.py --quick    # about CI size
 
-Runs the drills of tests/fault_scenarios.py against real `flightlab
+Runs the drills of flightlab/testing/faults/ against real `flightlab
 serve_offline` processes on fresh sample repos: SIGKILL during writes to a
 3M-row source (half the kills aimed inside a rewrite; at least one must land
 there), three servers writing to one source under a polling reader (the rows
@@ -21,9 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from fault_scenarios import (  # noqa: E402
+from flightlab.testing.faults import (
     concurrent_servers,
     drill_options,
     dying_clients,
@@ -32,8 +30,7 @@ from fault_scenarios import (  # noqa: E402
     sigkill_during_writes,
     soak,
 )
-
-from flightlab.sample_repo import create_sample_repo  # noqa: E402
+from flightlab.testing.sample_repo import create_sample_repo
 
 FULL = {
     "kill": {"source_rows": 3_000_000, "trials": 10, "rows_per_write": 2000},

@@ -18,7 +18,8 @@ executed copy: headless runs show progress and the server panel as text.
     python scripts/run_notebooks.py --output out/ci-notebooks --ci
     python scripts/run_notebooks.py --store postgres   # the proof of concept's backend
 
-``--store postgres`` starts a throwaway PostgreSQL (scripts/postgres.sh), loads
+``--store postgres`` starts a throwaway PostgreSQL (scripts/backends.sh installs
+it where missing; flightlab.testing.postgres runs the cluster), loads
 MNIST into it and runs the same notebooks on a repo whose offline store is
 Feast's postgres store (``<output>/feature_repo_postgres``); the cluster is
 removed at the end. The default is the committed repo on the embedded duckdb store.
@@ -210,16 +211,20 @@ def run(output: Path, ci: bool, store: str = "duckdb") -> None:
     if store == "duckdb":
         run_profile(output, ci, {}, {})
         return
+    from flightlab.mnist import load_mnist
     from flightlab.mnist.postgres_repo import create_postgres_feature_repo
-    from flightlab.postgres import start_postgres
+    from flightlab.testing.postgres import start_postgres
 
-    log("starting a throwaway PostgreSQL (scripts/postgres.sh)")
+    # PostgreSQL where missing, as for the backend tests.
+    subprocess.run(["bash", str(ROOT / "scripts" / "backends.sh")], check=True)
+    log("starting a throwaway PostgreSQL (flightlab.testing.postgres)")
     server = start_postgres()
     try:
         repo = output / "feature_repo_postgres"
         log(f"loading MNIST into PostgreSQL on port {server.port}; repo {_shown(repo)}")
         started = time.perf_counter()
-        create_postgres_feature_repo(repo, server)
+        data = load_mnist(DEMO / "data" / "mnist.npz")
+        create_postgres_feature_repo(repo, server, DEMO / "feature_repo", data)
         log(f"loaded in {time.perf_counter() - started:.0f} s")
         run_profile(output, ci, {"repo": str(repo)}, {"repo": str(repo), "profile": store})
     finally:
@@ -230,7 +235,8 @@ def run(output: Path, ci: bool, store: str = "duckdb") -> None:
 def run_profile(output: Path, ci: bool, demo_params: dict, client_params: dict) -> None:
     """The notebooks in order; ``demo_params`` go to the mnist_demo notebooks and
     the server's, ``client_params`` to the client's (both name the repo)."""
-    from flightlab.notebook import free_port, server_answers, wait_for_server
+    from flightlab.notebook import server_answers, wait_for_server
+    from flightlab.testing.processes import free_port
 
     total = time.perf_counter()
     execute(DEMO / "01_prepare_mnist.ipynb", output / "01_prepare_mnist.ipynb", demo_params, DEMO)

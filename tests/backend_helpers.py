@@ -1,8 +1,9 @@
-"""What the backend tests (PostgreSQL, Spark) share: client repos of both kinds,
-and the remote == local checks every backend must pass."""
+"""What the backend tests (PostgreSQL, Spark) share: the machine's backends,
+client repos of both kinds, and the remote == local checks every backend must pass."""
 
 from __future__ import annotations
 
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -17,13 +18,20 @@ from offline_helpers import (
     offline_store_of,
     pull,
 )
+from paths import SCRIPTS
 
-from flightlab.backend_repos import client_yaml
-from flightlab.sample_repo import DAYS, START, entity_frame
 from flightlab.server import OfflineServer
+from flightlab.testing.backend_repos import client_yaml
+from flightlab.testing.sample_repo import DAYS, START, entity_frame
 
 # flightlab's client plug-in, and Feast's stock remote client.
 CLIENT_TYPES = {"flightlab": "flightlab.client.RemoteOfflineStore", "feast": "remote"}
+
+
+def install_backends() -> None:
+    """PostgreSQL and Java where missing (``scripts/backends.sh``), loudly
+    failing when they cannot be installed: a backend test never skips."""
+    subprocess.run(["bash", str(SCRIPTS / "backends.sh")], check=True, stdin=subprocess.DEVNULL)
 
 
 def client_stores(

@@ -24,9 +24,9 @@ from feast import FeatureStore
 from offline_helpers import SHARED_SERVER_BATCH_ROWS, make_client_store
 
 from flightlab.client.transport import OfflineFlightClient
-from flightlab.sample_repo import create_sample_repo
 from flightlab.server import OfflineServer
 from flightlab.server.limits import ServerLimits
+from flightlab.testing.sample_repo import create_sample_repo
 
 
 @pytest.fixture(scope="session")

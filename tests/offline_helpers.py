@@ -20,14 +20,14 @@ from feast import FeatureStore
 from feast.feature_logging import FeatureServiceLoggingSource
 
 from flightlab.client import RemoteOfflineStore
-from flightlab.sample_repo import (
+from flightlab.server import OfflineServer
+from flightlab.testing.sample_repo import (
     DAYS,
     FEATURE_STORE_YAML,
     START,
     client_repo_yaml,
     entity_frame,
 )
-from flightlab.server import OfflineServer
 from flightlab.wire import protocol
 from flightlab.wire.actions import ACTION_STATS
 from flightlab.wire.flight_errors import decode_detail

@@ -1,7 +1,8 @@
 """What the service tests share: server processes, a load balancer, probes.
 
 - :func:`server_process` starts ``flightlab serve_offline`` (or any command
-  that ends in it) as a subprocess and reads the ports it prints;
+  that ends in it) as a subprocess, its log in the test's folder
+  (:func:`flightlab.testing.processes.running_server`);
 - :class:`RoundRobinProxy` is a small TCP load balancer on loopback: each new
   connection goes to the next backend, as a Kubernetes Service (kube-proxy)
   spreads connections over replicas;
@@ -15,42 +16,19 @@ from __future__ import annotations
 import base64
 import json
 import os
-import queue
+import signal
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.flight as flight
-import pytest
 
+from flightlab.testing.processes import ServerProcess, running_server
 from flightlab.wire.actions import ACTION_HEALTHCHECK
 
-STARTUP_SECONDS = 120
 _PUMP_BYTES = 1 << 16
-
-
-@dataclass
-class ServerProcess:
-    process: subprocess.Popen
-    port: int
-    stderr_path: Path
-    side_ports: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def location(self) -> str:
-        return f"grpc+tcp://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.stderr_path.read_text()
-
-
-def _read_lines(stream, lines: queue.Queue) -> None:
-    for line in stream:
-        lines.put(line.strip())
 
 
 @contextmanager
@@ -63,39 +41,10 @@ def server_process(
 ) -> Iterator[ServerProcess]:
     """Start ``command``; yield once it printed its 'serving' line and a line
     for each of ``side_ports`` ("health", "metrics"); never leave it running."""
-    stderr_path = tmp_path / f"server-{os.urandom(3).hex()}.stderr"
-    full_env = {**os.environ, **(env or {})}
-    with stderr_path.open("w") as stderr:
-        process = subprocess.Popen(
-            list(command), stdout=subprocess.PIPE, stderr=stderr, text=True, env=full_env, cwd=cwd
-        )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True).start()
-    try:
-        port, ports = None, {}
-        while port is None or set(ports) != set(side_ports):
-            try:
-                line = lines.get(timeout=STARTUP_SECONDS)
-            except queue.Empty:
-                pytest.fail(
-                    f"server did not start in {STARTUP_SECONDS} s:\n{stderr_path.read_text()}"
-                )
-            words = line.split()
-            if line.startswith("flightlab serving "):
-                port = int(line.rsplit(":", 1)[1])
-            elif len(words) == 3 and words[0] == "flightlab" and words[1] in side_ports:
-                ports[words[1]] = int(words[2].split(":")[-1].split("/")[0])
-        yield ServerProcess(process, port, stderr_path, ports)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=30)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    log = tmp_path / f"server-{os.urandom(3).hex()}.stderr"
+    options = {"env": env, "cwd": cwd, "side_ports": side_ports}
+    with running_server(command, log=log, stop_signal=signal.SIGKILL, **options) as server:
+        yield server
 
 
 class RoundRobinProxy:

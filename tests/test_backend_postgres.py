@@ -1,9 +1,10 @@
 """flightlab in front of Feast's PostgreSQL offline store, on a real PostgreSQL.
 
-The module starts a throwaway cluster (``scripts/postgres.sh``: PostgreSQL is
-installed first where missing; no mocks, no skip) and builds the sample repo
-on it: its tables, Feast's ``postgres`` offline store and Feast's SQL registry
-in the same database, as in the proof of concept. One flightlab server serves
+The module starts a throwaway cluster (:mod:`flightlab.testing.postgres`;
+``scripts/backends.sh`` installs PostgreSQL first where missing; no mocks, no
+skip) and builds the sample repo on it: its tables, Feast's ``postgres``
+offline store and Feast's SQL registry in the same database, as in the proof
+of concept. One flightlab server serves
 it; every call through flightlab's client and Feast's stock client must give
 what the same call gives on the server repo's own FeatureStore.
 
@@ -15,6 +16,8 @@ query) and the server goes on serving.
 
 from __future__ import annotations
 
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +33,7 @@ from backend_helpers import (
     assert_historical_same,
     assert_pulls_same,
     client_stores,
+    install_backends,
 )
 from feast import FeatureStore
 from feast.feature_logging import FeatureServiceLoggingSource
@@ -40,9 +44,9 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source i
     SavedDatasetPostgreSQLStorage,
 )
 from offline_helpers import ENTITY_KEYS, FEATURES, arrow, logged_rows, offline_store_of
+from paths import MNIST_NPZ, MNIST_REPO, SCRIPTS
 from service_helpers import healthcheck_action
 
-from flightlab.backend_repos import FILE_REGISTRY_YAML, create_postgres_repo
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.dispatch.backends import StoreBackend
 from flightlab.errors import (
@@ -50,16 +54,24 @@ from flightlab.errors import (
     OfflineStoreQueryError,
     OfflineStoreUnavailableError,
 )
-from flightlab.postgres import PostgresServer, load_table, start_postgres
-from flightlab.sample_repo import driver_stats_frame, entity_frame
 from flightlab.server import OfflineServer
+from flightlab.testing.backend_repos import FILE_REGISTRY_YAML, create_postgres_repo
+from flightlab.testing.postgres import (
+    PostgresMissingError,
+    PostgresServer,
+    load_table,
+    postgres_bin,
+    start_postgres,
+)
+from flightlab.testing.sample_repo import driver_stats_frame, entity_frame
 
 CLIENTS = ["flightlab", "feast"]
 
 
 @pytest.fixture(scope="module")
 def pg() -> Iterator[PostgresServer]:
-    server = start_postgres()  # raises, with the script's output, if it cannot
+    install_backends()  # PostgreSQL where missing
+    server = start_postgres()  # raises, with PostgreSQL's output, if it cannot
     yield server
     server.stop()
 
@@ -184,6 +196,37 @@ def test_a_failing_query_names_the_database_error(client, local, remotes, pg_ser
         assert isinstance(failed.value.__cause__, flight.FlightServerError)
     assert pg_server.staging.summaries(everyone=True) == []
     assert_historical_same(local, remotes[client])
+
+
+# --- the throwaway cluster itself ------------------------------------------------
+
+
+def test_scripts_postgres_sh_starts_pauses_resumes_and_stops_a_cluster():
+    # Under /tmp: the cluster's owner (as root: the postgres user) must enter it.
+    folder = Path(tempfile.mkdtemp(prefix="flightlab-pg-cli-"))
+    script = ["bash", str(SCRIPTS / "postgres.sh")]
+    started = subprocess.run([*script, "start", str(folder)], capture_output=True, text=True)
+    assert started.returncode == 0, started.stderr
+    server = PostgresServer(port=int(started.stdout.strip()), folder=folder)
+    try:
+        with psycopg.connect(server.conninfo()) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("flightlab",)
+        subprocess.run([*script, "pause", str(folder)], check=True, capture_output=True)
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(server.conninfo(), connect_timeout=5)
+        subprocess.run([*script, "resume", str(folder)], check=True, capture_output=True)
+        with psycopg.connect(server.conninfo()) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        stopped = subprocess.run([*script, "stop", str(folder)], capture_output=True, text=True)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not folder.exists()
+
+
+def test_without_postgresql_the_error_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no initdb on it, and no Debian folder
+    with pytest.raises(PostgresMissingError, match=r"run `bash scripts/backends\.sh`"):
+        postgres_bin(tmp_path)
 
 
 # --- the database down, credentials refused: servers of their own -------------
@@ -362,8 +405,8 @@ def test_the_mnist_postgres_profile_serves_the_shipped_images(pg, tmp_path):
     from flightlab import mnist
     from flightlab.mnist.postgres_repo import create_postgres_feature_repo
 
-    data = mnist.load_mnist().head(1500)  # holds image 1000, corrected 30 days later
-    repo = create_postgres_feature_repo(tmp_path / "mnist_pg", pg, data)
+    data = mnist.load_mnist(MNIST_NPZ).head(1500)  # holds image 1000, corrected 30 days later
+    repo = create_postgres_feature_repo(tmp_path / "mnist_pg", pg, MNIST_REPO, data)
     mnist.apply(repo)
     local = FeatureStore(repo_path=str(repo))
     assert type(offline_store_of(local)).__name__ == "PostgreSQLOfflineStore"

@@ -14,7 +14,6 @@ from the ``backends`` extra: nothing is skipped.
 
 from __future__ import annotations
 
-import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from backend_helpers import (
     assert_pulls_same,
     client_stores,
     historical_in_flight,
+    install_backends,
 )
 from feast import FeatureStore
 from feast.errors import DataSourceNoNameException
@@ -46,11 +46,10 @@ from offline_helpers import (
     pull,
 )
 
-from flightlab.backend_repos import FILE_REGISTRY_YAML, create_spark_repo
-from flightlab.postgres import SCRIPT as POSTGRES_SCRIPT
-from flightlab.sample_repo import entity_frame
 from flightlab.server import OfflineServer
 from flightlab.server.limits import ServerLimits
+from flightlab.testing.backend_repos import FILE_REGISTRY_YAML, create_spark_repo
+from flightlab.testing.sample_repo import entity_frame
 
 CLIENTS = ["flightlab", "feast"]
 DRIVER_FEATURES = ["driver_stats:conv_rate", "driver_stats:acc_rate"]
@@ -58,12 +57,7 @@ DRIVER_FEATURES = ["driver_stats:conv_rate", "driver_stats:acc_rate"]
 
 @pytest.fixture(scope="module")
 def spark_repo(tmp_path_factory) -> Path:
-    # Java where missing (loudly failing when it cannot be installed).
-    subprocess.run(
-        ["bash", str(POSTGRES_SCRIPT.parent / "backends.sh")],
-        check=True,
-        stdin=subprocess.DEVNULL,
-    )
+    install_backends()  # Java where missing
     return create_spark_repo(tmp_path_factory.mktemp("spark").resolve() / "server")
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import browser_helpers as bh
 import pytest
+from paths import MNIST_NPZ, MNIST_REPO, NOTEBOOKS, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "out" / "browser"
 CLIENT_TIMEOUT = 1200  # seconds for all of ArrowClient (about 3 min on an idle 2-core machine)
 
@@ -44,8 +44,10 @@ def lab_root(browser_ready, tmp_path_factory) -> Path:
     mnist_demo notebooks do), so that nothing in the checkout changes."""
     from flightlab import mnist
 
-    root = bh.copy_notebooks(ROOT / "notebooks", tmp_path_factory.mktemp("lab") / "notebooks")
-    mnist.create_feature_repo(root / "mnist_demo" / "feature_repo")
+    root = bh.copy_notebooks(NOTEBOOKS, tmp_path_factory.mktemp("lab") / "notebooks")
+    mnist.create_feature_repo(
+        root / "mnist_demo" / "feature_repo", MNIST_REPO, mnist.load_mnist(MNIST_NPZ)
+    )
     return root
 
 

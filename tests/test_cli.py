@@ -7,15 +7,11 @@ exits cleanly (code 0) on SIGTERM and on SIGINT.
 
 from __future__ import annotations
 
-import queue
 import re
 import signal
-import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -35,14 +31,14 @@ from offline_helpers import (
 from flightlab.cli import _engine_settings, build_parser
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.engine.settings import EngineMode, EngineSettings
-from flightlab.sample_repo import entity_frame
+from flightlab.testing.processes import ServerProcess, running_server
+from flightlab.testing.sample_repo import entity_frame
 from flightlab.wire import protocol
 from flightlab.wire.headers import OWNER_HEADER
 
 # Entity rows whose join outgrows a 16 MB DuckDB memory limit on one thread.
 SPILLING_ROWS = 50_000
 SERVING = re.compile(r"flightlab serving grpc\+tcp://127\.0\.0\.1:(\d+)")
-STARTUP_SECONDS = 120
 # One line per request: "<api> command=<id> ... rows_in=N rows_out=N ... 0.123s".
 REQUEST_LINE = re.compile(
     r"(?P<api>\w+) command=(?P<command>[0-9a-f-]{36}) .*"
@@ -50,45 +46,15 @@ REQUEST_LINE = re.compile(
 )
 
 
-@dataclass
-class RunningCli:
-    process: subprocess.Popen
-    port: int
-    stderr_path: Path
-
-    @property
-    def location(self) -> str:
-        return f"grpc+tcp://127.0.0.1:{self.port}"
-
-    def stop(self, signum: int) -> int:
-        self.process.send_signal(signum)
-        return self.process.wait(timeout=60)
-
-    def log_lines(self) -> list[str]:
-        return self.stderr_path.read_text().splitlines()
-
-
 @contextmanager
-def serve_offline(command: list[str], tmp_path: Path) -> Iterator[RunningCli]:
-    """Start the CLI; yield it once its 'serving' line is out; never leave it running."""
-    stderr_path = tmp_path / "serve_offline.stderr"
-    with stderr_path.open("w") as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
-    try:
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
-        try:
-            first_line = lines.get(timeout=STARTUP_SECONDS)
-        except queue.Empty:
-            pytest.fail(f"no 'serving' line in {STARTUP_SECONDS} s:\n{stderr_path.read_text()}")
-        match = SERVING.fullmatch(first_line.strip())
-        assert match, f"unexpected first line {first_line!r}:\n{stderr_path.read_text()}"
-        yield RunningCli(process, int(match.group(1)), stderr_path)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
-        process.stdout.close()
+def serve_offline(command: list[str], tmp_path: Path) -> Iterator[ServerProcess]:
+    """Start the CLI; yield it once its 'serving' line is out (the first line
+    it prints); never leave it running."""
+    log = tmp_path / "serve_offline.stderr"
+    with running_server(command, log=log, stop_signal=signal.SIGKILL) as cli:
+        first_line = cli.stdout_lines[0]
+        assert SERVING.fullmatch(first_line), f"unexpected first line {first_line!r}:\n{cli.log()}"
+        yield cli
 
 
 def test_the_module_serves_a_repo_logs_each_request_and_stops_on_sigterm(

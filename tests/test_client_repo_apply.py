@@ -10,29 +10,18 @@ feature_store.yaml names ``flightlab.client.RemoteOfflineStore``. The real
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 from feast import FeatureStore
 from offline_helpers import ENTITY_KEYS, FEATURES, assert_same_rows, server_stats
 
-from flightlab.sample_repo import client_repo_yaml, entity_frame
+from flightlab.testing.processes import run_feast
+from flightlab.testing.sample_repo import client_repo_yaml, entity_frame
 
 VALIDATE = "validate_data_source"
 COLUMNS = "get_table_column_names_and_types_from_data_source"
 BATCH_SOURCES = 2  # driver_stats_source, customer_stats_source
-
-
-def feast_cli(repo: Path, command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "feast.cli.cli", "-c", str(repo), command],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
 
 
 def served(stats: dict[str, Any], api: str) -> int:
@@ -55,7 +44,7 @@ def client_runs(server_repo, offline_server, tmp_path_factory) -> dict[str, Any]
     )
     runs: dict[str, Any] = {"repo": repo, "stats": [server_stats(offline_server)]}
     for command in ("plan", "apply"):
-        runs[command] = feast_cli(repo, command)
+        runs[command] = run_feast(repo, command, timeout=180)
         runs["stats"].append(server_stats(offline_server))
     return runs
 

@@ -29,6 +29,7 @@ import yaml
 from offline_helpers import ENTITY_KEYS, FEATURES, assert_same_rows, run_flightlab
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from paths import DEPLOY
 from service_helpers import (
     base64_feature_store_yaml,
     health_status,
@@ -39,10 +40,9 @@ from flightlab.cli import build_parser
 from flightlab.cli_env import FEATURE_STORE_YAML_ENV, options_with_env
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.feast_entry import flightlab_argv
-from flightlab.sample_repo import entity_frame
+from flightlab.testing.sample_repo import entity_frame
 from flightlab.wire import protocol
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 VENV_BIN = str(Path(sys.executable).parent)
 # Variables the manifests may set besides the server's own.
 OTHER_ENV = {FEATURE_STORE_YAML_ENV, "POD_IP"}

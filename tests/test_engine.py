@@ -39,9 +39,9 @@ from flightlab.dispatch.planning import plan_historical
 from flightlab.engine import Engine, EngineMode, EngineSettings, EngineUsage, OnDemandFeatureError
 from flightlab.engine.on_demand import with_on_demand_features
 from flightlab.errors import MalformedEntityDataError, ResourceExhaustedError
-from flightlab.sample_repo import FEATURE_STORE_YAML, create_sample_repo, entity_frame
 from flightlab.server import OfflineServer
 from flightlab.server.limits import ServerLimits
+from flightlab.testing.sample_repo import FEATURE_STORE_YAML, create_sample_repo, entity_frame
 from flightlab.wire import protocol
 
 BATCH_ROWS = 2048

@@ -19,19 +19,6 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
 import pytest
-from fault_scenarios import (
-    TEST_MARKERS,
-    ServerProcess,
-    concurrent_servers,
-    drill_options,
-    dying_clients,
-    hostile_inputs,
-    marked_rows,
-    markers_in,
-    server_process,
-    sigkill_during_writes,
-    soak,
-)
 from feast import FeatureStore
 from offline_helpers import (
     DRIVER_KEYS,
@@ -49,9 +36,22 @@ from flightlab.client.transport import (
     exception_for_flight_error,
 )
 from flightlab.errors import MAX_MESSAGE_CHARS
-from flightlab.sample_repo import create_sample_repo, entity_frame
 from flightlab.server import OfflineServer
 from flightlab.server.limits import ServerLimits
+from flightlab.testing.faults import (
+    TEST_MARKERS,
+    concurrent_servers,
+    drill_options,
+    dying_clients,
+    hostile_inputs,
+    marked_rows,
+    markers_in,
+    server_process,
+    sigkill_during_writes,
+    soak,
+)
+from flightlab.testing.processes import ServerProcess
+from flightlab.testing.sample_repo import create_sample_repo, entity_frame
 from flightlab.wire import protocol
 from flightlab.wire.actions import ACTION_DROP
 from flightlab.wire.flight_errors import (

@@ -17,8 +17,6 @@ Three servers on real repos built with ``feast apply``:
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -55,15 +53,15 @@ from offline_helpers import (
 )
 
 from flightlab.errors import MalformedParameterError, UnknownApiError, UnsupportedQueryError
-from flightlab.sample_repo import (
+from flightlab.server import OfflineServer
+from flightlab.testing.processes import feast_apply, run_feast
+from flightlab.testing.sample_repo import (
     DAYS,
     DRIVER_IDS,
     START,
-    apply_repo,
     create_sample_repo,
     entity_frame,
 )
-from flightlab.server import OfflineServer
 from flightlab.wire.feast_protocol import is_placeholder_table
 
 PROJECT = "flightlab_sample"
@@ -173,7 +171,7 @@ def write_repo(tmp_path_factory) -> Path:
     create_sample_repo(repo, apply=False)
     with (repo / "definitions.py").open("a") as definitions:
         definitions.write(PERSIST_DESTINATION)
-    apply_repo(repo)
+    feast_apply(repo)
     return repo
 
 
@@ -213,12 +211,7 @@ def applied_client(read_repo, read_server, tmp_path_factory) -> dict[str, Any]:
         stock_client_yaml(read_server.port, "data/registry.db")
     )
     before = read_server.stats_json()
-    run = subprocess.run(
-        [sys.executable, "-m", "feast.cli.cli", "-c", str(repo), "apply"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    run = run_feast(repo, "apply", timeout=180)
     after = read_server.stats_json()
     return {"repo": repo, "run": run, "before": before, "after": after}
 

@@ -27,8 +27,8 @@ from offline_helpers import (
     registry_of,
 )
 
-from flightlab.sample_repo import DRIVER_IDS, START, entity_frame
 from flightlab.server import OfflineServer
+from flightlab.testing.sample_repo import DRIVER_IDS, START, entity_frame
 
 
 @pytest.fixture(scope="module")

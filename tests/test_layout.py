@@ -10,7 +10,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "flightlab"
+from paths import ROOT
+
+PACKAGE = ROOT / "flightlab"
 MAX_MODULE_LINES = 400
 
 
@@ -92,3 +94,12 @@ def test_the_engine_storage_and_errors_know_nothing_of_flight():
         ):
             flight = {n for n in imported_names(path) if n.startswith("pyarrow.flight")}
             assert not flight, (name, flight)
+
+
+def test_the_installed_package_names_no_checkout_folder():
+    """A wheel holds flightlab/ only: nothing in it may look for the checkout's
+    scripts/ or notebooks/."""
+    for name, path in MODULES.items():
+        text = path.read_text()
+        assert "parents[1]" not in text and "parents[2]" not in text, name
+        assert '"scripts"' not in text and '"notebooks"' not in text, name

@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from paths import MNIST_NPZ, MNIST_REPO
 
 from flightlab import mnist
 
@@ -18,7 +19,7 @@ SLICE = 2_000  # images in the test repo: ids 0..1999, with image 1000 corrected
 
 @pytest.fixture(scope="module")
 def mnist_data() -> mnist.MnistData:
-    return mnist.load_mnist()
+    return mnist.load_mnist(MNIST_NPZ)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def mnist_table(mnist_data) -> pa.Table:
 def mnist_repo(tmp_path_factory, mnist_data):
     """The demo's feature repo over the first SLICE images, applied."""
     repo = tmp_path_factory.mktemp("mnist") / "feature_repo"
-    return mnist.create_feature_repo(repo, mnist_data.head(SLICE))
+    return mnist.create_feature_repo(repo, MNIST_REPO, mnist_data.head(SLICE))
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +60,9 @@ def mnist_remote_store(mnist_repo, tmp_path_factory):
 
 
 def test_the_shipped_archive_is_the_real_mnist(mnist_data):
-    digest = hashlib.sha256(mnist.DEFAULT_NPZ.read_bytes()).hexdigest()
+    digest = hashlib.sha256(MNIST_NPZ.read_bytes()).hexdigest()
     assert digest == "06af5dfe73b70e3bc1c36439982b18a8d76803db9b544f6fdf838a37fbb01b64"
-    assert (mnist.DEFAULT_NPZ.parent / "README.md").is_file()  # its attribution
+    assert (MNIST_NPZ.parent / "README.md").is_file()  # its attribution
     assert len(mnist_data) == 70_000
     assert mnist_data.images.shape == (70_000, 28, 28)
     train = mnist_data.splits == "train"
@@ -160,14 +161,14 @@ def test_entity_frame_is_microsecond_utc():
 
 
 def test_a_written_feature_repo_holds_the_committed_definitions(tmp_path):
-    repo = mnist.write_feature_repo(tmp_path / "repo")
+    repo = mnist.write_feature_repo(tmp_path / "repo", MNIST_REPO)
     for name in mnist.REPO_FILES:
-        assert (repo / name).read_text() == (mnist.DEFAULT_REPO / name).read_text()
+        assert (repo / name).read_text() == (MNIST_REPO / name).read_text()
     text = (repo / "mnist_features.py").read_text()
     for name in (mnist.ENTITY, mnist.SOURCE, mnist.FEATURE_VIEW, mnist.FEATURE_SERVICE):
         assert f'name="{name}"' in text  # the definitions use the module's names
     # Writing the demo repo onto itself leaves it as it is.
-    assert mnist.write_feature_repo(mnist.DEFAULT_REPO) == mnist.DEFAULT_REPO
+    assert mnist.write_feature_repo(MNIST_REPO, MNIST_REPO) == MNIST_REPO
 
 
 # --- the feature repo, applied --------------------------------------------------------

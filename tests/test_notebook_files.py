@@ -9,15 +9,13 @@ import json
 from pathlib import Path
 
 import pytest
+from paths import MNIST_DEMO, NOTEBOOKS, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted(
-    [*(ROOT / "notebooks").glob("*.ipynb"), *(ROOT / "notebooks" / "mnist_demo").glob("*.ipynb")]
-)
+NOTEBOOK_FILES = sorted([*NOTEBOOKS.glob("*.ipynb"), *MNIST_DEMO.glob("*.ipynb")])
 
 
 def test_the_notebooks_are_found():
-    names = {path.name for path in NOTEBOOKS}
+    names = {path.name for path in NOTEBOOK_FILES}
     assert {"ArrowServer.ipynb", "ArrowClient.ipynb", "01_prepare_mnist.ipynb"} <= names, names
 
 
@@ -43,7 +41,7 @@ def _problems(notebook: dict) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_a_committed_notebook_has_no_outputs_and_one_parameters_cell(path: Path):
     assert _problems(json.loads(path.read_text())) == []
 

@@ -13,9 +13,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from paths import ROOT, SCRIPTS  # noqa: E402
 
 from flightlab import notebook as nb  # noqa: E402
-from flightlab.sample_repo import client_repo_yaml, create_sample_repo, entity_frame  # noqa: E402
+from flightlab.testing.processes import free_port  # noqa: E402
+from flightlab.testing.sample_repo import client_repo_yaml, create_sample_repo, entity_frame  # noqa: E402
 
 FEATURES = ["driver_stats:conv_rate", "driver_stats:avg_daily_trips"]
 
@@ -51,7 +53,7 @@ def tools_client(tools_server, tools_repo, tmp_path_factory):
 
 
 def test_nothing_answers_on_a_free_port():
-    port = nb.free_port()
+    port = free_port()
     assert not nb.server_answers("127.0.0.1", port, timeout=2)
     assert not nb.wait_for_server("127.0.0.1", port, timeout=0.6, interval=0.2)
     assert not nb.wait_for_server("127.0.0.1", port, timeout=30, alive=lambda: False)
@@ -80,7 +82,7 @@ def test_connect_uses_a_running_server_or_starts_one(tools_server, tools_repo):
     existing.close()  # not ours: leaves it running
     assert tools_server.running
 
-    nobody = nb.free_port()
+    nobody = free_port()
     started = nb.connect_or_start(tools_repo, "127.0.0.1", nobody)
     try:
         assert started.started_here and started.server.running
@@ -291,7 +293,7 @@ def test_a_headless_panel_shows_a_text_snapshot_that_ends_stopped(
     """papermill's view of the ArrowServer notebook: no widget repr
     (``VBox(children=...``) but the panel as text and HTML, replaced in place
     by the final status once the server stops."""
-    port = nb.free_port()
+    port = free_port()
     client_repo = tmp_path / "client"
     (client_repo / "data").mkdir(parents=True)
     (client_repo / "feature_store.yaml").write_text(
@@ -300,7 +302,7 @@ def test_a_headless_panel_shows_a_text_snapshot_that_ends_stopped(
     cells = [
         "from feast import FeatureStore\n"
         "from flightlab import notebook as nb\n"
-        "from flightlab.sample_repo import entity_frame\n"
+        "from flightlab.testing.sample_repo import entity_frame\n"
         f"server = nb.start_server({str(tools_repo)!r}, port={port})",
         "panel = nb.ServerPanel(server, interval=0.2)\npanel",
         "nb.ServerPanel(server, live=False, headless=False)  # JupyterLab's: the widget",
@@ -348,7 +350,7 @@ def test_a_client_finds_the_announced_server(tools_repo, tmp_path):
     assert nb.announced(repo) is None
 
     # A file left by a server that is gone (killed kernel) names nobody.
-    path.write_text(f'{{"host": "127.0.0.1", "port": {nb.free_port()}}}')
+    path.write_text(f'{{"host": "127.0.0.1", "port": {free_port()}}}')
     assert nb.announced(repo, timeout=1) is None
     path.write_text("not json")
     assert nb.announced(repo) is None
@@ -448,12 +450,11 @@ def test_environment_yml_covers_what_the_notebooks_need():
 
     import yaml
 
-    root = Path(__file__).resolve().parents[1]
-    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     # The core dependencies come with flightlab itself (-e .); the notebook
     # extra is listed one by one.
     wanted = project["optional-dependencies"]["notebooks"]
-    env = yaml.safe_load((root / "environment.yml").read_text())
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     listed = {re.split(r"[<>=\[ ]", spec, maxsplit=1)[0].lower() for spec in pip}
     for requirement in wanted:
@@ -465,7 +466,7 @@ def test_environment_yml_covers_what_the_notebooks_need():
 def _run_notebooks_script():
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "run_notebooks.py"
+    path = SCRIPTS / "run_notebooks.py"
     spec = importlib.util.spec_from_file_location("run_notebooks", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

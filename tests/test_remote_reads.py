@@ -29,7 +29,7 @@ from offline_helpers import (
 
 from flightlab.client import RemoteRetrievalJob
 from flightlab.client.transport import Progress
-from flightlab.sample_repo import CUSTOMER_IDS, DAYS, DRIVER_IDS, START, entity_frame
+from flightlab.testing.sample_repo import CUSTOMER_IDS, DAYS, DRIVER_IDS, START, entity_frame
 
 # --- get_historical_features -------------------------------------------------------
 

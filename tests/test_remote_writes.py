@@ -34,8 +34,8 @@ from offline_helpers import (
 
 from flightlab.client import RemoteOfflineStore
 from flightlab.client.transport import OfflineFlightClient
-from flightlab.sample_repo import DAYS, START, create_sample_repo, entity_frame
 from flightlab.server import OfflineServer
+from flightlab.testing.sample_repo import DAYS, START, create_sample_repo, entity_frame
 from flightlab.wire import protocol
 
 

@@ -15,8 +15,8 @@ import pytest
 from feast import FeatureStore
 from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 
-from flightlab.sample_repo import client_repo_yaml, create_sample_repo, entity_frame
 from flightlab.server import OfflineServer
+from flightlab.testing.sample_repo import client_repo_yaml, create_sample_repo, entity_frame
 
 FEATURES = ["driver_stats:conv_rate", "driver_stats:avg_daily_trips", "customer_stats:avg_rating"]
 KEYS = ["driver_id", "customer_id", "event_timestamp"]

@@ -25,12 +25,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import queue
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -63,7 +61,6 @@ from flightlab.errors import (
     ResourceExhaustedError,
     UnknownCommandError,
 )
-from flightlab.sample_repo import DAYS, START, apply_repo, create_sample_repo, entity_frame
 from flightlab.server import OfflineServer, ServerTls
 from flightlab.server.auth import (
     AuthConfigError,
@@ -72,6 +69,8 @@ from flightlab.server.auth import (
     authenticator_for,
 )
 from flightlab.server.limits import ServerLimits
+from flightlab.testing.processes import feast_apply, running_server, serve_offline_command
+from flightlab.testing.sample_repo import DAYS, START, create_sample_repo, entity_frame
 from flightlab.wire import protocol
 from flightlab.wire.actions import ACTION_DROP, ACTION_STATS
 from flightlab.wire.headers import AUTHORIZATION_HEADER
@@ -223,7 +222,7 @@ def repo(idp, tmp_path_factory) -> Path:
     (path / "permissions.py").write_text(PERMISSIONS)
     with (path / "definitions.py").open("a") as definitions:
         definitions.write(PERSIST_DESTINATION)
-    apply_repo(path)
+    feast_apply(path)
     return path
 
 
@@ -1218,22 +1217,12 @@ def test_client_repos_connect_over_tls_and_mtls(
 
 
 def test_the_cli_serves_tls_and_stops_on_sigterm(repo, pki, tokens, tmp_path):
-    stderr = (tmp_path / "server.log").open("w")
-    command = [sys.executable, "-m", "flightlab", "-c", str(repo), "serve_offline"]
-    command += ["--port", "0", "-c", str(pki.server_cert), "-k", str(pki.server_key)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
-    try:
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(
-            target=lambda: [lines.put(line) for line in process.stdout], daemon=True
-        ).start()
-        try:
-            line = lines.get(timeout=90)
-        except queue.Empty:
-            pytest.fail(f"no serving line: {(tmp_path / 'server.log').read_text()[-2000:]}")
+    log = tmp_path / "server.log"
+    command = serve_offline_command(repo, "-c", str(pki.server_cert), "-k", str(pki.server_key))
+    with running_server(command, log=log, timeout=90, stop_signal=signal.SIGKILL) as server:
+        line = server.stdout_lines[-1]
         assert line.startswith("flightlab serving grpc+tls://"), line
-        location = line.split()[-1]
-        port = int(location.rsplit(":", 1)[1])
+        location = server.location
         with OfflineFlightClient(
             location,
             timeout=CALL_TIMEOUT,
@@ -1242,26 +1231,21 @@ def test_the_cli_serves_tls_and_stops_on_sigterm(repo, pki, tokens, tmp_path):
         ) as c:
             assert c.fetch(tls_request()).num_rows == 4
         with OfflineFlightClient(
-            f"grpc+tcp://127.0.0.1:{port}",
+            f"grpc+tcp://127.0.0.1:{server.port}",
             timeout=CALL_TIMEOUT,
             middleware=[BearerToken(tokens["rita"])],
         ) as plaintext:
             with pytest.raises(ConnectionFailedError):
                 plaintext.fetch(tls_request())
 
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-        assert "SIGTERM received, stopping" in (tmp_path / "server.log").read_text()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0
+        assert "SIGTERM received, stopping" in log.read_text()
         with (
             OfflineFlightClient(location, timeout=5, tls_root_certs=pki.ca.read_bytes()) as gone,
             pytest.raises(ConnectionFailedError),
         ):
             gone.list_actions()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        stderr.close()
 
 
 # --- which authenticator each auth config builds -----------------------------------------------

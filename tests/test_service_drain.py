@@ -19,7 +19,7 @@ from service_helpers import health_status, healthcheck_action, server_process
 
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.errors import ServerDrainingError
-from flightlab.sample_repo import entity_frame
+from flightlab.testing.sample_repo import entity_frame
 from flightlab.wire import protocol
 
 ROWS = 200_000

@@ -22,8 +22,8 @@ from service_helpers import health_status, healthcheck_action
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.errors import ServerDrainingError
 from flightlab.operations.options import ServiceOptions
-from flightlab.sample_repo import entity_frame
 from flightlab.server import OfflineServer
+from flightlab.testing.sample_repo import entity_frame
 from flightlab.wire import protocol
 
 
@@ -70,7 +70,7 @@ def test_health_is_serving_once_ready_not_serving_while_draining_and_gone_once_s
 
 
 def test_health_stays_not_serving_while_the_offline_store_cannot_answer(tmp_path):
-    from flightlab.sample_repo import create_sample_repo
+    from flightlab.testing.sample_repo import create_sample_repo
 
     repo = create_sample_repo(tmp_path / "repo", "duckdb")
     for table in ("driver_stats", "customer_stats"):  # the sources' files are gone

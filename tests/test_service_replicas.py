@@ -34,11 +34,12 @@ from offline_helpers import (
     pull,
     server_stats,
 )
-from service_helpers import RoundRobinProxy, ServerProcess, free_port, server_process
+from service_helpers import RoundRobinProxy, server_process
 
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.errors import UnknownCommandError
-from flightlab.sample_repo import DAYS, START, create_sample_repo, entity_frame
+from flightlab.testing.processes import ServerProcess, free_port
+from flightlab.testing.sample_repo import DAYS, START, create_sample_repo, entity_frame
 from flightlab.wire import protocol
 from flightlab.wire.actions import ACTION_DROP
 from flightlab.wire.manifest import params_metadata

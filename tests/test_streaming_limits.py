@@ -38,13 +38,13 @@ from flightlab.errors import (
     ServerBusyError,
     UnknownCommandError,
 )
-from flightlab.sample_repo import client_repo_yaml, create_sample_repo, entity_frame
 from flightlab.server import OfflineServer
 from flightlab.server.limits import ServerLimits
 from flightlab.server.ownership import owner_key
 from flightlab.server.staging import CommandStaging
 from flightlab.server.streams import closing
 from flightlab.server.workers import WorkerPool
+from flightlab.testing.sample_repo import client_repo_yaml, create_sample_repo, entity_frame
 from flightlab.wire import protocol, streaming
 from flightlab.wire.actions import ACTION_DROP, ACTION_STATS
 from flightlab.wire.headers import COMPRESSION_HEADER, OWNER_HEADER

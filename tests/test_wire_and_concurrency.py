@@ -23,7 +23,7 @@ from feast import FeatureStore
 from offline_helpers import ENTITY_KEYS, FEATURES, assert_same_rows, server_stats
 
 from flightlab.client.transport import OfflineFlightClient
-from flightlab.sample_repo import entity_frame
+from flightlab.testing.sample_repo import entity_frame
 from flightlab.wire import protocol
 from flightlab.wire.actions import ACTION_DROP, ACTION_HEALTHCHECK, ACTION_STATS
 from flightlab.wire.headers import OWNER_HEADER

@@ -48,10 +48,10 @@ from offline_helpers import arrow, new_driver_rows, raw_stage
 
 from flightlab import errors
 from flightlab.client.transport import OfflineFlightClient
-from flightlab.sample_repo import DAYS, START, create_sample_repo, entity_frame
 from flightlab.server import OfflineServer
 from flightlab.server.limits import ServerLimits
 from flightlab.storage import parquet_writes
+from flightlab.testing.sample_repo import DAYS, START, create_sample_repo, entity_frame
 from flightlab.wire import flight_errors, protocol
 
 BOUND = 2.0  # the writers' wait for readers, in these tests

@@ -1,7 +1,8 @@
 """The MNIST demo: its data, its Feast feature repo and what the notebooks do with them.
 
 The project ships the real MNIST digits (``notebooks/mnist_demo/data/mnist.npz``,
-with its attribution); nothing here downloads anything. The demo's feature repo
+with its attribution; the functions that read it, or the committed feature repo,
+are given their paths); nothing here downloads anything. The demo's feature repo
 holds one feature view, ``mnist``, with a row per image: the 28 pixel rows of
 the image as 28 ``Array(Float32)`` features ``feature_1`` ... ``feature_28``
 (values 0..1), the digit ``label`` and the ``split`` (train/test).
@@ -20,7 +21,7 @@ feature table), :mod:`~flightlab.mnist.repo` (the feature repo),
 :mod:`~flightlab.mnist.retrieval` (entity rows, the point-in-time case,
 comparisons), :mod:`~flightlab.mnist.training` (the classifier) and
 :mod:`~flightlab.mnist.calls` (the other offline-store APIs). Everything
-public is exported here, so notebooks write ``mnist.load_mnist()``.
+public is exported here, so notebooks write ``mnist.load_mnist("data/mnist.npz")``.
 """
 
 from __future__ import annotations
@@ -43,10 +44,7 @@ from flightlab.mnist.dataset import (
     AS_OF,
     CORRECTED_EVERY,
     CORRECTION_DELAY,
-    DEFAULT_NPZ,
-    DEFAULT_REPO,
     DEFAULT_SEED,
-    DEMO_DIR,
     ENTITY,
     FEATURE_SERVICE,
     FEATURE_VIEW,
@@ -59,7 +57,6 @@ from flightlab.mnist.dataset import (
     PREDICTIONS_SOURCE,
     PREDICTIONS_VIEW,
     PROJECT,
-    PROJECT_ROOT,
     ROW_TYPE,
     SAVED_DIR,
     SIDE,
@@ -118,10 +115,7 @@ __all__ = [
     "CORRECTED_EVERY",
     "CORRECTION_DELAY",
     "Comparison",
-    "DEFAULT_NPZ",
-    "DEFAULT_REPO",
     "DEFAULT_SEED",
-    "DEMO_DIR",
     "ENTITY",
     "FEATURES",
     "FEATURE_SERVICE",
@@ -135,7 +129,6 @@ __all__ = [
     "PREDICTIONS_SOURCE",
     "PREDICTIONS_VIEW",
     "PROJECT",
-    "PROJECT_ROOT",
     "PointInTimeCase",
     "REPO_FILES",
     "ROW_TYPE",

@@ -1,7 +1,8 @@
 """The MNIST data set and its feature table, and the names of the demo's Feast
 objects (entity, views, service, sources) that the repo's definitions use.
 
-The data is read from the copy the project ships; nothing here downloads.
+The data is read from the archive the caller names (a flightlab checkout ships
+it at ``notebooks/mnist_demo/data/mnist.npz``); nothing here downloads.
 """
 
 from __future__ import annotations
@@ -14,11 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DEMO_DIR = PROJECT_ROOT / "notebooks" / "mnist_demo"
-DEFAULT_NPZ = DEMO_DIR / "data" / "mnist.npz"
-DEFAULT_REPO = DEMO_DIR / "feature_repo"
 
 SIDE = 28
 FEATURES = tuple(f"feature_{i}" for i in range(1, SIDE + 1))
@@ -75,12 +71,13 @@ class MnistData:
         )
 
 
-def load_mnist(path: str | Path | None = None) -> MnistData:
-    """Load the shipped ``mnist.npz`` (default: the project's copy)."""
-    path = Path(path) if path is not None else DEFAULT_NPZ
+def load_mnist(path: str | Path) -> MnistData:
+    """Load the shipped ``mnist.npz`` at ``path``."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"no MNIST archive at {path}: the project ships it at {DEFAULT_NPZ}"
+            f"no MNIST archive at {path}: a flightlab checkout ships it at "
+            "notebooks/mnist_demo/data/mnist.npz"
         )
     with np.load(path) as npz:
         x_train, y_train = npz["x_train"], npz["y_train"]

@@ -1,11 +1,11 @@
 """The MNIST demo's ``postgres`` profile: the same feature repo, its rows in PostgreSQL.
 
 The proof of concept's backend. The feature views, entity and service are the
-committed repo's (:data:`flightlab.mnist.dataset.DEFAULT_REPO`); only the two
-sources differ: PostgreSQL tables ``mnist`` (the 28 pixel rows as ``real[]``
-columns, Feast's ``Array(Float32)``) and ``mnist_predictions``, read by Feast's
-``postgres`` offline store. The registry stays a file in the repo, so a client
-repo reads it as in the duckdb profile.
+committed repo's (the template the caller names: ``notebooks/mnist_demo/feature_repo``
+in a checkout); only the two sources differ: PostgreSQL tables ``mnist`` (the
+28 pixel rows as ``real[]`` columns, Feast's ``Array(Float32)``) and
+``mnist_predictions``, read by Feast's ``postgres`` offline store. The registry
+stays a file in the repo, so a client repo reads it as in the duckdb profile.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from flightlab.mnist.dataset import (
-    DEFAULT_REPO,
     LOGS_DIR,
     PREDICTIONS_SCHEMA,
     PREDICTIONS_SOURCE,
@@ -22,9 +21,8 @@ from flightlab.mnist.dataset import (
     SOURCE,
     MnistData,
     feature_table,
-    load_mnist,
 )
-from flightlab.postgres import PostgresServer, load_table
+from flightlab.testing.postgres import PostgresServer, load_table
 
 TABLE = "mnist"
 PREDICTIONS_TABLE = "mnist_predictions"
@@ -65,9 +63,9 @@ _IMPORT = (
 )
 
 
-def postgres_definitions() -> str:
-    """The committed definitions, on PostgreSQL tables instead of parquet files."""
-    text = (DEFAULT_REPO / DEFINITIONS_FILE).read_text()
+def postgres_definitions(template: str | Path) -> str:
+    """The ``template`` repo's definitions, on PostgreSQL tables instead of parquet files."""
+    text = (Path(template) / DEFINITIONS_FILE).read_text()
     for file_source, pg_source in zip(_FILE_SOURCES, _POSTGRES_SOURCES, strict=True):
         if file_source not in text:
             raise RuntimeError(f"{DEFINITIONS_FILE} changed: update flightlab.mnist.postgres_repo")
@@ -93,9 +91,10 @@ def postgres_repo_yaml(server: PostgresServer) -> str:
 
 
 def create_postgres_feature_repo(
-    repo: str | Path, server: PostgresServer, data: MnistData | None = None
+    repo: str | Path, server: PostgresServer, template: str | Path, data: MnistData
 ) -> Path:
-    """Write the profile's repo at ``repo`` and load MNIST into ``server``'s tables.
+    """Write the profile's repo at ``repo`` (the ``template``'s definitions) and
+    load ``data`` into ``server``'s tables.
 
     ``feast apply`` is left to the caller (notebook 2 runs it).
     """
@@ -103,7 +102,7 @@ def create_postgres_feature_repo(
     for folder in (LOGS_DIR, SAVED_DIR):
         (repo / "data" / folder).mkdir(parents=True, exist_ok=True)
     (repo / "feature_store.yaml").write_text(postgres_repo_yaml(server))
-    (repo / DEFINITIONS_FILE).write_text(postgres_definitions())
-    load_table(server, TABLE, feature_table(data if data is not None else load_mnist()))
+    (repo / DEFINITIONS_FILE).write_text(postgres_definitions(template))
+    load_table(server, TABLE, feature_table(data))
     load_table(server, PREDICTIONS_TABLE, PREDICTIONS_SCHEMA.empty_table())
     return repo

@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flightlab.mnist.dataset import (
-    DEFAULT_REPO,
     LOGS_DIR,
     PREDICTIONS_FILE,
     PREDICTIONS_SCHEMA,
@@ -21,21 +20,23 @@ from flightlab.mnist.dataset import (
     SOURCE_FILE,
     MnistData,
     feature_table,
-    load_mnist,
 )
+from flightlab.testing.processes import feast_apply
 
-# The demo's repo files are committed in DEFAULT_REPO (feature_store.yaml and
-# the definitions, which name the objects above); other repos are copies.
+# The demo's repo files are committed in its template repo (feature_store.yaml
+# and the definitions, which name the objects above; a flightlab checkout has it
+# at notebooks/mnist_demo/feature_repo); other repos are copies.
 REPO_FILES = ("feature_store.yaml", "mnist_features.py")
 
 
-def write_feature_repo(repo: str | Path) -> Path:
-    """Put the demo's ``feature_store.yaml`` and definitions file into ``repo``."""
-    repo = Path(repo)
+def write_feature_repo(repo: str | Path, template: str | Path) -> Path:
+    """Put the demo's ``feature_store.yaml`` and definitions file, from the
+    ``template`` repo, into ``repo``."""
+    repo, template = Path(repo), Path(template)
     repo.mkdir(parents=True, exist_ok=True)
     for name in REPO_FILES:
-        if (repo / name).resolve() != (DEFAULT_REPO / name).resolve():
-            shutil.copyfile(DEFAULT_REPO / name, repo / name)
+        if (repo / name).resolve() != (template / name).resolve():
+            shutil.copyfile(template / name, repo / name)
     return repo
 
 
@@ -68,23 +69,8 @@ def require_source_data(repo: str | Path) -> Path:
 
 
 def apply(repo: str | Path) -> str:
-    """``feast apply`` the repo; returns what Feast printed.
-
-    In a child process, as :func:`flightlab.sample_repo.apply_repo` does: Feast
-    imports a repo's definition files as modules, once per process.
-    """
-    import subprocess
-    import sys
-
-    repo = Path(repo).resolve()
-    done = subprocess.run(
-        [sys.executable, "-m", "feast.cli.cli", "-c", str(repo), "apply"],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"feast apply failed in {repo}:\n{done.stdout}{done.stderr}")
-    return done.stdout
+    """``feast apply`` the repo (in a child process); returns what Feast printed."""
+    return feast_apply(repo)
 
 
 def registry_summary(store: Any) -> pd.DataFrame:
@@ -114,22 +100,21 @@ def registry_summary(store: Any) -> pd.DataFrame:
 
 
 def create_feature_repo(
-    repo: str | Path, data: MnistData | None = None, apply_it: bool = True
+    repo: str | Path, template: str | Path, data: MnistData, apply_it: bool = True
 ) -> Path:
-    """The whole repo in one call: definitions, source data, ``feast apply``."""
-    repo = write_feature_repo(repo)
-    write_source_data(repo, feature_table(data if data is not None else load_mnist()))
+    """The whole repo in one call: the ``template``'s definitions, ``data``'s
+    source rows, ``feast apply``."""
+    repo = write_feature_repo(repo, template)
+    write_source_data(repo, feature_table(data))
     if apply_it:
         apply(repo)
     return repo
 
 
-def write_client_repo(
-    path: str | Path, host: str, port: int, server_repo: str | Path = DEFAULT_REPO
-) -> Path:
+def write_client_repo(path: str | Path, host: str, port: int, server_repo: str | Path) -> Path:
     """A client repo at ``path`` whose offline store is the flightlab server at
     ``host:port``; it reads the registry the server's repo wrote."""
-    from flightlab.sample_repo import client_repo_yaml
+    from flightlab.testing.sample_repo import client_repo_yaml
 
     path = Path(path)
     (path / "data").mkdir(parents=True, exist_ok=True)

@@ -97,13 +97,6 @@ def wait_for_server(
     return False
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 def require_applied_repo(repo: str | Path) -> Path:
     """The repo, if it has been ``feast apply``'d; else a FileNotFoundError
     that says which notebooks make it."""

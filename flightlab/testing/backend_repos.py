@@ -1,4 +1,4 @@
-"""The sample repo (:mod:`flightlab.sample_repo`) on Feast's PostgreSQL and Spark stores.
+"""The sample repo (:mod:`flightlab.testing.sample_repo`) on Feast's PostgreSQL and Spark stores.
 
 Same entities, views, on-demand view and feature service, same rows; only the
 sources and the store differ:
@@ -14,15 +14,14 @@ Each repo also registers a source to persist retrievals into.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flightlab.postgres import PostgresServer, load_table
-from flightlab.sample_repo import (
+from flightlab.testing.postgres import PostgresServer, load_table
+from flightlab.testing.processes import feast_apply
+from flightlab.testing.sample_repo import (
     customer_stats_frame,
     definitions_with,
     driver_stats_frame,
@@ -143,7 +142,7 @@ def create_postgres_repo(
     yaml = repo_yaml(registry, server.offline_store_yaml())
     repo = _write_repo(Path(path), yaml, _POSTGRES_SOURCES)
     if apply:
-        apply_repo(repo)
+        feast_apply(repo)
     return repo
 
 
@@ -156,20 +155,8 @@ def create_spark_repo(path: str | Path, apply: bool = True) -> Path:
         # Spark reads no nanosecond timestamps.
         pq.write_table(table, folder / "part-0.parquet", coerce_timestamps="us")
     if apply:
-        apply_repo(repo)
+        feast_apply(repo)
     return repo
-
-
-def apply_repo(repo: Path) -> None:
-    """``feast apply`` in a child process (see flightlab.sample_repo.apply_repo);
-    a failure raises with what Feast printed."""
-    done = subprocess.run(
-        [sys.executable, "-m", "feast.cli.cli", "-c", str(repo.resolve()), "apply"],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"feast apply failed in {repo}:\n{done.stdout}{done.stderr}")
 
 
 def client_yaml(

@@ -7,14 +7,14 @@ view, a feature service with a logging config), then runs ``feast apply``.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from flightlab.testing.processes import feast_apply
 
 OFFLINE_STORES = ("duckdb", "file")
 DRIVER_IDS = tuple(range(1001, 1011))
@@ -37,7 +37,7 @@ offline_store:
 entity_key_serialization_version: 3
 """
 
-# The sources, apart: the backend repos (flightlab.backend_repos) swap them.
+# The sources, apart: the backend repos (flightlab.testing.backend_repos) swap them.
 FILE_SOURCES = """\
 driver_stats_source = FileSource(
     name="driver_stats_source",
@@ -184,22 +184,8 @@ def create_sample_repo(path: str | Path, offline_store: str = "duckdb", apply: b
     (repo / "feature_store.yaml").write_text(FEATURE_STORE_YAML.format(offline_store=offline_store))
     (repo / "definitions.py").write_text(textwrap.dedent(DEFINITIONS))
     if apply:
-        apply_repo(repo)
+        feast_apply(repo)
     return repo
-
-
-def apply_repo(repo: str | Path) -> None:
-    """Run the real ``feast apply`` on ``repo``.
-
-    In a child process: Feast imports a repo's definition files as modules,
-    and two repos in one process would share a cached ``definitions`` module.
-    """
-    subprocess.run(
-        [sys.executable, "-m", "feast.cli.cli", "-c", str(Path(repo).resolve()), "apply"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
 
 
 def client_repo_yaml(
