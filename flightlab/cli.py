@@ -163,7 +163,7 @@ def _engine_settings(args: argparse.Namespace) -> EngineSettings:
         memory_limit=args.engine_memory_limit,
         spill_dir=args.spill_dir,
     )
-    from flightlab.engine.runner import check_resources  # imports Feast: only to serve
+    from flightlab.engine.database import check_resources
 
     check_resources(settings)  # e.g. a memory limit DuckDB cannot read
     return settings

@@ -1,4 +1,4 @@
-"""flightlab's own point-in-time engine: DuckDB over parquet sources.
+"""flightlab's own point-in-time engine: DuckDB over the sources it can read.
 
 :class:`Engine` answers ``get_historical_features``, ``pull_latest`` and
 ``pull_all`` with one DuckDB query per request, streamed as
@@ -7,10 +7,13 @@
 what resources; anything it cannot answer goes to the repo's Feast store.
 Inside: :mod:`~flightlab.engine.sql` (the queries),
 :mod:`~flightlab.engine.sources` (which sources it reads),
+:mod:`~flightlab.engine.reading` (how a request reads a source),
+:mod:`~flightlab.engine.parquet` (local parquet files),
+:mod:`~flightlab.engine.database` (a DuckDB database per request),
 :mod:`~flightlab.engine.entities` (the uploaded entity rows),
 :mod:`~flightlab.engine.on_demand` (on-demand views, batch by batch),
 :mod:`~flightlab.engine.usage` (open databases, rows read) and
-:mod:`~flightlab.engine.runner` (a DuckDB database per request).
+:mod:`~flightlab.engine.runner` (``Engine``).
 
 The exports load on first use: the settings do not import Feast or DuckDB.
 """

@@ -1,43 +1,35 @@
-"""flightlab's engine: answers retrievals over parquet sources with DuckDB.
+"""flightlab's engine: answers retrievals with one DuckDB query per request.
 
-Each request gets a DuckDB database of its own (its threads, memory limit and
-spill folder), so requests run side by side with no lock between them. The
-entity rows are registered as the uploaded Arrow table, one SQL query answers
-the request, and its result is read batch by batch as DuckDB produces it.
+Each request gets a DuckDB database of its own
+(:mod:`~flightlab.engine.database`). The entity rows are registered as the
+uploaded Arrow table, each source is read as its reader says (only the
+columns and event times the request can use: :mod:`~flightlab.engine.sources`),
+one SQL query answers the request (:mod:`~flightlab.engine.sql`), and its
+result is read batch by batch as DuckDB produces it.
 """
 
 from __future__ import annotations
 
-import tempfile
-import threading
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import datetime
-from pathlib import Path
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 from feast.feature_view import FeatureView
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import RepoConfig
 
 from flightlab.engine import sql
+from flightlab.engine.database import RequestDatabases
 from flightlab.engine.entities import prepared_entity_rows
 from flightlab.engine.on_demand import with_on_demand_features
+from flightlab.engine.reading import SourceReader, TimeWindow
 from flightlab.engine.results import FLIGHTLAB, ResultStream
-from flightlab.engine.settings import (
-    REPLACEABLE_STORES,
-    SAME_ANSWER_STORES,
-    EngineMode,
-    EngineSettings,
-)
-from flightlab.engine.sources import ParquetSource, parquet_source
+from flightlab.engine.settings import EngineSettings
+from flightlab.engine.sources import source_reader
 from flightlab.engine.usage import EngineUsage, UsageCounters
-from flightlab.errors import MalformedEntityDataError, ResourceExhaustedError, shortened
-
-# Rows DuckDB hands over per batch; the server cuts them to its own bounds.
-_READ_BATCH_ROWS = 65_536
+from flightlab.errors import MalformedEntityDataError
 
 
 class Engine:
@@ -47,18 +39,16 @@ class Engine:
     def __init__(self, settings: EngineSettings | None = None):
         self.settings = settings or EngineSettings()
         self._usage = UsageCounters()
-        check_resources(self.settings)
+        self._databases = RequestDatabases(self.settings, self._usage)
 
     def usage(self) -> EngineUsage:
         """What the engine holds and has read so far (see :class:`EngineUsage`)."""
         return self._usage.snapshot()
 
-    def serves(self, config: RepoConfig) -> bool:
-        """Whether the engine answers for a repo of this offline store type."""
-        store_type = config.offline_store.type
-        if self.settings.mode is EngineMode.AUTO:
-            return store_type in SAME_ANSWER_STORES
-        return self.settings.mode is EngineMode.FLIGHTLAB and store_type in REPLACEABLE_STORES
+    def reader(self, config: RepoConfig, data_source) -> SourceReader | None:
+        """How the engine reads ``data_source`` of a repo of ``config``; None
+        when the repo's Feast store answers for it."""
+        return source_reader(data_source, config, self.settings.mode)
 
     # --- get_historical_features ------------------------------------------------
 
@@ -78,13 +68,9 @@ class Engine:
         )
         if prepared is None:
             return None
-        database, query, total_rows = prepared
-        close = self._closer(database)
+        database, close, query, total_rows = prepared
         try:
-            with self._memory_errors_named():
-                reader = database.sql(query).to_arrow_reader(_READ_BATCH_ROWS)
-            batches = self._counted(reader)
-            schema = reader.schema
+            schema, batches = self._databases.read(database, query)
             if on_demand_views:
                 # Reads the first batch: a transformation may fail right here.
                 batches, schema = with_on_demand_features(
@@ -110,11 +96,11 @@ class Engine:
         )
         if prepared is None:
             return None
-        database, query, _ = prepared
+        database, close, query, _ = prepared
         try:
             return "\n".join(row[1] for row in database.execute(f"EXPLAIN {query}").fetchall())
         finally:
-            self._closer(database)()
+            close()
 
     def _prepare_historical(
         self,
@@ -123,27 +109,27 @@ class Engine:
         feature_refs: list[str],
         entity_rows: pa.Table,
         full_feature_names: bool,
-    ) -> tuple[duckdb.DuckDBPyConnection, str, int] | None:
-        """A database holding the entity rows, and the query that answers."""
-        if not self.serves(config):
-            return None
-        sources = [parquet_source(view.batch_source, config.repo_path) for view in feature_views]
-        if any(source is None for source in sources):
+    ):
+        """A database holding the entity rows, its closer, the query that
+        answers, and the rows it answers with; None where the engine cannot."""
+        readers = [self.reader(config, view.batch_source) for view in feature_views]
+        if any(reader is None for reader in readers):
             return None
         entity_rows, timestamp = prepared_entity_rows(entity_rows)
-        database = self._connect()
+        times = _time_range(entity_rows.column(timestamp))
+        database, close = self._databases.open()
         try:
             views = [
-                _view_query(database, view, source, feature_refs, full_feature_names)
-                for view, source in zip(feature_views, sources, strict=True)
+                _view_query(database, view, reader, feature_refs, full_feature_names, times)
+                for view, reader in zip(feature_views, readers, strict=True)
             ]
             _check_join_keys(entity_rows, feature_views, views)
             database.register(sql.ENTITY_TABLE, entity_rows)
         except BaseException:
-            self._closer(database)()
+            close()
             raise
         query = sql.historical_sql(entity_rows.column_names, timestamp, views)
-        return database, query, entity_rows.num_rows
+        return database, close, query, entity_rows.num_rows
 
     # --- pull_latest / pull_all ------------------------------------------------------
 
@@ -161,166 +147,103 @@ class Engine:
     ) -> ResultStream | None:
         """The rows of ``data_source`` as ``pull_all_from_table_or_query`` (or,
         with ``latest``, ``pull_latest_from_table_or_query``) returns them."""
-        source = parquet_source(data_source, config.repo_path) if self.serves(config) else None
-        if source is None:
+        reader = self.reader(config, data_source)
+        if reader is None:
             return None
         columns = [*join_key_columns, *feature_name_columns, timestamp_field]
         if created_timestamp_column:
             columns.append(created_timestamp_column)
-        query = sql.pull_sql(
-            source,
-            columns,
-            timestamp_field,
-            created_timestamp_column,
-            start_date,
-            end_date,
-            latest_by=list(join_key_columns) if latest else None,
-        )
-        database = self._connect()
-        close = self._closer(database)
+        database, close = self._databases.open()
         try:
-            with self._memory_errors_named():
-                reader = database.sql(query).to_arrow_reader(_READ_BATCH_ROWS)
+            source = reader.read(
+                database, columns, timestamp_field, TimeWindow(start_date, end_date)
+            )
+            query = sql.pull_sql(
+                source,
+                columns,
+                timestamp_field,
+                created_timestamp_column,
+                start_date,
+                end_date,
+                latest_by=list(join_key_columns) if latest else None,
+            )
+            schema, batches = self._databases.read(database, query)
         except BaseException:
             close()
             raise
-        return ResultStream(reader.schema, self._counted(reader), FLIGHTLAB, close=close)
-
-    # --- DuckDB ----------------------------------------------------------------------
-
-    def _connect(self) -> duckdb.DuckDBPyConnection:
-        spill_root = self.settings.spill_dir or Path(tempfile.gettempdir()) / "flightlab-spill"
-        spill_root.mkdir(parents=True, exist_ok=True)
-        # DuckDB names its spill files the same in every database and deletes its
-        # temp directory when the database closes: requests (and replicas) sharing
-        # one folder would overwrite each other's spill files. Each gets its own
-        # subfolder of the root, which DuckDB creates on the first spill and removes
-        # on close (it makes no parent folders).
-        config = {
-            "temp_directory": str(spill_root / f"request-{uuid.uuid4().hex}"),
-            **_resource_config(self.settings),
-        }
-        database = duckdb.connect(":memory:", config=config)
-        self._usage.opened()
-        # TIMESTAMPTZ values come back as Arrow timestamps in UTC.
-        database.execute("SET TimeZone = 'UTC'")
-        # DuckDB 1.5 may plan an ASOF join against a registered Arrow table as
-        # a nested loop (minutes for 100k x 1M rows); this keeps the sort-merge plan.
-        database.execute("SET asof_loop_join_threshold = 0")
-        # A server inside a notebook kernel would otherwise draw DuckDB's progress
-        # bar under whichever cell ran last, for every query slower than 2 s.
-        database.execute("SET enable_progress_bar = false")
-        return database
-
-    def _closer(self, database: duckdb.DuckDBPyConnection) -> Callable[[], None]:
-        """Closes ``database`` once, however often it is called."""
-        lock = threading.Lock()
-        still_open = [True]
-
-        def close() -> None:
-            with lock:
-                if not still_open[0]:
-                    return
-                still_open[0] = False
-            try:
-                database.close()
-            finally:
-                self._usage.closed()
-
-        return close
-
-    def _counted(self, reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
-        batches = iter(reader)
-        while True:
-            with self._memory_errors_named():
-                batch = next(batches, None)
-            if batch is None:
-                return
-            self._usage.read(batch.num_rows)
-            yield batch
-
-    @contextmanager
-    def _memory_errors_named(self) -> Iterator[None]:
-        """DuckDB's out-of-memory error (a join that could not spill enough)
-        as the server's resource error, naming the setting to change."""
-        try:
-            yield
-        except duckdb.OutOfMemoryException as exc:
-            limit = self.settings.memory_limit or "DuckDB's default, 80% of RAM"
-            raise ResourceExhaustedError(
-                f"the engine ran out of memory for this request (memory limit per "
-                f"request: {limit}); raise --engine-memory-limit, or make room in the "
-                f"spill folder: {shortened(str(exc), 300)}"
-            ) from exc
+        return ResultStream(schema, batches, FLIGHTLAB, close=close)
 
 
-def _resource_config(settings: EngineSettings) -> dict[str, str | int]:
-    config: dict[str, str | int] = {}
-    if settings.threads is not None:
-        config["threads"] = settings.threads
-    if settings.memory_limit is not None:
-        config["memory_limit"] = settings.memory_limit
-    return config
+def _time_range(timestamps: pa.ChunkedArray) -> tuple[datetime | None, datetime | None]:
+    """The earliest and latest entity timestamps (None for no rows)."""
+    bounds = pc.min_max(timestamps)
+    return bounds["min"].as_py(), bounds["max"].as_py()
 
 
-def check_resources(settings: EngineSettings) -> None:
-    """A memory limit DuckDB cannot read fails when the server is set up,
-    not on every request."""
-    config = _resource_config(settings)
-    if not config:
-        return
-    try:
-        duckdb.connect(":memory:", config=config).close()
-    except duckdb.Error as exc:
-        raise ValueError(
-            f"the engine's resources are not valid for DuckDB ({config}): {exc}"
-        ) from None
+def _window(ttl: timedelta | None, times: tuple[datetime | None, datetime | None]) -> TimeWindow:
+    """The source rows a view can give entity rows spanning ``times``: at or
+    before the latest, and within the TTL of the earliest (a TTL of None or
+    0 sets no lower bound)."""
+    earliest, latest = times
+    if latest is None:  # no entity rows: nothing to narrow
+        return TimeWindow()
+    return TimeWindow(earliest - ttl if ttl and earliest else None, latest)
 
 
 def _view_query(
     database: duckdb.DuckDBPyConnection,
     view: FeatureView,
-    source: ParquetSource,
+    reader: SourceReader,
     feature_refs: list[str],
     full_feature_names: bool,
+    times: tuple[datetime | None, datetime | None],
 ) -> sql.ViewQuery:
     """One view's part of the query, as Feast's duckdb store reads the view:
-    features in reference order, named ``alias__feature`` with full names."""
+    features in reference order, named ``alias__feature`` with full names;
+    the source read for the columns and the event times the view needs."""
     prefix = view.projection.name_to_use()
     features = [ref.split(":", 1)[1] for ref in feature_refs if ref.startswith(prefix + ":")]
     output_prefix = view.projection.name_alias or view.name
     batch_source = view.batch_source
     join_keys = view.projection.join_key_map or {c.name: c.name for c in view.entity_columns}
-    query = sql.ViewQuery(
+    created = batch_source.created_timestamp_column or None
+    wanted = [batch_source.timestamp_field, *join_keys, *features, *([created] if created else [])]
+    source_columns = _source_columns(
+        view.name, reader, database, batch_source.field_mapping, wanted
+    )
+    needed = tuple(source_columns.values())
+    window = _window(view.ttl, times)
+    source = reader.read(database, needed, source_columns[batch_source.timestamp_field], window)
+    return sql.ViewQuery(
         source=source,
-        source_columns=tuple(database.sql(f"SELECT * FROM {source.read_sql()} LIMIT 0").columns),
+        source_columns=needed,
         field_mapping=tuple(batch_source.field_mapping.items()),
         timestamp_field=batch_source.timestamp_field,
-        created_timestamp_column=batch_source.created_timestamp_column or None,
+        created_timestamp_column=created,
         join_keys=tuple(join_keys.items()),
         features=tuple((f, f"{output_prefix}__{f}" if full_feature_names else f) for f in features),
         ttl=view.ttl,
     )
-    _check_source_columns(view.name, query)
-    return query
 
 
-def _check_source_columns(view_name: str, query: sql.ViewQuery) -> None:
-    mapping = dict(query.field_mapping)
-    available = {mapping.get(c, c) for c in query.source_columns}
-    wanted = [
-        query.timestamp_field,
-        *(k for k, _ in query.join_keys),
-        *(f for f, _ in query.features),
-    ]
-    if query.created_timestamp_column:
-        wanted.append(query.created_timestamp_column)
-    missing = [c for c in dict.fromkeys(wanted) if c not in available]
+def _source_columns(
+    view_name: str,
+    reader: SourceReader,
+    database: duckdb.DuckDBPyConnection,
+    field_mapping: dict[str, str],
+    wanted: Sequence[str],
+) -> dict[str, str]:
+    """The source column behind each wanted view column (``field_mapping``
+    renames source columns; an entry naming a column the source lacks is
+    ignored); a ValueError naming the missing ones."""
+    by_view_name = {field_mapping.get(c, c): c for c in reader.column_names(database)}
+    missing = [c for c in dict.fromkeys(wanted) if c not in by_view_name]
     if missing:
         raise ValueError(
-            f"the source of feature view {view_name!r} ({query.source.pattern}) has no "
+            f"the source of feature view {view_name!r} ({reader.description}) has no "
             f"column {', '.join(map(repr, missing))}"
         )
+    return {c: by_view_name[c] for c in dict.fromkeys(wanted)}
 
 
 def _check_join_keys(

@@ -1,59 +1,28 @@
-"""The batch sources the engine reads itself: parquet ``FileSource``s on disk."""
+"""Which data sources the engine reads.
+
+:func:`source_reader` says whether the engine answers for a Feast data source
+on a repo's offline store (and with which ``--engine`` mode), and returns its
+:class:`~flightlab.engine.reading.SourceReader`. Each kind of source lives in
+a module of its own (:mod:`~flightlab.engine.parquet` for local parquet files).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
-from feast.data_source import DataSource
-from feast.infra.offline_stores.file_source import FileSource, ParquetFormat
-
-
-@dataclass(frozen=True)
-class ParquetSource:
-    """Where a source's rows are, as DuckDB's ``read_parquet`` argument."""
-
-    pattern: str  # a file, or every parquet file below a folder
-
-    @property
-    def many_files(self) -> bool:
-        return "*" in self.pattern
-
-    def read_sql(self, with_row_ids: bool = False) -> str:
-        """``read_parquet(...)``; ``with_row_ids`` adds the columns that name a
-        row: ``file_row_number`` and, for a folder, ``filename``."""
-        options = ""
-        if with_row_ids:
-            options = ", file_row_number = true" + (", filename = true" if self.many_files else "")
-        return f"read_parquet({sql_string(self.pattern)}{options})"
-
-    def row_id_columns(self) -> list[str]:
-        return ["filename", "file_row_number"] if self.many_files else ["file_row_number"]
+from flightlab.engine.parquet import local_parquet
+from flightlab.engine.reading import SourceReader
+from flightlab.engine.settings import REPLACEABLE_STORES, SAME_ANSWER_STORES, EngineMode
 
 
-def parquet_source(source: DataSource | None, repo_path: str | Path | None) -> ParquetSource | None:
-    """The parquet files behind ``source``, or None when the engine cannot read it
-    (another source type or format, a remote URI, a file that is not there)."""
-    if type(source) is not FileSource:  # subclasses (lance, iceberg ...) read otherwise
+def source_reader(data_source: Any, config: Any, mode: EngineMode) -> SourceReader | None:
+    """The reader of ``data_source`` on a repo of ``config``, or None when the
+    repo's Feast store answers for it (``mode`` says when the engine may)."""
+    if mode is EngineMode.FEAST:
         return None
-    path = source.path
-    if "://" in path:
-        return None
-    if not (isinstance(source.file_format, ParquetFormat) or source.file_format is None):
-        return None
-    resolved = Path(FileSource.get_uri_for_file_path(repo_path, path))
-    if not resolved.exists() and Path(path).exists():
-        resolved = Path(path)  # relative to the working directory, as duckdb reads it
-    if resolved.is_dir():
-        return ParquetSource(str(resolved / "**" / "*.parquet"))
-    if resolved.is_file() and (source.file_format is not None or path.endswith(".parquet")):
-        return ParquetSource(str(resolved))
+    store_type = config.offline_store.type
+    if store_type in SAME_ANSWER_STORES or (
+        mode is EngineMode.FLIGHTLAB and store_type in REPLACEABLE_STORES
+    ):
+        return local_parquet(data_source, config.repo_path)
     return None
-
-
-def sql_string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def sql_name(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'

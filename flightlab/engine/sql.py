@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from flightlab.engine.sources import ParquetSource, sql_name, sql_string
+from flightlab.engine.reading import SourceRead, sql_name, sql_string
 
 ENTITY_TABLE = "flightlab_entity_rows"
 _TS = "__flightlab_ts"
@@ -29,7 +29,7 @@ _TS = "__flightlab_ts"
 class ViewQuery:
     """One feature view's part of a retrieval, in source terms."""
 
-    source: ParquetSource
+    source: SourceRead
     source_columns: tuple[str, ...]  # as the parquet files name them
     field_mapping: tuple[tuple[str, str], ...]  # source column -> feature view column
     timestamp_field: str
@@ -136,7 +136,7 @@ def _key_alias(index: int) -> str:
 
 
 def pull_sql(
-    source: ParquetSource,
+    source: SourceRead,
     columns: list[str],
     timestamp_field: str,
     created_timestamp_column: str | None,

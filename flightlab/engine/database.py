@@ -1,0 +1,129 @@
+"""The DuckDB database each engine request runs on, and how its results are read.
+
+Each request gets a database of its own (its threads, memory limit and spill
+folder), so requests run side by side with no lock between them, and a
+request's database is closed exactly once however the request ends.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from flightlab.engine.settings import EngineSettings
+from flightlab.engine.usage import UsageCounters
+from flightlab.errors import ResourceExhaustedError, shortened
+
+# Rows DuckDB hands over per batch; the server cuts them to its own bounds.
+READ_BATCH_ROWS = 65_536
+
+
+class RequestDatabases:
+    """Opens the request databases of one engine, and counts what they do."""
+
+    def __init__(self, settings: EngineSettings, usage: UsageCounters):
+        self.settings = settings
+        self._usage = usage
+        check_resources(settings)
+
+    def open(self) -> tuple[duckdb.DuckDBPyConnection, Callable[[], None]]:
+        """A new in-memory database, and the function that closes it (once,
+        however often it is called)."""
+        spill_root = self.settings.spill_dir or Path(tempfile.gettempdir()) / "flightlab-spill"
+        spill_root.mkdir(parents=True, exist_ok=True)
+        # DuckDB names its spill files the same in every database and deletes its
+        # temp directory when the database closes: requests (and replicas) sharing
+        # one folder would overwrite each other's spill files. Each gets its own
+        # subfolder of the root, which DuckDB creates on the first spill and removes
+        # on close (it makes no parent folders).
+        config = {
+            "temp_directory": str(spill_root / f"request-{uuid.uuid4().hex}"),
+            **_resource_config(self.settings),
+        }
+        database = duckdb.connect(":memory:", config=config)
+        self._usage.opened()
+        # TIMESTAMPTZ values come back as Arrow timestamps in UTC.
+        database.execute("SET TimeZone = 'UTC'")
+        # DuckDB 1.5 may plan an ASOF join against a registered Arrow table as
+        # a nested loop (minutes for 100k x 1M rows); this keeps the sort-merge plan.
+        database.execute("SET asof_loop_join_threshold = 0")
+        # A server inside a notebook kernel would otherwise draw DuckDB's progress
+        # bar under whichever cell ran last, for every query slower than 2 s.
+        database.execute("SET enable_progress_bar = false")
+        return database, self._closer(database)
+
+    def _closer(self, database: duckdb.DuckDBPyConnection) -> Callable[[], None]:
+        once = threading.Lock()
+
+        def close() -> None:
+            if not once.acquire(blocking=False):
+                return
+            try:
+                database.close()
+            finally:
+                self._usage.closed()
+
+        return close
+
+    def read(
+        self, database: duckdb.DuckDBPyConnection, query: str
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """Run ``query``: its schema, and its batches as DuckDB produces them."""
+        with self.memory_errors_named():
+            reader = database.sql(query).to_arrow_reader(READ_BATCH_ROWS)
+        return reader.schema, self.counted(reader)
+
+    def counted(self, batches: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
+        """``batches``, counted as read, DuckDB's memory errors named."""
+        items = iter(batches)
+        while True:
+            with self.memory_errors_named():
+                batch = next(items, None)
+            if batch is None:
+                return
+            self._usage.read(batch.num_rows)
+            yield batch
+
+    @contextmanager
+    def memory_errors_named(self) -> Iterator[None]:
+        """DuckDB's out-of-memory error (a join that could not spill enough)
+        as the server's resource error, naming the setting to change."""
+        try:
+            yield
+        except duckdb.OutOfMemoryException as exc:
+            limit = self.settings.memory_limit or "DuckDB's default, 80% of RAM"
+            raise ResourceExhaustedError(
+                f"the engine ran out of memory for this request (memory limit per "
+                f"request: {limit}); raise --engine-memory-limit, or make room in the "
+                f"spill folder: {shortened(str(exc), 300)}"
+            ) from exc
+
+
+def _resource_config(settings: EngineSettings) -> dict[str, str | int]:
+    config: dict[str, str | int] = {}
+    if settings.threads is not None:
+        config["threads"] = settings.threads
+    if settings.memory_limit is not None:
+        config["memory_limit"] = settings.memory_limit
+    return config
+
+
+def check_resources(settings: EngineSettings) -> None:
+    """A memory limit DuckDB cannot read fails when the server is set up,
+    not on every request."""
+    config = _resource_config(settings)
+    if not config:
+        return
+    try:
+        duckdb.connect(":memory:", config=config).close()
+    except duckdb.Error as exc:
+        raise ValueError(
+            f"the engine's resources are not valid for DuckDB ({config}): {exc}"
+        ) from None
