@@ -63,6 +63,7 @@ from flightlab.engine.by_dates_sql import (
 from flightlab.engine.by_dates_types import (
     CannotReproduce,
     ColumnType,
+    check_nanoseconds,
     check_timestamp,
     conformed,
     dask_type,
@@ -293,6 +294,7 @@ def _view_part(
     for column in (timestamp, created):
         if column:
             check_timestamp(column, schema.field(column).type)
+    check_nanoseconds(reader, database, schema, used)
     read = reader.read(database, used, timestamp, TimeWindow())
     measured = measure(database, read, schema, timestamp, view.ttl, end_ns, used)
     naive = schema.field(timestamp).type.tz is None

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flightlab.engine.parquet import ParquetSource
@@ -98,15 +99,43 @@ def check_timestamp(name: str, kind: pa.DataType) -> None:
     """A timestamp the engine compares as the dask store does, or CannotReproduce."""
     if not pa.types.is_timestamp(kind):
         raise CannotReproduce(f"the timestamp column {name!r} is of type {kind}")
-    check_exact(name, kind)
 
 
-def check_exact(name: str, kind: pa.DataType) -> None:
-    """DuckDB reads a zone-aware nanosecond timestamp as microseconds: values
-    finer than that would differ from the dask store's (and so could the rows
-    chosen), so such a column is left to Feast."""
-    if pa.types.is_timestamp(kind) and kind.unit == "ns" and kind.tz is not None:
-        raise CannotReproduce(f"{name!r} is a zone-aware nanosecond timestamp")
+def check_nanoseconds(
+    reader: SourceReader,
+    database: duckdb.DuckDBPyConnection,
+    schema: pa.Schema,
+    columns: Sequence[str],
+) -> None:
+    """DuckDB reads a zone-aware nanosecond timestamp as microseconds: exact
+    only when no value has a finer part (pandas writes such columns, mostly of
+    whole seconds). Where one has, or the reader cannot say (an optional
+    ``whole_microseconds(database, columns)`` method), CannotReproduce."""
+    fine = [c for c in columns if _zoned_nanoseconds(schema.field(c).type)]
+    if not fine:
+        return
+    offered = getattr(reader, "whole_microseconds", None)
+    if callable(offered):
+        whole = offered(database, fine)
+    elif isinstance(reader, ParquetSource) and not reader.many_files:
+        whole = _whole_microseconds(reader.pattern, fine)
+    else:
+        whole = False
+    if not whole:
+        raise CannotReproduce(f"{fine}: zone-aware nanosecond timestamps finer than DuckDB's")
+
+
+def _zoned_nanoseconds(kind: pa.DataType) -> bool:
+    return pa.types.is_timestamp(kind) and kind.unit == "ns" and kind.tz is not None
+
+
+def _whole_microseconds(path: str, columns: list[str]) -> bool:
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1 << 20, columns=columns):
+        for column in batch.columns:
+            values = column.cast(pa.int64())
+            if pc.any(pc.not_equal(pc.multiply(pc.divide(values, 1000), 1000), values)).as_py():
+                return False
+    return True
 
 
 def dask_type(
@@ -123,7 +152,6 @@ def dask_type(
     the source is empty and joins as one all-null row.
     """
     kind = source.type
-    check_exact(source.name, kind)
     if pa.types.is_integer(kind):
         if pandas_dtype in _NULLABLE_EXTENSION_INTS:
             return ColumnType(kind)
