@@ -69,6 +69,7 @@ from flightlab.engine.by_dates_types import (
     dask_type,
     pandas_dtypes,
     source_schema,
+    with_pandas_metadata,
 )
 from flightlab.engine.database import RequestDatabases
 from flightlab.engine.on_demand import with_on_demand_features
@@ -171,6 +172,8 @@ def answer_by_dates(
                 full_feature_names, end_ns,
             )  # fmt: skip
             schema, total_rows = keep_winners(database, views, fields)
+            extensions = {name: kind.extension for name, kind in fields if kind.extension}
+            schema = with_pandas_metadata(schema, extensions)
         except CannotReproduce:
             close()
             return None

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -30,6 +31,7 @@ from flightlab.engine.parquet import ParquetSource
 from flightlab.engine.reading import SourceReader, TimeWindow
 
 _NULLABLE_EXTENSION_INTS = {f"{s}Int{b}" for s in ("", "U") for b in (8, 16, 32, 64)}
+_EXTENSIONS = {*_NULLABLE_EXTENSION_INTS, "boolean", "string"}
 # dask splits a file into several partitions (then its answer has another row
 # order and an index column) when its row groups hold over twice its block
 # size, 256 MiB; refused from half of that, to stay clear of the edge.
@@ -50,6 +52,7 @@ class ColumnType:
     type: pa.DataType
     conversion: str = "plain"  # plain | double | nan_to_null | list_nan_to_null | list_double
     object_column: bool = False
+    extension: str | None = None  # the pandas extension dtype it keeps (Int64 ...)
 
 
 def source_schema(
@@ -152,9 +155,14 @@ def dask_type(
     the source is empty and joins as one all-null row.
     """
     kind = source.type
+    if pandas_dtype is not None and pandas_dtype not in _EXTENSIONS:
+        try:
+            np.dtype(pandas_dtype)
+        except TypeError:  # another pandas extension (Float64, category ...)
+            raise CannotReproduce(f"{source.name!r} of pandas dtype {pandas_dtype}") from None
     if pa.types.is_integer(kind):
         if pandas_dtype in _NULLABLE_EXTENSION_INTS:
-            return ColumnType(kind)
+            return ColumnType(kind, extension=pandas_dtype)
         if column_nulls or null_row:  # numpy has no integer null: float64
             return ColumnType(pa.float64(), "double")
         return ColumnType(kind)
@@ -162,12 +170,14 @@ def dask_type(
         return ColumnType(kind, "nan_to_null")  # NaN and null are one in pandas
     if pa.types.is_boolean(kind):
         if pandas_dtype == "boolean":
-            return ColumnType(kind)
+            return ColumnType(kind, extension=pandas_dtype)
         return ColumnType(kind, object_column=column_nulls or null_row)
     if pa.types.is_timestamp(kind):
         return ColumnType(kind)
     if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
-        return ColumnType(pa.string(), object_column=pandas_dtype != "string")
+        if pandas_dtype == "string":
+            return ColumnType(pa.string(), extension=pandas_dtype)
+        return ColumnType(pa.string(), object_column=True)
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
         return ColumnType(pa.binary(), object_column=True)
     if pa.types.is_date(kind):
@@ -191,6 +201,18 @@ def _list_type(name: str, value: pa.DataType, value_nulls: bool) -> ColumnType:
     if pa.types.is_string(value) or pa.types.is_large_string(value):
         return ColumnType(pa.list_(pa.string()), object_column=True)
     raise CannotReproduce(f"list column {name!r} of {value}")
+
+
+def with_pandas_metadata(schema: pa.Schema, extensions: dict[str, str]) -> pa.Schema:
+    """``schema`` with the pandas metadata that makes ``to_pandas`` give the
+    columns of ``extensions`` their pandas extension dtype, as the file
+    store's frame has it; unchanged without any."""
+    if not extensions:
+        return schema
+    frame = schema.empty_table().to_pandas()
+    for name, dtype in extensions.items():
+        frame[name] = frame[name].astype(dtype)
+    return schema.with_metadata(pa.Schema.from_pandas(frame, preserve_index=False).metadata)
 
 
 def converted(column: str, conversion: str) -> str:
