@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -56,6 +56,7 @@ from offline_helpers import file_store_view_repo, make_client_store, registry_of
 from test_engine_differential import K1, K2, PROJECT, T0, a_view, feature_view
 from test_feast_compat import stock_client
 
+from flightlab.client.transport import OfflineFlightClient
 from flightlab.dispatch.dispatcher import OfflineDispatcher
 from flightlab.engine import Engine, EngineMode, EngineSettings
 from flightlab.server import OfflineServer
@@ -502,3 +503,17 @@ def test_permissions_are_enforced_as_for_any_retrieval(duck_repo, local):
             dispatcher.run(request, User("eve", ["writer"]))
     finally:
         local.registry.delete_permission("by_dates_readers", local.project)
+
+
+def test_a_request_without_dates_ends_now_in_utc(local, servers):
+    # Both clients send the end date their Feast computed; a bare request
+    # without one gets Feast's stores' default: now, in UTC.
+    view = replace(ONE_VIEW[0], ttl=None)
+    features = apply_dates_case(local, a_dates_case([view]), Path(local.repo_path) / "data", 997)
+    request = protocol.GetHistoricalFeatures(features=tuple(features))
+    before = datetime.now(UTC)
+    with OfflineFlightClient(servers["duckdb"].location) as client:
+        table = client.fetch(request)
+    stamps = {t.to_pydatetime() for t in table.column("event_timestamp").to_pylist()}
+    assert table.num_rows == 2 and len(stamps) == 1
+    assert before <= stamps.pop() <= datetime.now(UTC)
