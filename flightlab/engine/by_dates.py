@@ -35,10 +35,11 @@ What the dask store leaves undefined is not reproduced: which of two rows of
 one key with the same event timestamp it keeps, and the order of rows it
 sorts as equal (an unstable sort). Where the engine cannot give the dask
 store's answer (:class:`~flightlab.engine.by_dates_types.CannotReproduce`:
-a folder of parquet files, which dask reads as several partitions, a
-zone-aware nanosecond timestamp, an unusual column type, a feature named like
-an earlier column), :func:`answer_by_dates` returns None and Feast's store
-answers.
+a folder of parquet files or a file dask splits, which it reads as several
+partitions; a zone-aware nanosecond timestamp finer than a microsecond; a
+pandas extension dtype or a column type it does not map; a feature or
+timestamp column named like an earlier column), :func:`answer_by_dates`
+returns None and Feast's store answers.
 """
 
 from __future__ import annotations
