@@ -11,7 +11,7 @@ import logging
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -165,8 +165,18 @@ class OfflineDispatcher:
     def _engine_historical(
         self, request: protocol.GetHistoricalFeatures, plan: HistoricalPlan
     ) -> ResultStream | None:
-        if request.entity_df is None:
-            return None  # SQL entity rows and date ranges are the store's to answer
+        if request.entity_df_sql is not None:
+            return None  # SQL entity rows are the store's to run
+        if request.entity_df is None:  # by dates: the file (dask) store's snapshot
+            return self.engine.historical_by_dates(
+                self.store.config,
+                plan.feature_views,
+                plan.feature_refs,
+                plan.on_demand_views,
+                plan.full_feature_names,
+                request.start_date,
+                request.end_date,
+            )
         return self.engine.historical(
             self.store.config,
             plan.feature_views,
@@ -190,7 +200,8 @@ class OfflineDispatcher:
         if request.start_date is not None:
             dates["start_date"] = request.start_date
         if request.end_date is not None or entity_df is None:
-            dates["end_date"] = request.end_date or datetime.now()
+            # As Feast's stores default it (compute_non_entity_date_range).
+            dates["end_date"] = request.end_date or datetime.now(UTC)
         return self.offline_store.get_historical_features(
             config=self.store.config,
             feature_views=plan.feature_views,
