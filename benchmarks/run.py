@@ -45,6 +45,8 @@ import report  # noqa: E402
 from paths import ROOT  # noqa: E402
 from procs import Server  # noqa: E402
 
+from flightlab import mnist  # noqa: E402
+
 WORKER = Path(__file__).resolve().with_name("worker.py")
 
 
@@ -556,10 +558,8 @@ class Benchmark:
         load_before = os.getloadavg()
         self.log(f"preparing the data and repos under {self.repos_root}")
         self.repos = datagen.build_repos(
-            self.repos_root, tuple(args.stores), mnist=args.mnist, log=self.log
+            self.repos_root, tuple(args.stores), with_mnist=args.mnist, log=self.log
         )
-        if args.mnist:
-            self.note(f"the MNIST repo is built by {datagen.mnist_builder()}")
         if args.mnist and "file" in args.stores and not args.mnist_file:
             self.note(
                 "MNIST on the file (dask) store is skipped: one retrieval takes ~14 min there "
@@ -607,7 +607,7 @@ class Benchmark:
                     "users": datagen.USERS,
                     "features": list(datagen.FEATURES),
                     "mnist_images": 70_000,
-                    "mnist_features": len(datagen.MNIST_REFS),
+                    "mnist_features": len(mnist.feature_refs()),
                 },
                 "modes": {mode: MODES[mode].description for mode in MODES},
             },
