@@ -44,6 +44,7 @@ import datagen  # noqa: E402
 import report  # noqa: E402
 from paths import ROOT  # noqa: E402
 from procs import Server  # noqa: E402
+from targets import evaluate_targets  # noqa: E402
 
 from flightlab import mnist  # noqa: E402
 
@@ -403,6 +404,8 @@ class Benchmark:
         tag = f"{store}-latency-{mode}"
         record: dict[str, Any] = {
             "store": store,
+            "case": big_case,
+            "case_label": case_label(big_case),
             "mode": mode,
             "big_rows": self.args.latency_rows,
             "small_rows": LATENCY_SMALL_ROWS,
@@ -617,7 +620,7 @@ class Benchmark:
             "loopback": self.loopback,
             "notes": self.notes,
         }
-        document["targets"] = report.evaluate_targets(document)
+        document["targets"] = evaluate_targets(document)
         return document
 
 
