@@ -178,6 +178,26 @@ MODE_COLORS = {
 }
 
 
+def _bars(ax, groups: list, series: list[str], value, label=str) -> dict[tuple, tuple]:
+    """A bar per series in each group that has a ``value(series, group)``, side
+    by side; returns where each bar's top is, by (series, group)."""
+    width = 0.8 / len(series)
+    tops = {}
+    for i, name in enumerate(series):
+        for j, group in enumerate(groups):
+            if (y := value(name, group)) is not None:
+                tops[name, group] = (j + (i - (len(series) - 1) / 2) * width, y)
+        bars = [tops[name, group] for group in groups if (name, group) in tops]
+        xs, ys = [x for x, _ in bars], [y for _, y in bars]
+        ax.bar(xs, ys, width, label=label(name), color=MODE_COLORS.get(name))
+    ax.set_xticks(range(len(groups)))
+    return tops
+
+
+def _note(ax, text: str, top: tuple, **style) -> None:
+    ax.annotate(text, top, textcoords="offset points", xytext=(0, 3), ha="center", **style)
+
+
 def plot(document: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -186,41 +206,28 @@ def plot(document: dict[str, Any], path: Path) -> None:
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     results = [r for r in document["results"] if "median" in r]
-    stores = [s for s in dict.fromkeys(r["store"] for r in results)]
+    stores = list(dict.fromkeys(r["store"] for r in results))
     if not stores:
         return
     modes = [m for m in MODE_COLORS if any(r["mode"] == m for r in results)]
-    loopback = {c["case"]: c for c in document.get("loopback", []) if "median" in c}
+    loopback = {c["case"]: c for c in document["loopback"] if "median" in c}
+    cases = {
+        s: sorted({r["case"] for r in results if r["store"] == s}, key=case_key) for s in stores
+    }
     fig, axes = plt.subplots(2, max(2, len(stores)), figsize=(7 * max(2, len(stores)), 10))
     for ax, store in zip(axes[0], stores, strict=False):
-        cases = sorted({r["case"] for r in results if r["store"] == store}, key=case_key)
+
+        def median(mode: str, case: str, store: str = store) -> float | None:
+            found = loopback.get(case) if mode == "loopback" else _find(results, store, case, mode)
+            return found["median"] if found else None
+
         series = modes + (["loopback"] if loopback else [])
-        width = 0.8 / len(series)
-        for i, mode in enumerate(series):
-            xs, ys = [], []
-            for j, case in enumerate(cases):
-                if mode == "loopback":
-                    record = loopback.get(case)
-                else:
-                    record = _find(results, store, case, mode)
-                if record is not None:
-                    xs.append(j + (i - (len(series) - 1) / 2) * width)
-                    ys.append(record["median"])
-            ax.bar(xs, ys, width, label=mode, color=MODE_COLORS[mode])
-            if mode == "flightlab":
-                for x, y, case in zip(xs, ys, cases, strict=False):
-                    ratio = (_find(results, store, case, mode) or {}).get("ratio_vs_local")
-                    if ratio is not None:
-                        ax.annotate(
-                            f"x{ratio:.2f}",
-                            (x, y),
-                            textcoords="offset points",
-                            xytext=(0, 3),
-                            ha="center",
-                            fontsize=7,
-                        )
-        ax.set_xticks(range(len(cases)))
-        ax.set_xticklabels([_case_title(c) for c in cases])
+        tops = _bars(ax, cases[store], series, median)
+        for case in cases[store]:
+            ratio = (_find(results, store, case, "flightlab") or {}).get("ratio_vs_local")
+            if ratio is not None:
+                _note(ax, f"x{ratio:.2f}", tops["flightlab", case], fontsize=7)
+        ax.set_xticklabels([_case_title(c) for c in cases[store]])
         ax.set_yscale("log")
         plain = FuncFormatter(lambda value, _pos: f"{value:g}")
         ax.yaxis.set_major_formatter(plain)
@@ -236,37 +243,24 @@ def plot(document: dict[str, Any], path: Path) -> None:
         ax.axis("off")
 
     ax = axes[1][0]
-    concurrency = document.get("concurrency", [])
-    if any("median_total" in c for c in concurrency):
-        kinds = list(dict.fromkeys(c["mode"] for c in concurrency))
-        width = 0.8 / len(kinds)
-        for i, kind in enumerate(kinds):
-            xs, ys, notes = [], [], []
-            for j, store in enumerate(stores):
-                for c in concurrency:
-                    if c["store"] == store and c["mode"] == kind:
-                        xs.append(j + (i - (len(kinds) - 1) / 2) * width)
-                        ys.append(c.get("median_total", 0))
-                        if "error" in c:
-                            notes.append("hung" if "hung" in c["error"] else "failed")
-                        elif c.get("failed_calls"):
-                            notes.append(f"{c['failed_calls']} calls\nfailed")
-                        else:
-                            notes.append("")
-            ax.bar(xs, ys, width, label=kind, color=MODE_COLORS.get(kind))
-            for x, y, note in zip(xs, ys, notes, strict=True):
-                if note:
-                    ax.annotate(
-                        f"{kind}:\n{note}" if not y else note,
-                        (x, y),
-                        textcoords="offset points",
-                        xytext=(0, 3),
-                        ha="center",
-                        fontsize=7,
-                        color="#b00000",
-                    )
-        first = concurrency[0]
-        ax.set_xticks(range(len(stores)))
+    concurrency = {(c["mode"], c["store"]): c for c in document["concurrency"]}
+    if any("median_total" in c for c in concurrency.values()):
+        kinds = list(dict.fromkeys(mode for mode, _ in concurrency))
+
+        def total(kind: str, store: str) -> float | None:
+            run = concurrency.get((kind, store))
+            return None if run is None else run.get("median_total", 0)
+
+        tops = _bars(ax, stores, kinds, total)
+        for (kind, store), top in tops.items():
+            c = concurrency[kind, store]
+            note = f"{c['failed_calls']} calls\nfailed" if c.get("failed_calls") else ""
+            if "error" in c:
+                note = "hung" if "hung" in c["error"] else "failed"
+            if note:
+                text = note if top[1] else f"{kind}:\n{note}"
+                _note(ax, text, top, fontsize=7, color="#b00000")
+        first = next(iter(concurrency.values()))
         ax.set_xticklabels(stores)
         ax.set_ylabel("median total seconds")
         ax.set_title(f"{first['clients']} concurrent clients, {first['case_label']} rows each")
@@ -276,24 +270,16 @@ def plot(document: dict[str, Any], path: Path) -> None:
         ax.axis("off")
 
     ax = axes[1][1]
-    groups = [
-        (store, case)
-        for store in stores
-        for case in sorted({r["case"] for r in results if r["store"] == store}, key=case_key)
-    ]
+    groups = [(store, case) for store in stores for case in cases[store]]
     servers = ("flightlab", "flightlab-feast-engine", "flightlab+feast-client", "feast")
     servers = [m for m in servers if m in modes]
     if servers:
-        width = 0.8 / len(servers)
-        for i, mode in enumerate(servers):
-            xs, ys = [], []
-            for j, (store, case) in enumerate(groups):
-                record = _find(results, store, case, mode)
-                if record is not None and record.get("server_peak_rss"):
-                    xs.append(j + (i - (len(servers) - 1) / 2) * width)
-                    ys.append(record["server_peak_rss"] / MB)
-            ax.bar(xs, ys, width, label=f"server of {mode}", color=MODE_COLORS[mode])
-        ax.set_xticks(range(len(groups)))
+
+        def peak(mode: str, group: tuple[str, str]) -> float | None:
+            rss = (_find(results, *group, mode) or {}).get("server_peak_rss")
+            return rss / MB if rss else None
+
+        _bars(ax, groups, servers, peak, label=lambda mode: f"server of {mode}")
         ax.set_xticklabels([f"{s}\n{case_label(c)}" for s, c in groups], fontsize=8)
         ax.set_ylabel("server peak RSS, MB")
         ax.set_title("Server peak RSS per request (fresh server each)")
