@@ -39,7 +39,7 @@ import datagen  # noqa: E402
 import report  # noqa: E402
 from paths import ROOT  # noqa: E402
 from procs import Server  # noqa: E402
-from targets import case_key, case_label, evaluate_targets, size_label  # noqa: E402
+from targets import case_key, case_label, evaluate_targets, load_targets, size_label  # noqa: E402
 
 from flightlab import mnist  # noqa: E402
 
@@ -179,6 +179,7 @@ class Benchmark:
         self.latency: list[dict[str, Any]] = []
         self.loopback: list[dict[str, Any]] = []
         self.notes: list[str] = []
+        self.targets = load_targets()  # read first: a malformed row stops the run at once
 
     def log(self, message: str) -> None:
         elapsed = time.perf_counter() - self.started
@@ -523,7 +524,7 @@ class Benchmark:
             "loopback": self.loopback,
             "notes": self.notes,
         }
-        document["targets"] = evaluate_targets(document)
+        document["targets"] = evaluate_targets(document, self.targets)
         return document
 
 

@@ -41,6 +41,11 @@ class Target:
     contrast: bool = False
     failed_baseline_met: bool = False
 
+    def __post_init__(self) -> None:  # a malformed row fails before the run, not after it
+        _Rule.parse(self.rule)
+        if self.kind not in ("results", "concurrency", "latency"):
+            raise ValueError(f"{self.label!r}: no measurements of kind {self.kind!r}")
+
 
 def load_targets(path: Path = TABLE) -> list[Target]:
     rows = tomllib.loads(path.read_text())["target"]
