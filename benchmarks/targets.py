@@ -108,11 +108,9 @@ def _judge(target: Target, document: dict[str, Any]) -> Iterator[dict[str, Any]]
                 **_verdict(target, rule, ours or {}, theirs or {}),
             }
             if not judged:
-                line["met"] = None
-                line["detail"] += (
-                    f"; indicative only: measured at {case_label(case)}, "
-                    f"judged at {case_label(target.cases[0])}"
-                )
+                off = f"indicative only: measured at {case_label(case)}, judged at "
+                off += case_label(target.cases[0])
+                line.update(met=None, detail="; ".join(filter(None, [line["detail"], off])))
             if target.contrast:
                 line.update(met=None, contrast=True)
             yield line
