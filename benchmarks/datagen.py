@@ -8,10 +8,9 @@ whose definitions point at the same files, then runs ``feast apply`` on each.
   rows each at random times over ``DAYS`` days (1M feature rows);
 - MNIST, in its own repo per store (``root/mnist/<store>``): the 70,000
   images as 28 ``Array(Float32)`` features (one per pixel row, 28 values
-  each), ``label`` and ``split``, keyed by ``image_id``. Built by the demo's
-  ``flightlab.mnist.create_feature_repo`` when that module is there (its yaml
-  says duckdb; the file repo gets ``type: file``), otherwise by the fallback
-  here, from the same ``notebooks/mnist_demo/data/mnist.npz``.
+  each), ``label`` and ``split``, keyed by ``image_id``: the demo's repo and
+  data (``flightlab.mnist.create_feature_repo``), its yaml switched to
+  ``type: file`` for the file store.
 
 Entity frames are generated from a seed, so every process that needs one
 (servers never do; clients do) rebuilds the same rows without passing files.
@@ -30,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from paths import MNIST_NPZ, MNIST_REPO
 
+from flightlab import mnist
 from flightlab.testing.processes import feast_apply
 
 STORES = ("duckdb", "file")
@@ -40,15 +40,6 @@ USERS = 100_000
 ROWS_PER_USER = 10
 FEATURES = ("clicks", "purchases", "spend", "ctr", "score", "rating")
 FEATURE_REFS = tuple(f"user_stats:{name}" for name in FEATURES)
-MNIST_ROWS = 28
-MNIST_PROJECT = "flightlab_bench_mnist"  # the fallback repo's project
-MNIST_REFS = tuple(f"mnist:row_{i:02d}" for i in range(MNIST_ROWS)) + (
-    "mnist:label",
-    "mnist:split",
-)
-# The MNIST rows are stamped at START; entity rows ask for them a day later.
-MNIST_EVENT = START
-MNIST_ASKED = START + timedelta(days=1)
 # Bump when the generated data or definitions change: stale repos are rebuilt.
 DATA_VERSION = 3
 
@@ -56,13 +47,13 @@ FEATURE_STORE_YAML = """\
 project: {project}
 provider: local
 registry:
-  path: data/registry.db
+  path: {registry}
   cache_ttl_seconds: 0
 online_store:
   type: sqlite
-  path: data/online.db
+  path: {online}
 offline_store:
-  type: {store}
+{offline_store}
 entity_key_serialization_version: 3
 """
 
@@ -96,33 +87,6 @@ user_stats = FeatureView(
 )
 '''
 
-MNIST_DEFINITIONS = '''\
-"""MNIST definitions of the flightlab benchmark (the fallback, generated)."""
-
-from datetime import timedelta
-
-from feast import Entity, FeatureView, Field, FileSource
-from feast.types import Array, Float32, Int64, String
-
-image = Entity(name="image", join_keys=["image_id"])
-
-mnist = FeatureView(
-    name="mnist",
-    entities=[image],
-    ttl=timedelta(days=365),
-    schema=[
-{mnist_fields}
-        Field(name="label", dtype=Int64),
-        Field(name="split", dtype=String),
-    ],
-    source=FileSource(
-        name="mnist_source",
-        path={mnist_path!r},
-        timestamp_field="event_timestamp",
-    ),
-)
-'''
-
 
 def user_stats_table(seed: int = 7) -> pa.Table:
     """The feature rows: ``ROWS_PER_USER`` per user, microsecond timestamps
@@ -150,28 +114,6 @@ def user_stats_table(seed: int = 7) -> pa.Table:
     )
 
 
-def mnist_table(npz: Path = MNIST_NPZ) -> pa.Table:
-    """The 70,000 images, one ``Array(Float32)`` column per pixel row (0..1)."""
-    data = np.load(npz)
-    images = np.concatenate([data["x_train"], data["x_test"]]).astype("float32") / 255.0
-    labels = np.concatenate([data["y_train"], data["y_test"]]).astype("int64")
-    n = len(images)
-    split = np.where(np.arange(n) < len(data["x_train"]), "train", "test")
-    columns: dict[str, pa.Array] = {
-        "image_id": pa.array(np.arange(n, dtype="int64")),
-        "event_timestamp": pa.array(
-            np.full(n, int(MNIST_EVENT.timestamp() * 1_000_000)), pa.timestamp("us", tz="UTC")
-        ),
-    }
-    offsets = pa.array(np.arange(0, (n + 1) * 28, 28, dtype="int32"))
-    for i in range(MNIST_ROWS):
-        values = pa.array(np.ascontiguousarray(images[:, i, :]).reshape(-1))
-        columns[f"row_{i:02d}"] = pa.ListArray.from_arrays(offsets, values)
-    columns["label"] = pa.array(labels)
-    columns["split"] = pa.array(split.tolist(), pa.string())
-    return pa.table(columns)
-
-
 def entity_frame(rows: int, seed: int = 3) -> pd.DataFrame:
     """``rows`` entity rows: random users at random times (microseconds, UTC)
     from a day into the data range to its end."""
@@ -187,45 +129,13 @@ def entity_frame(rows: int, seed: int = 3) -> pd.DataFrame:
     )
 
 
-def demo_mnist():
-    """``flightlab.mnist`` if it has what the benchmark uses, else None."""
-    try:
-        from flightlab import mnist
-    except ImportError:
-        return None
-    needed = ("create_feature_repo", "feature_refs", "entity_frame", "PROJECT")
-    return mnist if all(hasattr(mnist, name) for name in needed) else None
-
-
-def mnist_builder() -> str:
-    return "flightlab.mnist" if demo_mnist() is not None else "benchmarks/datagen.py (fallback)"
-
-
-def mnist_case():
+def mnist_case() -> tuple[pd.DataFrame, list[str]]:
     """The full MNIST retrieval: (entity frame, feature refs)."""
-    demo = demo_mnist()
-    if demo is not None:
-        return demo.entity_frame(), list(demo.feature_refs())
-    n = 70_000
-    stamps = np.full(n, int(MNIST_ASKED.timestamp() * 1_000_000)).astype("datetime64[us]")
-    frame = pd.DataFrame(
-        {
-            "image_id": np.arange(n, dtype="int64"),
-            "event_timestamp": pd.Series(stamps).dt.tz_localize("UTC"),
-        }
-    )
-    return frame, list(MNIST_REFS)
+    return mnist.entity_frame(), mnist.feature_refs()
 
 
 def _definitions(data: Path) -> str:
     return DEFINITIONS.format(ttl_days=DAYS + 1, user_stats_path=str(data / "user_stats.parquet"))
-
-
-def _mnist_definitions(data: Path) -> str:
-    fields = "\n".join(
-        f'        Field(name="row_{i:02d}", dtype=Array(Float32)),' for i in range(MNIST_ROWS)
-    )
-    return MNIST_DEFINITIONS.format(mnist_path=str(data / "mnist.parquet"), mnist_fields=fields)
 
 
 def _fingerprint() -> str:
@@ -234,8 +144,7 @@ def _fingerprint() -> str:
         "users": USERS,
         "rows_per_user": ROWS_PER_USER,
         "days": DAYS,
-        "definitions": hashlib.sha256((DEFINITIONS + MNIST_DEFINITIONS).encode()).hexdigest(),
-        "mnist": mnist_builder(),
+        "definitions": hashlib.sha256(DEFINITIONS.encode()).hexdigest(),
     }
     return json.dumps(spec, sort_keys=True)
 
@@ -251,7 +160,7 @@ def _use_store(repo: Path, store: str) -> None:
 
 
 def build_repos(
-    root: Path, stores: tuple[str, ...] = STORES, mnist: bool = True, log=print
+    root: Path, stores: tuple[str, ...] = STORES, with_mnist: bool = True, log=print
 ) -> dict[tuple[str, str], Path]:
     """Write the data and the applied repos under ``root``, reusing what an
     earlier run with the same spec left there. Returns {(store, "rows" or
@@ -274,31 +183,24 @@ def build_repos(
         log(f"data: writing and applying the {store} repo ({repo})")
         (repo / "data").mkdir(parents=True, exist_ok=True)
         (repo / "feature_store.yaml").write_text(
-            FEATURE_STORE_YAML.format(project=PROJECT, store=store)
+            FEATURE_STORE_YAML.format(
+                project=PROJECT,
+                registry="data/registry.db",
+                online="data/online.db",
+                offline_store=f"  type: {store}",
+            )
         )
         (repo / "definitions.py").write_text(_definitions(data))
         feast_apply(repo)
-    if mnist:
-        demo = demo_mnist()
-        for store in stores:
-            repo = root / "mnist" / store
-            repos[store, "mnist"] = repo
-            if fresh and (repo / "data" / "registry.db").is_file():
-                continue
-            log(f"data: writing and applying the {store} MNIST repo with {mnist_builder()}")
-            if demo is not None:
-                demo.create_feature_repo(
-                    repo, MNIST_REPO, demo.load_mnist(MNIST_NPZ), apply_it=False
-                )
-                _use_store(repo, store)
-            else:
-                (repo / "data").mkdir(parents=True, exist_ok=True)
-                pq.write_table(mnist_table(), repo / "data" / "mnist.parquet", row_group_size=8192)
-                (repo / "feature_store.yaml").write_text(
-                    FEATURE_STORE_YAML.format(project=MNIST_PROJECT, store=store)
-                )
-                (repo / "definitions.py").write_text(_mnist_definitions(repo / "data"))
-            feast_apply(repo)
+    for store in stores if with_mnist else ():
+        repo = root / "mnist" / store
+        repos[store, "mnist"] = repo
+        if fresh and (repo / "data" / "registry.db").is_file():
+            continue
+        log(f"data: writing and applying the {store} MNIST repo ({repo})")
+        mnist.create_feature_repo(repo, MNIST_REPO, mnist.load_mnist(MNIST_NPZ), apply_it=False)
+        _use_store(repo, store)
+        feast_apply(repo)
     stamp.write_text(_fingerprint())
     return repos
 
@@ -318,16 +220,9 @@ def repo_project(repo: Path) -> str:
 def client_repo_yaml(repo: Path, online: Path, offline_store: dict[str, object]) -> str:
     """A client ``feature_store.yaml`` reading the registry of the server's
     ``repo``, with a remote offline store (``offline_store``: its settings)."""
-    lines = [f"  {key}: {value}" for key, value in offline_store.items()]
-    return (
-        f"project: {repo_project(repo)}\n"
-        "provider: local\n"
-        "registry:\n"
-        f"  path: {repo / 'data' / 'registry.db'}\n"
-        "  cache_ttl_seconds: 0\n"
-        "online_store:\n"
-        "  type: sqlite\n"
-        f"  path: {online}\n"
-        "offline_store:\n" + "\n".join(lines) + "\n"
-        "entity_key_serialization_version: 3\n"
+    return FEATURE_STORE_YAML.format(
+        project=repo_project(repo),
+        registry=repo / "data" / "registry.db",
+        online=online,
+        offline_store="\n".join(f"  {key}: {value}" for key, value in offline_store.items()),
     )

@@ -3,21 +3,14 @@
     .venv/bin/python benchmarks/run.py            # the full run (see README.md)
     .venv/bin/python benchmarks/run.py --quick    # 1k/10k rows, 1 repeat, no MNIST
 
-On one generated repo and data set (benchmarks/datagen.py), for each offline
-store (duckdb, file) and each case (10k, 100k, 1M entity rows; the full MNIST
-retrieval), it times ``get_historical_features(...)`` in these modes:
-
-- ``local``: in-process, the repo's own offline store;
-- ``flightlab``: ``flightlab serve_offline`` + flightlab's client (``to_arrow``);
-- ``flightlab-stream``: the same, consuming ``to_arrow_batches`` batch by batch;
-- ``feast``: ``feast serve_offline`` + Feast's stock ``type: remote`` client;
-- ``flightlab+feast-client``: ``flightlab serve_offline`` + Feast's stock client;
-
-then 4 concurrent clients on each server, and the raw Arrow Flight loopback
-ceiling (a trivial server streaming an in-memory table of the result's size).
-Every server and client is its own process, started fresh for each
-measurement, so peak RSS (VmHWM) is that of the request. It prints a table and
-writes ``out/benchmark/results.json`` and ``out/benchmark/results.png``.
+On one generated repo and data set (datagen.py), for each offline store and
+each case (entity rows; the full MNIST retrieval), it times
+``get_historical_features(...)`` in each of ``MODES``; then concurrent clients
+on each server, a small retrieval's latency with a large one in flight, and
+the raw Arrow Flight loopback ceiling. Every server and client is its own
+process (worker.py, procs.py), started fresh for each measurement, so peak RSS
+(VmHWM) is that of the request. It prints a table with the targets
+(targets.toml) and writes ``out/benchmark/results.json`` and ``results.png``.
 """
 
 from __future__ import annotations
@@ -34,9 +27,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -44,6 +39,9 @@ import datagen  # noqa: E402
 import report  # noqa: E402
 from paths import ROOT  # noqa: E402
 from procs import Server  # noqa: E402
+from targets import case_key, case_label, evaluate_targets, load_targets, size_label  # noqa: E402
+
+from flightlab import mnist  # noqa: E402
 
 WORKER = Path(__file__).resolve().with_name("worker.py")
 
@@ -55,6 +53,7 @@ class Mode(NamedTuple):
     client: str  # the worker's client mode
 
 
+AUTO = "flightlab server (--engine auto) + "
 MODES: dict[str, Mode] = {
     "local": Mode("local in-process get_historical_features", None, None, "local"),
     "engine-limit": Mode(
@@ -63,14 +62,9 @@ MODES: dict[str, Mode] = {
         None,
         "engine-limit",
     ),
-    "flightlab": Mode(
-        "flightlab server (--engine auto) + flightlab client (to_arrow)",
-        "flightlab",
-        "auto",
-        "flightlab",
-    ),
+    "flightlab": Mode(AUTO + "flightlab client (to_arrow)", "flightlab", "auto", "flightlab"),
     "flightlab-stream": Mode(
-        "flightlab server (--engine auto) + flightlab client (to_arrow_batches, streamed)",
+        AUTO + "flightlab client (to_arrow_batches, streamed)",
         "flightlab",
         "auto",
         "flightlab-stream",
@@ -91,58 +85,49 @@ MODES: dict[str, Mode] = {
         "feast serve_offline + Feast's stock remote client", "feast", None, "feast-client"
     ),
     "flightlab+feast-client": Mode(
-        "flightlab server (--engine auto) + Feast's stock remote client",
-        "flightlab",
-        "auto",
-        "feast-client",
+        AUTO + "Feast's stock remote client", "flightlab", "auto", "feast-client"
     ),
 }
 # Modes run on some stores only: on duckdb, --engine flightlab is what auto does.
 MODE_STORES = {"flightlab-engine": ("file",)}
-# The servers 4 concurrent clients are run against.
+# The servers concurrent clients are run against.
 CONCURRENT_MODES = ("flightlab", "feast", "flightlab+feast-client")
 # The servers a small retrieval's latency is measured on, idle and busy with a
 # large one: the big retrieval streams where the client can.
 LATENCY_MODES = ("flightlab", "flightlab-feast-engine", "feast")
 LATENCY_SMALL_ROWS = 1_000
-DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
-# A server idle this long with concurrent calls unanswered is deadlocked.
-HANG_SECONDS = 30
-QUICK_SIZES = (1_000, 10_000)
+HANG_SECONDS = 30  # a server idle this long with concurrent calls unanswered is deadlocked
+WORKER_TIMEOUT = 7200.0  # seconds a worker may take to answer
 
 
-def parse_size(text: str) -> int:
-    text = text.strip().lower().replace("_", "")
-    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
-    number = text[:-1] if scale != 1 else text
-    return int(float(number) * scale)
+class Worker:
+    """A worker.py child process: lines to its stdin, its stdout's lines read
+    by prefix, its stderr in ``log``. A context manager: at the end its stdin
+    is closed (which ends it if it waits there) and it is reaped."""
 
-
-def size_label(rows: int) -> str:
-    if rows >= 1_000_000 and rows % 1_000_000 == 0:
-        return f"{rows // 1_000_000}M"
-    if rows >= 1_000 and rows % 1_000 == 0:
-        return f"{rows // 1_000}k"
-    return str(rows)
-
-
-def case_label(case: str) -> str:
-    return "MNIST" if case == "mnist" else size_label(int(case.split(":")[1]))
-
-
-class LineReader:
-    """A child's stdout, line by line, with a timeout."""
-
-    def __init__(self, stream: IO[str]):
+    def __init__(self, argv: list[str], log: Path):
+        self.log = log
+        with open(log, "a") as stderr:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(WORKER), *argv],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                stdin=subprocess.PIPE,
+                text=True,
+            )
         self._lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+        threading.Thread(target=self._pump, daemon=True).start()
 
-    def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
             self._lines.put(line.rstrip("\n"))
         self._lines.put(None)
 
-    def expect(self, prefix: str, timeout: float) -> str:
+    def send(self, line: str) -> None:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def expect(self, prefix: str, timeout: float = WORKER_TIMEOUT) -> str:
         """The next line starting with ``prefix`` (other lines are skipped)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -150,10 +135,35 @@ class LineReader:
                 line = self._lines.get(timeout=max(0.1, deadline - time.monotonic()))
             except queue.Empty:
                 raise TimeoutError(f"no {prefix!r} line after {timeout:.0f}s") from None
-            if line is None:
-                raise RuntimeError(f"the worker exited before printing {prefix!r}")
+            if line is None:  # it died: say of what
+                raise RuntimeError(f"the worker exited before printing {prefix!r}: {self._cause()}")
             if line.startswith(prefix):
                 return line[len(prefix) :].strip()
+
+    def result(self, timeout: float = WORKER_TIMEOUT) -> dict[str, Any]:
+        return json.loads(self.expect("RESULT", timeout))
+
+    def _cause(self) -> str:
+        """The last line of its log: its exception, when it died of one."""
+        try:
+            lines = [line for line in self.log.read_text().splitlines() if line.strip()]
+        except OSError:
+            return "no log"
+        return lines[-1][:300] if lines else "empty log"
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 class Benchmark:
@@ -169,9 +179,7 @@ class Benchmark:
         self.latency: list[dict[str, Any]] = []
         self.loopback: list[dict[str, Any]] = []
         self.notes: list[str] = []
-        self.repos_root = self.out / "work"
-
-    # --- logging -------------------------------------------------------------
+        self.targets = load_targets()  # read first: a malformed row stops the run at once
 
     def log(self, message: str) -> None:
         elapsed = time.perf_counter() - self.started
@@ -185,162 +193,112 @@ class Benchmark:
         self.notes.append(message)
         self.log("note: " + message)
 
-    # --- children --------------------------------------------------------------
-
-    def _worker(self, argv: list[str], log_name: str) -> tuple[subprocess.Popen, LineReader]:
-        log = open(self.logs / log_name, "a")  # noqa: SIM115 - the child owns it
+    @contextmanager
+    def failing(self, record: dict[str, Any]) -> Iterator[None]:
+        """A measurement that fails records why and ends there, not the run."""
         try:
-            proc = subprocess.Popen(
-                [sys.executable, str(WORKER), *argv],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                stdin=subprocess.PIPE,
-                text=True,
-            )
-        finally:
-            log.close()
-        return proc, LineReader(proc.stdout)
+            yield
+        except Exception as exc:
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            self.log(f"  FAILED: {record['error']} (logs in {self.logs})")
 
-    def _result(self, reader: LineReader, log_name: str) -> dict[str, Any]:
-        try:
-            return json.loads(reader.expect("RESULT", self.args.timeout))
-        except RuntimeError as exc:  # the worker died: say of what
-            raise RuntimeError(f"{exc}: {_last_error(self.logs / log_name)}") from None
+    def client(self, mode: str, store: str, case: str, repeats: int, log: str, *more: str):
+        """A worker running the client ``mode`` (worker.py's) on ``case``."""
+        argv = ["client", "--mode", mode, *more]
+        argv += ["--case", case, "--repo", str(self.repo(store, case)), "--repeats", str(repeats)]
+        return Worker(argv, self.logs / log)
 
-    def _client_argv(self, worker_mode: str, store: str, case: str, repeats: int) -> list[str]:
-        return [
-            "client",
-            *("--mode", worker_mode, "--case", case, "--repo", str(self.repo(store, case))),
-            *("--repeats", str(repeats)),
-        ]
+    def server(self, mode: str, store: str, case: str, tag: str) -> Server:
+        kind, engine = MODES[mode].server, MODES[mode].engine
+        # --flightlab-args come last, so they can override the engine.
+        extra = ["--engine", engine, *self.args.flightlab_args] if kind == "flightlab" else []
+        return Server(kind, self.repo(store, case), self.logs / f"{tag}-server.log", extra)
+
+    def repo(self, store: str, case: str) -> Path:
+        return self.repos[store, "mnist" if case == "mnist" else "rows"]
 
     # --- measurements ------------------------------------------------------------
 
     def run_mode(self, store: str, case: str, mode: str, repeats: int) -> dict[str, Any]:
-        description, server_kind, _, worker_mode = MODES[mode]
+        description, server_kind = MODES[mode].description, MODES[mode].server
         tag = f"{store}-{case.replace(':', '')}-{mode}"
-        record: dict[str, Any] = {
-            "store": store,
-            "case": case,
-            "case_label": case_label(case),
-            "mode": mode,
-            "description": description,
-            "repeats": repeats,
-        }
+        record = _record(store, case, mode, description=description, repeats=repeats)
         self.log(f"{store} {case_label(case)}: {description}, {repeats} run(s)")
         # The client starts first and imports Feast while the server starts;
         # it waits for the server's port on stdin before its first call.
-        log_name = tag + ".log"
-        proc, reader = self._worker(self._client_argv(worker_mode, store, case, repeats), log_name)
-        try:
+        worker_mode = MODES[mode].client
+        with (
+            self.failing(record),
+            self.client(worker_mode, store, case, repeats, f"{tag}.log") as client,
+        ):
             if server_kind is None:
-                _send(proc, "0")
-                answer = self._result(reader, log_name)
+                client.send("0")
+                calls = client.result()["calls"]
             else:
                 with self.server(mode, store, case, tag) as srv:
-                    _send(proc, f"{srv.port} {srv.pid}")
-                    answer = self._result(reader, log_name)
-                    record["server_peak_rss"] = srv.peak_rss()
-                    record["server_idle_rss"] = srv.idle_rss
-                    record["server_start_seconds"] = srv.started_in
-        except Exception as exc:  # one failed case must not end the run
-            record["error"] = f"{type(exc).__name__}: {exc}"
-            self.log(f"  FAILED: {record['error']} (logs in {self.logs})")
-            return record
-        finally:
-            _finish(proc)
-        calls = answer["calls"]
-        times = [c["seconds"] for c in calls]
-        record.update(
-            times=times,
-            median=statistics.median(times),
-            result_rows=calls[-1]["rows"],
-            result_bytes=calls[-1]["bytes"],
-            client_peak_rss=max(c["peak_rss"] or 0 for c in calls),
-            client_call_rss=max((c["peak_rss"] or 0) - (c["rss_before"] or 0) for c in calls),
-        )
-        record["rows_per_second"] = record["result_rows"] / record["median"]
-        if calls and all(c.get("server_reset") for c in calls):
-            # How far the server's RSS rose above its pre-call RSS in one call.
-            record["server_call_rss"] = max(
-                (c["server_call_peak_rss"] or 0) - (c["server_rss_before"] or 0) for c in calls
+                    client.send(f"{srv.port} {srv.pid}")
+                    calls = client.result()["calls"]
+                    record.update(
+                        server_peak_rss=srv.peak_rss(),
+                        server_idle_rss=srv.idle_rss,
+                        server_start_seconds=srv.started_in,
+                    )
+            record.update(_timings(calls), **_rss_figures(calls))
+            self.log(
+                f"  median {record['median']:.3f}s of {[round(t, 3) for t in record['times']]}, "
+                f"{record['result_rows']:,} rows, {record['result_bytes'] / 1e6:.1f} MB"
             )
-        if all("stream_peak_rss" in c for c in calls):
-            # Streaming: the RSS rise until the first batch (the entity upload)
-            # and from the first batch to the end of the stream.
-            record["client_upload_rss"] = max(
-                (c["upload_peak_rss"] or 0) - (c["rss_before"] or 0) for c in calls
-            )
-            record["client_stream_rss"] = max(
-                (c["stream_peak_rss"] or 0) - (c["first_batch_rss"] or 0) for c in calls
-            )
-        self.log(
-            f"  median {record['median']:.3f}s of {[round(t, 3) for t in times]}, "
-            f"{record['result_rows']:,} rows, {record['result_bytes'] / 1e6:.1f} MB"
-        )
         return record
 
     def run_concurrent(self, store: str, case: str, mode: str, repeats: int) -> dict[str, Any]:
-        worker_mode = MODES[mode].client
         clients = self.args.clients
         tag = f"{store}-{case.replace(':', '')}-concurrent-{mode}"
-        record: dict[str, Any] = {
-            "store": store,
-            "case": case,
-            "case_label": case_label(case),
-            "mode": mode,
-            "clients": clients,
-            "repeats": repeats,
-        }
-        description = MODES[mode].description
-        self.log(f"{store} {case_label(case)}: {clients} concurrent clients, {description}")
-        workers = []
-        for i in range(clients):
-            argv = self._client_argv(worker_mode, store, case, repeats)
-            argv += ["--seed", str(11 + i), "--sync"]
-            workers.append(self._worker(argv, f"{tag}-client{i}.log"))
-        try:
-            with self.server(mode, store, case, tag) as srv:
-                for proc, reader in workers:
-                    # Warm up one at a time: only the timed calls overlap.
-                    _send(proc, str(srv.port))
-                    reader.expect("READY", self.args.timeout)
-                totals, per_client, errors = [], [], []
-                for repeat in range(repeats):
-                    if repeat:
-                        for _, reader in workers:
-                            reader.expect("READY", self.args.timeout)
-                    for proc, _ in workers:
-                        _send(proc, "go")
-                    limit = self._concurrency_limit(store, case, mode, clients)
-                    calls = self._collect([r for _, r in workers], srv, limit)
-                    totals.append(max(c["end"] for c in calls) - min(c["start"] for c in calls))
-                    per_client.append([c["seconds"] for c in calls])
-                    errors += [c["error"] for c in calls if "error" in c]
-                record["server_peak_rss"] = srv.peak_rss()
-        except Exception as exc:
-            record["error"] = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, RuntimeError):  # a client died: say of what
-                record["error"] += ": " + _last_error(self.logs / f"{tag}-client0.log")
-            self.log(f"  FAILED: {record['error']} (logs in {self.logs})")
-            return record
-        finally:
-            for proc, _ in workers:
-                _finish(proc)
-        if "error" in record:
-            return record
-        record.update(
-            totals=totals,
-            median_total=statistics.median(totals),
-            per_client_seconds=per_client,
-            median_client=statistics.median(t for run in per_client for t in run),
-            failed_calls=len(errors),
-            calls=clients * repeats,
-            call_errors=sorted(set(errors))[:5],
+        record = _record(store, case, mode, clients=clients, repeats=repeats)
+        self.log(
+            f"{store} {case_label(case)}: {clients} concurrent clients, {MODES[mode].description}"
         )
-        self.log(f"  median total {record['median_total']:.3f}s of {[round(t, 3) for t in totals]}")
-        if errors:
-            self.log(f"  {len(errors)} of {clients * repeats} calls FAILED: {errors[0]}")
+        with self.failing(record), ExitStack() as stack:
+            workers = [
+                stack.enter_context(
+                    self.client(
+                        MODES[mode].client,
+                        *(store, case, repeats, f"{tag}-client{i}.log"),
+                        *("--seed", str(11 + i), "--sync"),
+                    )
+                )
+                for i in range(clients)
+            ]
+            srv = stack.enter_context(self.server(mode, store, case, tag))
+            for worker in workers:  # warm up one at a time: only the timed calls overlap
+                worker.send(str(srv.port))
+                worker.expect("READY")
+            limit = self._concurrency_limit(store, case, mode, clients)
+            totals, per_client, errors = [], [], []
+            for repeat in range(repeats):
+                if repeat:
+                    for worker in workers:
+                        worker.expect("READY")
+                for worker in workers:
+                    worker.send("go")
+                calls = self._collect(workers, srv, limit)
+                totals.append(max(c["end"] for c in calls) - min(c["start"] for c in calls))
+                per_client.append([c["seconds"] for c in calls])
+                errors += [c["error"] for c in calls if "error" in c]
+            record.update(
+                server_peak_rss=srv.peak_rss(),
+                totals=totals,
+                median_total=statistics.median(totals),
+                per_client_seconds=per_client,
+                median_client=statistics.median(t for run in per_client for t in run),
+                failed_calls=len(errors),
+                calls=clients * repeats,
+                call_errors=sorted(set(errors))[:5],
+            )
+            self.log(
+                f"  median total {record['median_total']:.3f}s of {[round(t, 3) for t in totals]}"
+            )
+            if errors:
+                self.log(f"  {len(errors)} of {clients * repeats} calls FAILED: {errors[0]}")
         return record
 
     def _concurrency_limit(self, store: str, case: str, mode: str, clients: int) -> float:
@@ -355,21 +313,19 @@ class Benchmark:
                     return max(60.0, 20 * clients * record["median"])
         return 300.0
 
-    def _collect(
-        self, readers: list[LineReader], srv: Server, limit: float
-    ) -> list[dict[str, Any]]:
+    def _collect(self, workers: list[Worker], srv: Server, limit: float) -> list[dict[str, Any]]:
         """The concurrent calls' results. A server that uses no CPU for
         HANG_SECONDS while calls are unanswered is deadlocked; one still
         spinning after ``limit`` seconds is livelocked: either way the case
         fails then rather than hang the run."""
-        results: list[dict[str, Any] | None] = [None] * len(readers)
+        results: list[dict[str, Any] | None] = [None] * len(workers)
         started = last_busy = time.monotonic()
         last_cpu = srv.cpu_seconds() or 0.0
         while any(r is None for r in results):
-            for i, reader in enumerate(readers):
+            for i, worker in enumerate(workers):
                 if results[i] is None:
                     try:
-                        results[i] = json.loads(reader.expect("RESULT", 0.5))
+                        results[i] = worker.result(0.5)
                     except TimeoutError:
                         pass
             now, cpu = time.monotonic(), srv.cpu_seconds() or 0.0
@@ -379,11 +335,11 @@ class Benchmark:
             if pending and now - last_busy > HANG_SECONDS:
                 raise TimeoutError(
                     f"the server hung: no CPU used for {HANG_SECONDS}s "
-                    f"with {pending} of {len(readers)} calls unanswered"
+                    f"with {pending} of {len(workers)} calls unanswered"
                 )
             if pending and now - started > limit:
                 raise TimeoutError(
-                    f"the server hung: {pending} of {len(readers)} calls unanswered after "
+                    f"the server hung: {pending} of {len(workers)} calls unanswered after "
                     f"{limit:.0f}s (20x their one-after-the-other time), the server busy"
                 )
         return [r for r in results if r is not None]
@@ -396,102 +352,85 @@ class Benchmark:
         says), another times the small one."""
         small_mode = MODES[mode].client
         big_mode = "flightlab-stream" if small_mode == "flightlab" else small_mode
-        big_case = f"rows:{self.args.latency_rows}"
-        small_case = f"rows:{LATENCY_SMALL_ROWS}"
+        big_rows = self.args.latency_rows
+        big_case, small_case = f"rows:{big_rows}", f"rows:{LATENCY_SMALL_ROWS}"
         tag = f"{store}-latency-{mode}"
-        record: dict[str, Any] = {
-            "store": store,
-            "mode": mode,
-            "big_rows": self.args.latency_rows,
-            "small_rows": LATENCY_SMALL_ROWS,
-            "repeats": repeats,
-        }
+        record = _record(store, big_case, mode, big_rows=big_rows, small_rows=LATENCY_SMALL_ROWS)
+        record["repeats"] = repeats
         self.log(
             f"{store}: {size_label(LATENCY_SMALL_ROWS)}-row latency, idle and with a "
-            f"{size_label(self.args.latency_rows)}-row retrieval in flight: "
-            + MODES[mode].description
+            f"{size_label(big_rows)}-row retrieval in flight: {MODES[mode].description}"
         )
-        big, big_reader = self._worker(
-            [*self._client_argv(big_mode, store, big_case, repeats), "--sync"], f"{tag}-big.log"
-        )
-        small, small_reader = self._worker(
-            [*self._client_argv(small_mode, store, small_case, 2 * repeats), "--sync"],
-            f"{tag}-small.log",
-        )
-        timeout = self.args.timeout
-        try:
-            with self.server(mode, store, big_case, tag) as srv:
-                for proc, reader in ((big, big_reader), (small, small_reader)):
-                    _send(proc, str(srv.port))  # warm up one at a time
-                    reader.expect("READY", timeout)
-                idle, busy, in_flight, triggers, errors = [], [], [], [], []
-                ended_first: list[bool] = []
-                for repeat in range(repeats):
-                    if repeat:
-                        small_reader.expect("READY", timeout)
-                    _send(small, "go")
-                    idle.append(_checked(json.loads(small_reader.expect("RESULT", timeout))))
-                for repeat in range(repeats):
-                    small_reader.expect("READY", timeout)
-                    if repeat:  # its first READY came with the warm-up
-                        big_reader.expect("READY", timeout)
-                    _send(big, "go")
-                    big_reader.expect("CALLING", timeout)
-                    triggers.append(self._wait_busy(big_reader, big_mode))
-                    _send(small, "go")
-                    small_call = json.loads(small_reader.expect("RESULT", timeout))
-                    big_call = json.loads(big_reader.expect("RESULT", timeout))
-                    # A server that fails a call under load: reported, not hidden.
-                    for side, call in (("small", small_call), ("large", big_call)):
-                        if "error" in call:
-                            errors.append(f"{side} call: {call['error']}")
-                    if "error" in small_call:
-                        continue
-                    busy.append(small_call)
-                    # Overlapped: the small call started before the large one
-                    # ended; ended_first: it also ended before the large one.
-                    in_flight.append(small_call["start"] < big_call["end"])
-                    ended_first.append(small_call["end"] <= big_call["end"])
-                    record.setdefault("big_seconds", []).append(big_call["seconds"])
-        except Exception as exc:
-            record["error"] = f"{type(exc).__name__}: {exc}"
-            self.log(f"  FAILED: {record['error']} (logs in {self.logs})")
-            return record
-        finally:
-            _finish(big)
-            _finish(small)
-        record.update(
-            idle_seconds=[c["seconds"] for c in idle],
-            busy_seconds=[c["seconds"] for c in busy],
-            idle_median=statistics.median(c["seconds"] for c in idle),
-            in_flight=in_flight,
-            ended_first=ended_first,
-            triggers=triggers,
-            call_errors=errors,
-        )
-        if not busy:
-            record["error"] = f"every call under load failed: {errors[0]}"
-            self.log(f"  FAILED: {record['error']}")
-            return record
-        record["busy_median"] = statistics.median(c["seconds"] for c in busy)
-        record["ratio"] = record["busy_median"] / record["idle_median"]
-        if errors:
-            self.log(f"  {len(errors)} call(s) FAILED under load: {errors[0]}")
-        self.log(
-            f"  idle {record['idle_median']:.3f}s, busy {record['busy_median']:.3f}s "
-            f"(x{record['ratio']:.1f}); started while the large one was in flight: "
-            f"{sum(in_flight)} of {len(in_flight)}, ended before it: {sum(ended_first)}"
-        )
+        with self.failing(record), ExitStack() as stack:
+            big = stack.enter_context(
+                self.client(big_mode, store, big_case, repeats, f"{tag}-big.log", "--sync")
+            )
+            small = stack.enter_context(
+                self.client(
+                    small_mode, store, small_case, 2 * repeats, f"{tag}-small.log", "--sync"
+                )
+            )
+            srv = stack.enter_context(self.server(mode, store, big_case, tag))
+            for worker in (big, small):  # warm up one at a time
+                worker.send(str(srv.port))
+                worker.expect("READY")
+            idle, busy, in_flight, ended_first, triggers, errors = [], [], [], [], [], []
+            for repeat in range(repeats):
+                if repeat:
+                    small.expect("READY")
+                small.send("go")
+                idle.append(_checked(small.result()))
+            for repeat in range(repeats):
+                small.expect("READY")
+                if repeat:  # its first READY came with the warm-up
+                    big.expect("READY")
+                big.send("go")
+                big.expect("CALLING")
+                triggers.append(self._wait_busy(big, big_mode))
+                small.send("go")
+                small_call, big_call = small.result(), big.result()
+                # A server that fails a call under load: reported, not hidden.
+                for side, call in (("small", small_call), ("large", big_call)):
+                    if "error" in call:
+                        errors.append(f"{side} call: {call['error']}")
+                if "error" in small_call:
+                    continue
+                busy.append(small_call)
+                # Overlapped: the small call started before the large one
+                # ended; ended_first: it also ended before the large one.
+                in_flight.append(small_call["start"] < big_call["end"])
+                ended_first.append(small_call["end"] <= big_call["end"])
+                record.setdefault("big_seconds", []).append(big_call["seconds"])
+            record.update(
+                idle_seconds=[c["seconds"] for c in idle],
+                busy_seconds=[c["seconds"] for c in busy],
+                idle_median=statistics.median(c["seconds"] for c in idle),
+                in_flight=in_flight,
+                ended_first=ended_first,
+                triggers=triggers,
+                call_errors=errors,
+            )
+            if not busy:
+                raise RuntimeError(f"every call under load failed: {errors[0]}")
+            record["busy_median"] = statistics.median(c["seconds"] for c in busy)
+            record["ratio"] = record["busy_median"] / record["idle_median"]
+            if errors:
+                self.log(f"  {len(errors)} call(s) FAILED under load: {errors[0]}")
+            self.log(
+                f"  idle {record['idle_median']:.3f}s, busy {record['busy_median']:.3f}s "
+                f"(x{record['ratio']:.1f}); started while the large one was in flight: "
+                f"{sum(in_flight)} of {len(in_flight)}, ended before it: {sum(ended_first)}"
+            )
         return record
 
-    def _wait_busy(self, reader: LineReader, mode: str) -> str:
+    def _wait_busy(self, big: Worker, mode: str) -> str:
         """Wait until the large retrieval is streaming, or ``--busy-delay``
         seconds; says which came first."""
         if mode != "flightlab-stream":
             time.sleep(self.args.busy_delay)
             return "delay"
         try:
-            reader.expect("FIRST_BATCH", self.args.busy_delay)
+            big.expect("FIRST_BATCH", self.args.busy_delay)
             return "first batch"
         except TimeoutError:
             return "delay"
@@ -499,67 +438,36 @@ class Benchmark:
     def run_loopback(self, case: str, repeats: int) -> dict[str, Any]:
         record: dict[str, Any] = {"case": case, "case_label": case_label(case), "repeats": repeats}
         self.log(f"Flight loopback ceiling, a {case_label(case)} result")
-        repo = self.repo(self.args.stores[0], case)
         tag = f"loopback-{case.replace(':', '')}"
-        try:
-            with Server(
-                "loopback",
-                None,
-                self.logs / f"{tag}-server.log",
-                ["--case", case, "--repo", str(repo)],
-            ) as srv:
-                argv = ["loopback-client", "--port", str(srv.port), "--repeats", str(repeats)]
-                proc, reader = self._worker(argv, tag + ".log")
-                try:
-                    answer = self._result(reader, tag + ".log")
-                finally:
-                    _finish(proc)
-                record["server_peak_rss"] = srv.peak_rss()
-        except Exception as exc:
-            record["error"] = f"{type(exc).__name__}: {exc}"
-            self.log(f"  FAILED: {record['error']}")
-            return record
-        times = [c["seconds"] for c in answer["calls"]]
-        record.update(
-            times=times,
-            median=statistics.median(times),
-            result_rows=answer["calls"][-1]["rows"],
-            result_bytes=answer["calls"][-1]["bytes"],
-        )
-        record["gb_per_second"] = record["result_bytes"] / record["median"] / 1e9
-        self.log(f"  median {record['median']:.3f}s, {record['gb_per_second']:.2f} GB/s")
+        repo = self.repo(self.args.stores[0], case)
+        serve = ["--case", case, "--repo", str(repo)]
+        with (
+            self.failing(record),
+            Server("loopback", None, self.logs / f"{tag}-server.log", serve) as srv,
+        ):
+            argv = ["loopback-client", "--port", str(srv.port), "--repeats", str(repeats)]
+            with Worker(argv, self.logs / f"{tag}.log") as client:
+                calls = client.result()["calls"]
+            record.update(server_peak_rss=srv.peak_rss(), **_timings(calls))
+            record["gb_per_second"] = record["result_bytes"] / record["median"] / 1e9
+            self.log(f"  median {record['median']:.3f}s, {record['gb_per_second']:.2f} GB/s")
         return record
 
     # --- the run -------------------------------------------------------------------
 
-    def server(self, mode: str, store: str, case: str, tag: str) -> Server:
-        kind, engine = MODES[mode].server, MODES[mode].engine
-        extra = []
-        if kind == "flightlab":
-            # --flightlab-args come last, so they can override the engine.
-            extra = ["--engine", engine, *self.args.flightlab_args]
-        log = self.logs / f"{tag}-server.log"
-        return Server(kind, self.repo(store, case), log, extra_args=extra)
-
-    def repo(self, store: str, case: str) -> Path:
-        return self.repos[store, "mnist" if case == "mnist" else "rows"]
-
     def cases_for(self, store: str) -> list[str]:
         cases = [f"rows:{n}" for n in self.args.sizes]
-        if self.args.mnist:
-            if store != "file" or self.args.mnist_file:
-                cases.append("mnist")
+        if self.args.mnist and (store != "file" or self.args.mnist_file):
+            cases.append("mnist")
         return cases
 
     def run(self) -> dict[str, Any]:
         args = self.args
         load_before = os.getloadavg()
-        self.log(f"preparing the data and repos under {self.repos_root}")
+        self.log(f"preparing the data and repos under {self.out / 'work'}")
         self.repos = datagen.build_repos(
-            self.repos_root, tuple(args.stores), mnist=args.mnist, log=self.log
+            self.out / "work", tuple(args.stores), with_mnist=args.mnist, log=self.log
         )
-        if args.mnist:
-            self.note(f"the MNIST repo is built by {datagen.mnist_builder()}")
         if args.mnist and "file" in args.stores and not args.mnist_file:
             self.note(
                 "MNIST on the file (dask) store is skipped: one retrieval takes ~14 min there "
@@ -580,16 +488,15 @@ class Benchmark:
                     self.latency.append(self.run_latency(store, mode, args.repeats))
         if args.loopback:
             cases = {case for store in args.stores for case in self.cases_for(store)}
-            for case in sorted(cases, key=_case_order):
+            for case in sorted(cases, key=case_key):
                 self.loopback.append(self.run_loopback(case, args.repeats))
         report.add_ratios(self.results)
-        duration = time.perf_counter() - self.started
         document = {
             "meta": {
                 "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "duration_seconds": duration,
+                "duration_seconds": time.perf_counter() - self.started,
                 "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                "args": {k: v for k, v in vars(args).items()},
+                "args": vars(args),
                 "machine": {
                     "cpus": os.cpu_count(),
                     "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
@@ -607,7 +514,7 @@ class Benchmark:
                     "users": datagen.USERS,
                     "features": list(datagen.FEATURES),
                     "mnist_images": 70_000,
-                    "mnist_features": len(datagen.MNIST_REFS),
+                    "mnist_features": len(mnist.feature_refs()),
                 },
                 "modes": {mode: MODES[mode].description for mode in MODES},
             },
@@ -617,8 +524,41 @@ class Benchmark:
             "loopback": self.loopback,
             "notes": self.notes,
         }
-        document["targets"] = report.evaluate_targets(document)
+        document["targets"] = evaluate_targets(document, self.targets)
         return document
+
+
+def _record(store: str, case: str, mode: str, **more: Any) -> dict[str, Any]:
+    return {"store": store, "case": case, "case_label": case_label(case), "mode": mode, **more}
+
+
+def _timings(calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """The calls' times, their median, and the result's size."""
+    times = [c["seconds"] for c in calls]
+    median = statistics.median(times)
+    rows, nbytes = calls[-1]["rows"], calls[-1]["bytes"]
+    return dict(times=times, median=median, result_rows=rows, result_bytes=nbytes)
+
+
+def _rss_figures(calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """The client's peak RSS and, over the calls, the most its RSS (and the
+    server's) rose in one; streamed, the rise until the first batch (the entity
+    upload) and from the first batch to the end of the stream."""
+
+    def rise(peak: str, before: str) -> int:
+        return max((c[peak] or 0) - (c[before] or 0) for c in calls)
+
+    figures = {
+        "client_peak_rss": max(c["peak_rss"] or 0 for c in calls),
+        "client_call_rss": rise("peak_rss", "rss_before"),
+        "rows_per_second": calls[-1]["rows"] / statistics.median(c["seconds"] for c in calls),
+    }
+    if all(c.get("server_reset") for c in calls):
+        figures["server_call_rss"] = rise("server_call_peak_rss", "server_rss_before")
+    if all("stream_peak_rss" in c for c in calls):
+        figures["client_upload_rss"] = rise("upload_peak_rss", "rss_before")
+        figures["client_stream_rss"] = rise("stream_peak_rss", "first_batch_rss")
+    return figures
 
 
 def _checked(call: dict[str, Any]) -> dict[str, Any]:
@@ -628,37 +568,6 @@ def _checked(call: dict[str, Any]) -> dict[str, Any]:
     return call
 
 
-def _last_error(log: Path) -> str:
-    """The last line of a child's log (its exception, when it died of one)."""
-    try:
-        lines = [line for line in log.read_text().splitlines() if line.strip()]
-    except OSError:
-        return "no log"
-    return lines[-1][:300] if lines else "empty log"
-
-
-def _send(worker: subprocess.Popen, line: str) -> None:
-    worker.stdin.write(line + "\n")
-    worker.stdin.flush()
-
-
-def _finish(worker: subprocess.Popen) -> None:
-    """Close a worker's stdin (which ends it if it waits there) and reap it."""
-    try:
-        worker.stdin.close()
-    except OSError:
-        pass
-    try:
-        worker.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        worker.wait()
-
-
-def _case_order(case: str) -> tuple[int, int]:
-    return (1, 0) if case == "mnist" else (0, int(case.split(":")[1]))
-
-
 def _version(name: str) -> str | None:
     try:
         return importlib.metadata.version(name)
@@ -666,120 +575,70 @@ def _version(name: str) -> str | None:
         return None
 
 
+def parse_size(text: str) -> int:
+    """``10k``, ``1M``, ``1_000`` -> rows."""
+    text = text.strip().lower().replace("_", "")
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
+    return int(float(text[:-1] if scale != 1 else text) * scale)
+
+
+def _listed(parse=str.strip, choices=()):
+    """A comma-separated option: its items, parsed, each among ``choices`` if given."""
+
+    def values(text: str) -> list:
+        items = [parse(item) for item in text.split(",") if item.strip()]
+        if choices and (wrong := set(items) - set(choices)):
+            raise argparse.ArgumentTypeError(f"{wrong} not in {', '.join(choices)}")
+        return items
+
+    return values
+
+
+# The options: (flag, default, type, help); string defaults are parsed as given.
+OPTIONS = (
+    ("--sizes", "10k,100k,1M", _listed(parse_size), "entity rows per case"),
+    ("--stores", "duckdb,file", _listed(choices=datagen.STORES), "offline stores"),
+    ("--repeats", 3, int, "timed calls per cell"),
+    ("--modes", ",".join(MODES), _listed(choices=tuple(MODES)), "modes to run"),
+    ("--clients", 4, int, "concurrent clients per server (0: none)"),
+    ("--concurrency-rows", "100k", parse_size, "entity rows per concurrent client"),
+    ("--latency-rows", "1M", parse_size, "entity rows of the large retrieval in flight"),
+    ("--latency-stores", "duckdb", _listed(choices=datagen.STORES), "stores to time latency on"),
+    ("--busy-delay", 1.0, float, "seconds into the large call to start the small one at most"),
+    ("--concurrency-timeout", None, float, "seconds concurrent calls may take (None: 20x theirs)"),
+    ("--flightlab-args", "", shlex.split, "more `flightlab serve_offline` args, after --engine"),
+    ("--out", str(ROOT / "out" / "benchmark"), str, "where results, logs and repos go"),
+)
+SWITCHES = {  # on by default; --no-X: off
+    "--mnist": "the full MNIST retrieval",
+    "--latency": "a 1k-row retrieval's latency, idle and with a large one in flight",
+    "--loopback": "the raw Flight loopback ceiling",
+}
+QUICK = dict(sizes="1k,10k", repeats=1, mnist=False, concurrency_rows="10k", latency_rows="100k")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, with ``QUICK``'s defaults under ``--quick``; benchmarks/README.md
+    says what each does."""
     parser = argparse.ArgumentParser(
         prog="benchmarks/run.py",
         description="Benchmark flightlab against local retrieval and Feast's own offline server.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="a smoke run: 1k and 10k rows, 1 repeat, no MNIST, 10k-row concurrent clients",
-    )
-    parser.add_argument("--sizes", help="entity rows, comma-separated (default 10k,100k,1M)")
-    parser.add_argument(
-        "--stores", default="duckdb,file", help="offline stores (default duckdb,file)"
-    )
-    parser.add_argument("--repeats", type=int, help="timed calls per measurement (default 3)")
-    parser.add_argument(
-        "--modes", default=",".join(MODES), help=f"modes to run (default {','.join(MODES)})"
-    )
-    parser.add_argument(
-        "--mnist",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="include the full MNIST retrieval (default: yes, except with --quick)",
-    )
-    parser.add_argument(
-        "--mnist-file",
-        action="store_true",
-        help="also run MNIST on the file (dask) store: ~14 min per retrieval, 1 repeat",
-    )
-    parser.add_argument(
-        "--clients", type=int, default=4, help="concurrent clients per server (0: skip)"
-    )
-    parser.add_argument(
-        "--concurrency-rows", help="entity rows per concurrent client (default 100k)"
-    )
-    parser.add_argument(
-        "--latency",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="measure a 1k-row retrieval's latency, idle and with a large one in flight "
-        "(default: yes)",
-    )
-    parser.add_argument(
-        "--latency-rows", help="entity rows of the large retrieval in flight (default 1M)"
-    )
-    parser.add_argument(
-        "--latency-stores", default="duckdb", help="stores to measure latency on (default duckdb)"
-    )
-    parser.add_argument(
-        "--busy-delay",
-        type=float,
-        default=1.0,
-        help="seconds into the large retrieval to start the small one at the latest "
-        "(default 1; sooner when the large one's first batch arrives)",
-    )
-    parser.add_argument(
-        "--loopback",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="measure the raw Flight loopback ceiling (default: yes)",
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=7200, help="seconds one worker may take (default 7200)"
-    )
-    parser.add_argument(
-        "--concurrency-timeout",
-        type=float,
-        help="seconds the concurrent clients' calls may take before the server is "
-        "recorded as hung (default: 20x the calls' one-after-the-other time, at least "
-        "60; a server idle for 30s with calls unanswered is recorded as hung at once)",
-    )
-    parser.add_argument(
-        "--flightlab-args",
-        default="",
-        help="extra arguments for `flightlab serve_offline`, e.g. '--workers 1'",
-    )
-    parser.add_argument(
-        "--out",
-        default=str(ROOT / "out" / "benchmark"),
-        help="output folder (default out/benchmark)",
-    )
-    args = parser.parse_args(argv)
-    if args.sizes:
-        args.sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
-    else:
-        args.sizes = list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
-    if args.repeats is None:
-        args.repeats = 1 if args.quick else 3
-    if args.mnist is None:
-        args.mnist = not args.quick
-    if args.concurrency_rows:
-        args.concurrency_rows = parse_size(args.concurrency_rows)
-    else:
-        args.concurrency_rows = 10_000 if args.quick else 100_000
-    if args.latency_rows:
-        args.latency_rows = parse_size(args.latency_rows)
-    else:
-        args.latency_rows = 100_000 if args.quick else 1_000_000
-    args.latency_stores = [s.strip() for s in args.latency_stores.split(",") if s.strip()]
-    args.flightlab_args = shlex.split(args.flightlab_args)
-    args.stores = [s.strip() for s in args.stores.split(",") if s.strip()]
-    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    for store in args.stores:
-        if store not in datagen.STORES:
-            parser.error(f"unknown store {store!r}; choose from {', '.join(datagen.STORES)}")
-    for mode in args.modes:
-        if mode not in MODES:
-            parser.error(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-    return args
+    quick = (f"--{k}={v}".replace("_", "-") for k, v in QUICK.items())
+    parser.add_argument("--quick", action="store_true", help=f"a smoke run: {' '.join(quick)}")
+    for flag, default, parse, text in OPTIONS:
+        parser.add_argument(flag, default=default, type=parse, help=text)
+    for flag, text in SWITCHES.items():
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=True, help=text)
+    parser.add_argument("--mnist-file", action="store_true", help="MNIST on the file store too")
+    if parser.parse_known_args(argv)[0].quick:
+        parser.set_defaults(**QUICK)
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    bench = Benchmark(args)
+    bench = Benchmark(parse_args(argv))
     document = bench.run()
     out = bench.out
     (out / "results.json").write_text(json.dumps(document, indent=1) + "\n")
