@@ -10,18 +10,21 @@ the same parquet bytes on local disk: rows, values, names and dtypes, and
 the engine, not Feast's store, must have answered. Pulls, a prefix of parquet
 objects and a single object, field mappings and TTL windows are compared the
 same way; ``--engine auto`` answers from S3 on the duckdb and the file
-(dask) stores alike, served by ``flightlab serve_offline`` processes.
+(dask) stores alike, served by ``flightlab serve_offline`` processes. A
+retrieval by dates (no entity rows) from S3 equals Feast's file store's
+answer on the local files.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from by_dates_helpers import a_dates_case, apply_dates_case, assert_same_answer, dates_of
 from feast import FeatureStore
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
@@ -306,3 +309,54 @@ def test_engine_auto_answers_from_s3_on_the_duckdb_and_the_file_store(
         requests = [line for line in server.log_lines() if " engine=" in line]
     assert len(requests) == 3 * len(CLIENTS), server.log_tail()
     assert all("engine=flightlab" in line for line in requests), requests
+
+
+# --- retrievals by dates (no entity rows): the file store's answer ---------------------------
+
+ONE_VIEW = a_view(
+    ["k1"], timedelta(days=1), rows=[(1, "a", 1, 1, 1.0, "x"), (2, "b", 7, 2, 2.0, None)]
+)
+DATES_CASES = {
+    "one-view": a_dates_case([ONE_VIEW], end=4),
+    "two-views-a-service": a_dates_case(
+        [
+            ONE_VIEW,
+            a_view(
+                ["k1", "k2"],
+                created=True,
+                mapped=True,
+                rows=[(1, "a", 1, 2, 3.0, "y"), (3, "b", 4, -1, 0.5, "x")],
+            ),
+        ],
+        end=8,
+        full_names=True,
+        service=True,
+    ),
+    "an-on-demand-view": a_dates_case([ONE_VIEW, ONE_VIEW], end=9, on_demand="with_input"),
+}
+
+
+@pytest.fixture(scope="module")
+def dask_local(local, tmp_path_factory) -> FeatureStore:
+    """Feast's file (dask) store on the local files: the answer by dates."""
+    registry = Path(local.repo_path) / "data" / "registry.db"
+    repo = make_repo(tmp_path_factory.mktemp("s3_dask_local"), "file", registry=registry)
+    return FeatureStore(repo_path=str(repo))
+
+
+@pytest.mark.parametrize("name", DATES_CASES)
+def test_retrievals_by_dates_from_s3_equal_the_local_file_store(
+    name, local, dask_local, s3_store, remotes, engine_server, s3, mirrored
+):
+    case = DATES_CASES[name]
+    features = apply_dates_case(local, case, Path(local.repo_path) / "data", next(_names))
+    mirror_to_s3(local, s3_store, s3, mirrored)
+    dask_local.refresh_registry()
+    call = {"features": features, "full_feature_names": case.full_feature_names, **dates_of(case)}
+    expected = dask_local.get_historical_features(**call).to_arrow()
+    expected_frame = dask_local.get_historical_features(**call).to_df()
+    before = engine_requests(engine_server)
+    for client in CLIENTS:
+        got = remotes[client].get_historical_features(**call).to_arrow()
+        assert_same_answer(expected, got, expected_frame, case, datetime.now(), client)
+    assert engine_requests(engine_server) == before + len(CLIENTS)

@@ -49,6 +49,8 @@ import pyarrow.fs as pafs
 from feast.data_source import DataSource
 from feast.infra.offline_stores.file_source import FileSource, ParquetFormat
 
+from flightlab.engine.by_dates_types import _SPLIT_BYTES as DASK_SPLIT_BYTES
+from flightlab.engine.by_dates_types import CannotReproduce
 from flightlab.engine.reading import TimeWindow, sql_name
 from flightlab.engine.s3 import S3Endpoint, named_error, s3_filesystem
 from flightlab.errors import (
@@ -131,6 +133,22 @@ class ObjectStoreParquet:
             finally:
                 database.unregister(scan)
         return FetchedRows(self.uri, table)
+
+    def arrow_schema(self, database: duckdb.DuckDBPyConnection) -> pa.Schema:
+        """The schema Feast's dask store starts from in a retrieval by dates
+        (:mod:`~flightlab.engine.by_dates`): the object's own, pandas metadata
+        and all. As for local files, the engine cannot give the dask store's
+        answer on several objects (a partition each) or on one large enough
+        for dask to split."""
+        dataset = self.dataset()
+        if len(dataset.files) > 1:
+            raise CannotReproduce(f"{self.uri}: a prefix of parquet objects")
+        with self._errors_named():
+            metadata = next(iter(dataset.get_fragments())).metadata
+        sizes = [metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)]
+        if len(sizes) > 1 and sum(sizes) > DASK_SPLIT_BYTES:
+            raise CannotReproduce(f"{self.uri}: large enough for dask to split it")
+        return dataset.schema
 
     def dataset(self) -> ds.Dataset:
         """The source's objects as a pyarrow dataset (found on first use)."""
