@@ -344,10 +344,29 @@ def dask_local(local, tmp_path_factory) -> FeatureStore:
     return FeatureStore(repo_path=str(repo))
 
 
+@pytest.fixture(scope="module")
+def file_store_remotes(s3_repo, s3, tmp_path_factory) -> Iterator[dict[str, FeatureStore]]:
+    """Both clients of a server whose repo reads the S3 repo's registry on
+    Feast's file (dask) store."""
+    registry = s3_repo / "data" / "registry.db"
+    repo = make_repo(tmp_path_factory.mktemp("s3_file_store"), "file", registry=registry)
+    base = tmp_path_factory.mktemp("s3_file_store_clients")
+    with OfflineServer(repo, port=0) as server:  # --engine auto
+        yield {
+            "flightlab": make_client_store(base / "flightlab", server.port, s3_repo),
+            "stock": stock_client(base / "stock", server, registry),
+            "server": server,
+        }
+
+
+@pytest.mark.parametrize("store_type", ["duckdb", "file"])
 @pytest.mark.parametrize("name", DATES_CASES)
 def test_retrievals_by_dates_from_s3_equal_the_local_file_store(
-    name, local, dask_local, s3_store, remotes, engine_server, s3, mirrored
-):
+    name, store_type, local, dask_local, s3_store, remotes, engine_server, s3, mirrored,
+    file_store_remotes,
+):  # fmt: skip
+    if store_type == "file":
+        remotes, engine_server = file_store_remotes, file_store_remotes["server"]
     case = DATES_CASES[name]
     features = apply_dates_case(local, case, Path(local.repo_path) / "data", next(_names))
     mirror_to_s3(local, s3_store, s3, mirrored)
