@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -99,7 +98,7 @@ class S3Server:
         if self.process is not None:
             raise RuntimeError(f"the S3 server on {self.endpoint} is already running")
         command = [sys.executable, "-m", __name__, "--host", self.host, "--port", str(self.port)]
-        out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
         try:
             self.process = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -323,7 +322,7 @@ def serve(host: str, port: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("FLIGHTLAB_S3_PORT", 0)))
+    parser.add_argument("--port", type=int, default=0, help="default: a free port")
     args = parser.parse_args(argv)
     serve(args.host, args.port or free_port(args.host))
 
