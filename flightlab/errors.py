@@ -140,6 +140,19 @@ class UnknownFeatureError(FlightlabError, KeyError):
         return repr(text) if text is not None else KeyError.__str__(self)
 
 
+class MissingSourceColumnError(FlightlabError, ValueError):
+    """A request names a column its data source does not have."""
+
+    status = INVALID_ARGUMENT
+
+
+class SourceObjectNotFoundError(FlightlabError):
+    """A data source's data is not where the source says: no such object,
+    prefix or bucket in object storage."""
+
+    status = NOT_FOUND
+
+
 class OfflineStoreQueryError(FlightlabError):
     """A query the request made the offline store run failed in its database."""
 
@@ -187,7 +200,8 @@ class ConnectionFailedError(FlightlabError):
 
 
 class OfflineStoreUnavailableError(FlightlabError):
-    """The server's offline store (its database) cannot be reached; retry later."""
+    """The server's offline store (its database, or the object storage its
+    sources are in) cannot be reached; retry later."""
 
     status = UNAVAILABLE
 
@@ -202,7 +216,8 @@ class ClientGoneError(FlightlabError):
 
 
 class OfflineStoreCredentialsError(FlightlabError):
-    """The offline store's database refused the server's own credentials."""
+    """The offline store's database, or the object storage of a source,
+    refused the server's own credentials."""
 
 
 class OnDemandFeatureError(FlightlabError):

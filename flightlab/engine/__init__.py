@@ -9,6 +9,8 @@ Inside: :mod:`~flightlab.engine.sql` (the queries),
 :mod:`~flightlab.engine.sources` (which sources it reads),
 :mod:`~flightlab.engine.reading` (how a request reads a source),
 :mod:`~flightlab.engine.parquet` (local parquet files),
+:mod:`~flightlab.engine.object_store` and :mod:`~flightlab.engine.s3`
+(parquet in S3),
 :mod:`~flightlab.engine.database` (a DuckDB database per request),
 :mod:`~flightlab.engine.entities` (the uploaded entity rows),
 :mod:`~flightlab.engine.on_demand` (on-demand views, batch by batch),

@@ -122,7 +122,9 @@ def by_dates_readers(
     if mode is EngineMode.FLIGHTLAB or store_type in NO_DATE_RANGE_STORES:
         return readers  # type: ignore[return-value]
     if store_type in DASK_STORES and not all(
-        isinstance(v.batch_source, FileSource) for v in feature_views
+        # The dask store reads s3:// only through s3fs, which flightlab does not install.
+        isinstance(v.batch_source, FileSource) and "://" not in v.batch_source.path
+        for v in feature_views
     ):
         return readers  # type: ignore[return-value]
     return None

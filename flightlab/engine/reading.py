@@ -26,7 +26,12 @@ class TimeWindow:
 
 
 class SourceRead(Protocol):
-    """A source as one request's SQL reads it."""
+    """A source as one request's SQL reads it.
+
+    A read may also have a ``row_filter`` attribute: SQL on the source's own
+    columns that keeps (at least) the rows the request can use, which the
+    query adds to its WHERE so that DuckDB can skip what it excludes.
+    """
 
     description: str  # where its rows are, for messages
 

@@ -87,7 +87,7 @@ def _candidates(view: ViewQuery) -> str:
     row_id = [f"{sql_name(c)} AS {_row_id(0, c)}" for c in view.source.row_id_columns()]
     query = (
         f"SELECT {', '.join([*keys, f'{timestamp} AS {_TS}', *row_id])} "
-        f"FROM {view.source.read_sql(with_row_ids=True)}"
+        f"FROM {_filtered(view.source)}"
     )
     created = view.created_timestamp_column
     if created:
@@ -115,9 +115,15 @@ def _features_by_row(view: ViewQuery) -> str:
     columns = dict(_renamed_columns(view))
     row_id = [f"{sql_name(c)} AS {_row_id(0, c)}" for c in view.source.row_id_columns()]
     features = [f"{columns[view_col]} AS {sql_name(out)}" for view_col, out in view.features]
-    return (
-        f"SELECT {', '.join([*row_id, *features])} FROM {view.source.read_sql(with_row_ids=True)}"
-    )
+    return f"SELECT {', '.join([*row_id, *features])} FROM {_filtered(view.source)}"
+
+
+def _filtered(source: SourceRead) -> str:
+    """The source with its row ids, and its own ``row_filter`` where it has one
+    (a superset bound on stored columns that lets DuckDB skip row groups)."""
+    row_filter = getattr(source, "row_filter", None)
+    where = f" WHERE {row_filter}" if row_filter else ""
+    return f"{source.read_sql(with_row_ids=True)}{where}"
 
 
 def _row_id(i: int, column: str) -> str:
@@ -148,7 +154,8 @@ def pull_sql(
     with ``latest_by`` (the join keys), only the latest row of each key."""
     query = f"SELECT {', '.join(map(sql_name, columns))} FROM {source.read_sql()}"
     event_time = f"CAST({sql_name(timestamp_field)} AS TIMESTAMP)"
-    bounds = []
+    row_filter = getattr(source, "row_filter", None)  # see _filtered
+    bounds = [row_filter] if row_filter else []
     if start_date is not None:
         bounds.append(f"{event_time} >= {_timestamp_literal(start_date)}")
     if end_date is not None:

@@ -1,5 +1,5 @@
 """Fixtures for tests, benchmarks and the demo: real Feast repos, a throwaway
-PostgreSQL, processes.
+PostgreSQL, a loopback S3 server, processes.
 
 - :mod:`~flightlab.testing.sample_repo`: a small real Feast repo (parquet
   sources, two entities, two feature views, an on-demand view, a feature
@@ -9,6 +9,9 @@ PostgreSQL, processes.
 - :mod:`~flightlab.testing.postgres`: a throwaway PostgreSQL cluster on a free
   loopback port (also ``python -m flightlab.testing.postgres``), how Feast
   reaches it, and table loading;
+- :mod:`~flightlab.testing.s3`: a loopback S3 server (moto's server mode in
+  a child process, also ``python -m flightlab.testing.s3``) that counts the
+  bytes it serves and can refuse credentials or drop connections;
 - :mod:`~flightlab.testing.processes`: child processes: ``feast apply``,
   ``flightlab serve_offline`` on a port it picks and reports, free ports,
   memory and CPU time from ``/proc``;
