@@ -130,6 +130,8 @@ class OfflineDispatcher:
                     return ResultStream.of_table(feast_job().to_arrow())
             # The engine's stream holds the sources until its last batch is read.
             stream.close = _then(stream.close, reading.pop_all().close)
+            # A database error midway (a stream read from PostgreSQL) named as before it.
+            stream.batches = self._backend.translated(stream.batches)
             return stream
 
     def _retrieval_job(
@@ -165,8 +167,17 @@ class OfflineDispatcher:
     def _engine_historical(
         self, request: protocol.GetHistoricalFeatures, plan: HistoricalPlan
     ) -> ResultStream | None:
+        if request.entity_df_sql is not None:  # runs where the sources are (PostgreSQL)
+            return self.engine.historical_sql(
+                self.store.config,
+                plan.feature_views,
+                plan.feature_refs,
+                plan.on_demand_views,
+                request.entity_df_sql,
+                plan.full_feature_names,
+            )
         if request.entity_df is None:
-            return None  # SQL entity rows and date ranges are the store's to answer
+            return None  # date ranges are the store's to answer
         return self.engine.historical(
             self.store.config,
             plan.feature_views,
