@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +28,7 @@ from flightlab.engine.postgres.types import NUMERIC, TIMESTAMP_TYPES, pg_type
 from flightlab.engine.reading import TimeWindow, sql_name, sql_string
 
 _tables = itertools.count()
+ROW_ID = "__flightlab_pg_row"
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ class PostgresSource:
         # The request keeps the session for its other statements.
         stream = QueryStream(session, sql, batch_bytes=None, on_batch=counted, release=False)
         try:
-            reader = pa.RecordBatchReader.from_batches(stream.schema, stream)
+            schema = stream.schema.append(pa.field(ROW_ID, pa.int64()))
+            reader = pa.RecordBatchReader.from_batches(schema, _numbered(stream))
             database.register(f"{name}_stream", reader)
             database.execute(f"CREATE TABLE {sql_name(name)} AS SELECT * FROM {name}_stream")
             database.unregister(f"{name}_stream")
@@ -178,21 +180,29 @@ def pg_temp(table: str) -> str:
     return f"pg_temp.{sql_name(table)}"
 
 
+def _numbered(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Each batch with its rows' numbers (DuckDB's own ``rowid``, read from a
+    subquery, trips its binder on some multi-join plans)."""
+    start = 0
+    for batch in batches:
+        numbers = pa.array(range(start, start + batch.num_rows), pa.int64())
+        start += batch.num_rows
+        yield batch.append_column(ROW_ID, numbers)
+
+
 @dataclass(frozen=True)
 class FetchedRows:
-    """A view's window, held in a table of the request's DuckDB database."""
+    """A view's window, held in a table of the request's DuckDB database
+    (with a column numbering its rows)."""
 
     table: str
     description: str
-    row_id: str = "__flightlab_pg_row"
 
     def read_sql(self, with_row_ids: bool = False) -> str:
-        if not with_row_ids:
-            return sql_name(self.table)
-        return f"(SELECT *, rowid AS {sql_name(self.row_id)} FROM {sql_name(self.table)})"
+        return sql_name(self.table)
 
     def row_id_columns(self) -> list[str]:
-        return [self.row_id]
+        return [ROW_ID]
 
 
 def _selected(column: str, typname: str, is_timestamp: bool) -> str:
