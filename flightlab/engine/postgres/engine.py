@@ -10,6 +10,7 @@ fetches. One log line per request names the plan.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Iterator
@@ -31,8 +32,13 @@ from flightlab.engine.postgres.planner import PlanChoice, choose
 from flightlab.engine.postgres.settings import PIT, SEEK, PostgresSettings
 from flightlab.engine.postgres.source import PostgresSource
 from flightlab.engine.postgres.streams import QueryStream
-from flightlab.engine.postgres.types import cast_batch, entity_type, feature_type
-from flightlab.engine.postgres.views import PgView, key_texts_collide, resolve, unanswerable
+from flightlab.engine.postgres.types import (
+    cast_batch,
+    checked_dimensions,
+    entity_type,
+    feature_type,
+)
+from flightlab.engine.postgres.views import PgView, checked, key_texts_collide, resolve
 from flightlab.engine.results import FLIGHTLAB, ResultStream
 from flightlab.engine.usage import UsageCounters
 from flightlab.errors import MalformedEntityDataError
@@ -113,6 +119,9 @@ class PostgresEngine:
                 result = self._pit(session, views, entity_rows, timestamp, schema)
             else:
                 result = self._fetch(session, views, entity_rows, timestamp, schema, choice.plan)
+                if result is None:
+                    logger.info("Feast's postgres store answers: an array of several dimensions")
+                    return None
         except BaseException:
             if owner is not None:
                 session.broken()
@@ -126,15 +135,16 @@ class PostgresEngine:
         self, session: Session, config: Any, feature_views: list[Any],
         readers: list[PostgresSource], feature_refs: list[str], full_feature_names: bool,
     ) -> list[PgView] | None:  # fmt: skip
-        views = [
-            resolve(view, reader, feature_refs, full_feature_names)
-            for view, reader in zip(feature_views, readers, strict=True)
-        ]
-        for view in views:
-            reason = unanswerable(view, session, config.offline_store)
-            if reason is not None:
-                logger.info("Feast's postgres store answers: view %r: %s", view.name, reason)
+        views = []
+        for view, reader in zip(feature_views, readers, strict=True):
+            resolved = checked(
+                resolve(view, reader, feature_refs, full_feature_names), session,
+                config.offline_store,
+            )  # fmt: skip
+            if isinstance(resolved, str):
+                logger.info("Feast's postgres store answers: view %r: %s", view.name, resolved)
                 return None
+            views.append(resolved)
         return views
 
     def _pit(
@@ -151,13 +161,14 @@ class PostgresEngine:
             session.release()
             raise
         stream = QueryStream(session, sql, on_batch=self._fetched)
-        batches = pit.stitched(stream, entity_rows, schema, self._usage_read)
-        return ResultStream(schema, batches, FLIGHTLAB, close=stream.close)
+        checked_batches = checked_dimensions(stream, pit.guard_names(views))
+        batches = pit.stitched(checked_batches, entity_rows, schema, self._usage_read)
+        return _started(ResultStream(schema, batches, FLIGHTLAB, close=stream.close))
 
     def _fetch(
         self, session: Session, views: list[PgView], entity_rows: pa.Table, timestamp: str,
         schema: pa.Schema, plan: str,
-    ) -> ResultStream:  # fmt: skip
+    ) -> ResultStream | None:  # fmt: skip
         bounds = pc.min_max(entity_rows.column(timestamp))
         times = (bounds["min"].as_py(), bounds["max"].as_py())
         database, close = self._databases.open()
@@ -167,6 +178,9 @@ class PostgresEngine:
             queries = fetch.fetched_views(
                 session, database, views, entity_rows, times, plan == SEEK, self._fetched
             )
+            if queries is None:
+                close()
+                return None
             database.register(sql.ENTITY_TABLE, entity_rows)
             query = sql.historical_sql(entity_rows.column_names, timestamp, queries)
             _, batches = self._databases.read(database, query)
@@ -217,8 +231,9 @@ class PostgresEngine:
             session.release()
             raise
         stream = QueryStream(session, query, on_batch=self._fetched)
-        batches = _counted((cast_batch(b, schema) for b in stream), self._usage_read)
-        result = ResultStream(schema, batches, FLIGHTLAB, close=stream.close)
+        checked_batches = checked_dimensions(stream, pit.guard_names(views))
+        batches = _counted((cast_batch(b, schema) for b in checked_batches), self._usage_read)
+        result = _started(ResultStream(schema, batches, FLIGHTLAB, close=stream.close))
         return _with_on_demand(result, on_demand_views, feature_refs, full_feature_names)
 
     # --- pull_latest / pull_all --------------------------------------------------------
@@ -235,12 +250,6 @@ class PostgresEngine:
         end_date: datetime | None,
         latest: bool,
     ) -> ResultStream | None:
-        query = pulls.pull_sql(
-            reader, join_key_columns, feature_name_columns, timestamp_field,
-            created_timestamp_column, start_date, end_date, latest,
-        )  # fmt: skip
-        if query is None:
-            return None
         columns = [*join_key_columns, *feature_name_columns, timestamp_field]
         columns += [created_timestamp_column] if created_timestamp_column else []
         dummy = latest and not join_key_columns
@@ -249,17 +258,23 @@ class PostgresEngine:
             schema = pulls.answer_schema(
                 session, reader, columns, dummy, where(config.offline_store)
             )
+            many, guarded = reader.arrays(session, feature_name_columns)
+            query = pulls.pull_sql(
+                reader, join_key_columns, feature_name_columns, timestamp_field,
+                created_timestamp_column, start_date, end_date, latest, guarded,
+            )  # fmt: skip
         except BaseException:
             session.broken()
             session.release()
             raise
-        if schema is None:
+        if schema is None or many or query is None:
             session.release()
             return None
         self.counted_plan("pull")
         stream = QueryStream(session, query, on_batch=self._fetched)
-        batches = _counted((cast_batch(b, schema) for b in stream), self._usage_read)
-        return ResultStream(schema, batches, FLIGHTLAB, close=stream.close)
+        checked = checked_dimensions(stream, [f"{reader.description}"] if guarded else [])
+        batches = _counted((cast_batch(b, schema) for b in checked), self._usage_read)
+        return _started(ResultStream(schema, batches, FLIGHTLAB, close=stream.close))
 
     # --- counts ------------------------------------------------------------------------
 
@@ -325,6 +340,20 @@ def _answer_schema(
         types = view.source.types(session)
         fields += [pa.field(out, feature_type(types[src])) for src, out in view.features]
     return pa.schema(fields)
+
+
+def _started(result: ResultStream) -> ResultStream:
+    """``result`` with its first batch read: an error in the query (a
+    statement timeout, a failing expression) is raised here, before the
+    answer's head, not midway through its stream."""
+    try:
+        first = next(result.batches, None)
+    except BaseException:
+        result.close()
+        raise
+    if first is not None:
+        result.batches = itertools.chain([first], result.batches)
+    return result
 
 
 def _counted(batches: Iterator[pa.RecordBatch], count: Any) -> Iterator[pa.RecordBatch]:

@@ -5,8 +5,7 @@ from that table. The engine does the same into a TEMP table of its session,
 then runs plan A from it: the entity rows are already where plan A's join
 runs, and fetching them would move them twice. The entity columns come back
 in the types of the query's columns, as the store's answer has them; the
-event timestamp is ``event_timestamp``, or the query's only timestamp column
-(Feast's rule, read from the query's description).
+event timestamp is the ``event_timestamp`` column.
 """
 
 from __future__ import annotations
@@ -36,11 +35,14 @@ def entity_schema(session: Session, entity_sql: str) -> pa.Schema:
 
 
 def event_timestamp(schema: pa.Schema) -> str | None:
-    """Feast's choice of the event timestamp column (None: its store raises)."""
-    timestamps = [f.name for f in schema if pg_type(f) in TIMESTAMP_TYPES]
-    if EVENT_TIMESTAMP in schema.names:
-        return EVENT_TIMESTAMP if EVENT_TIMESTAMP in timestamps else None
-    return timestamps[0] if len(timestamps) == 1 else None
+    """Feast's choice of the event timestamp column: ``event_timestamp``
+    (None: its store raises). Its store would take the only timestamp column
+    too, but it reads the query's column types from an empty result, in which
+    pandas sees no timestamp column: its rule, in practice, is the name."""
+    for field in schema:
+        if field.name == EVENT_TIMESTAMP and pg_type(field) in TIMESTAMP_TYPES:
+            return EVENT_TIMESTAMP
+    return None
 
 
 def entity_fields(schema: pa.Schema) -> list[pa.Field] | None:

@@ -36,8 +36,10 @@ def fetched_views(
     times: tuple[datetime, datetime],
     seek: bool,
     counted: Callable[[pa.RecordBatch], None],
-) -> list[sql.ViewQuery]:
-    """Each view's window fetched into ``database``, as the engine's query reads it."""
+) -> list[sql.ViewQuery] | None:
+    """Each view's window fetched into ``database``, as the engine's query
+    reads it; None when a fetched array has more than one dimension (Feast's
+    store, which fails on it, is to answer)."""
     earliest, latest = times
     queries = []
     for view in views:
@@ -55,7 +57,10 @@ def fetched_views(
             created=view.created_column,
             seek=seeking,
             counted=counted,
+            guarded=view.guarded,
         )
+        if rows.dimensions is not None and rows.dimensions > 1:
+            return None
         queries.append(
             sql.ViewQuery(
                 source=rows,

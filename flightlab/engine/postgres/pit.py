@@ -25,8 +25,7 @@ import pyarrow.compute as pc
 
 from flightlab.engine.postgres.connections import Session
 from flightlab.engine.postgres.source import pg_temp
-from flightlab.engine.postgres.streams import QueryStream
-from flightlab.engine.postgres.types import NUMERIC, cast_batch, upload_type
+from flightlab.engine.postgres.types import NUMERIC, cast_batch, dimensions_sql, upload_type
 from flightlab.engine.postgres.views import PgView
 from flightlab.engine.reading import sql_name
 
@@ -67,7 +66,8 @@ def pit_sql(
     """``entity_columns`` of each row of ``entity_table``, then each view's
     features (named ``f{view}_{feature}``)."""
     selected = [f"e.{sql_name(c)}" for c in entity_columns]
-    joins = []
+    joins: list[str] = []
+    guards: list[str] = []
     for i, (view, kinds) in enumerate(zip(views, types, strict=True)):
         ts = f"s.{sql_name(view.timestamp_column)}"
         entity_ts = f"e.{sql_name(timestamp)}"
@@ -84,13 +84,24 @@ def pit_sql(
             f"{_value(f's.{sql_name(src)}', kinds[src])} AS {sql_name(f'f{i}_{j}')}"
             for j, (src, _) in enumerate(view.features)
         ] or ["1 AS __flightlab_none"]
+        if view.guarded:  # the arrays' dimensions, in a last column per view
+            features.append(f"{dimensions_sql(view.guarded)} AS {sql_name(f'd{i}')}")
+            guards.append(f"v{i}.{sql_name(f'd{i}')}")
         joins.append(
             f"LEFT JOIN LATERAL (SELECT {', '.join(features)} FROM {view.source.from_sql} AS s "
             f"WHERE {' AND '.join(conditions)} ORDER BY {', '.join(order)} "
             f"FETCH FIRST 1 ROWS WITH TIES) AS v{i} ON true"
         )
         selected += [f"v{i}.{sql_name(f'f{i}_{j}')}" for j in range(len(view.features))]
+    selected += guards
     return f"SELECT {', '.join(selected)} FROM {pg_temp(entity_table)} AS e {' '.join(joins)}"
+
+
+def guard_names(views: Sequence[PgView]) -> list[str]:
+    """What each dimension column of :func:`pit_sql` checks, in its order."""
+    return [
+        f"feature view {view.name!r} ({view.source.description})" for view in views if view.guarded
+    ]
 
 
 def _value(column: str, typname: str) -> str:
@@ -98,7 +109,7 @@ def _value(column: str, typname: str) -> str:
 
 
 def stitched(
-    stream: QueryStream,
+    batches: Iterator[pa.RecordBatch],
     entity_rows: pa.Table,
     schema: pa.Schema,
     counted: Callable[[int], None],
@@ -106,7 +117,7 @@ def stitched(
     """Each result batch (row id, features) next to its entity rows, in
     ``schema``'s types."""
     width = entity_rows.num_columns
-    for batch in stream:
+    for batch in batches:
         rows = entity_rows.take(batch.column(0))
         arrays = [column.combine_chunks() for column in rows.columns] + batch.columns[1:]
         counted(batch.num_rows)

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from flightlab.engine.postgres.connections import Session
 from flightlab.engine.postgres.source import PostgresSource
-from flightlab.engine.postgres.types import feature_type
+from flightlab.engine.postgres.types import DIMENSIONS, dimensions_sql, feature_type
 from flightlab.engine.reading import sql_name
 from flightlab.errors import OfflineStoreQueryError
 
@@ -33,8 +33,10 @@ def pull_sql(
     start: datetime | None,
     end: datetime | None,
     latest: bool,
+    guarded: list[str] | None = None,
 ) -> str | None:
-    """The store's query, or None where the store's own SQL would fail."""
+    """The store's query, or None where the store's own SQL would fail;
+    ``guarded`` arrays add their largest dimension count as a last column."""
     timestamps = [timestamp, *([created] if created else [])]
     columns = [*join_keys, *features, *timestamps]
     if not features:
@@ -45,9 +47,13 @@ def pull_sql(
         partition = ", ".join(f"a.{sql_name(c)}" for c in join_keys)
         order = ", ".join(f"a.{sql_name(c)} DESC" for c in timestamps)
         dummy = f", '' AS {DUMMY_ID}" if not join_keys else ""
+        inner = [f"a.{sql_name(c)}" for c in columns]
+        outer = ", ".join(f"b.{sql_name(c)}" for c in columns) + dummy
+        if guarded:
+            inner.append(f"{dimensions_sql(guarded, 'a')} AS {DIMENSIONS}")
+            outer += f", b.{DIMENSIONS}"
         return (
-            f"SELECT {', '.join(f'b.{sql_name(c)}' for c in columns)}{dummy} FROM ("
-            f"SELECT {', '.join(f'a.{sql_name(c)}' for c in columns)}, ROW_NUMBER() OVER("
+            f"SELECT {outer} FROM (SELECT {', '.join(inner)}, ROW_NUMBER() OVER("
             f"{'PARTITION BY ' + partition + ' ' if partition else ''}ORDER BY {order}) "
             f"AS _feast_row FROM {source.from_sql} a WHERE a.{sql_name(timestamp)} BETWEEN "
             f"'{start}'::timestamptz AND '{end}'::timestamptz) b WHERE _feast_row = 1"
@@ -55,10 +61,10 @@ def pull_sql(
     bounds = _timestamp_filter(start, end, timestamp)
     if bounds is None:
         return None  # the store writes "WHERE" with nothing after it
-    return (
-        f"SELECT {', '.join(f'paftoq_alias.{sql_name(c)}' for c in columns)} "
-        f"FROM {source.from_sql} AS paftoq_alias WHERE {bounds}"
-    )
+    selected = [f"paftoq_alias.{sql_name(c)}" for c in columns]
+    if guarded:
+        selected.append(f"{dimensions_sql(guarded, 'paftoq_alias')} AS {DIMENSIONS}")
+    return f"SELECT {', '.join(selected)} FROM {source.from_sql} AS paftoq_alias WHERE {bounds}"
 
 
 def _timestamp_filter(start: datetime | None, end: datetime | None, timestamp: str) -> str | None:
@@ -95,9 +101,6 @@ def answer_schema(
         if kind is None:
             return None
         fields.append(pa.field(column, kind))
-    arrays = [c for c in columns if types[c].startswith("_")]
-    if any(d > 1 for d in source.array_dimensions(session, arrays).values()):
-        return None
     if dummy:
         fields.append(pa.field(DUMMY_ID, pa.string()))
     return pa.schema(fields)

@@ -24,7 +24,13 @@ import pyarrow as pa
 
 from flightlab.engine.postgres.connections import Session, SessionPool
 from flightlab.engine.postgres.streams import QueryStream
-from flightlab.engine.postgres.types import NUMERIC, TIMESTAMP_TYPES, pg_type
+from flightlab.engine.postgres.types import (
+    DIMENSIONS,
+    NUMERIC,
+    TIMESTAMP_TYPES,
+    dimensions_sql,
+    pg_type,
+)
 from flightlab.engine.reading import TimeWindow, sql_name, sql_string
 
 _tables = itertools.count()
@@ -81,21 +87,30 @@ class PostgresSource:
         """Each column's PostgreSQL type (``pg_type.typname``)."""
         return {field.name: pg_type(field) for field in self.schema(session)}
 
-    def array_dimensions(self, session: Session, columns: Sequence[str]) -> dict[str, int]:
-        """The declared dimensions of a table's array columns (``real[][]``: 2);
-        a query source declares none."""
-        if not self.table or not columns:
-            return {}
-        names = ", ".join(sql_string(c) for c in columns)
-        cursor = session.cursor(copy=False)
-        try:
-            cursor.execute(
-                "SELECT attname, attndims FROM pg_attribute "
-                f"WHERE attrelid = {sql_string(self.table)}::regclass AND attname IN ({names})"
-            )
-            return {name: dims for name, dims in cursor.fetchall()}
-        finally:
-            cursor.close()
+    def arrays(self, session: Session, columns: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Of ``columns``, the arrays declared with more than one dimension
+        (``real[][]``), and those declared with none (a query source, a table
+        made by CREATE TABLE AS): what the engine cannot read, and what its
+        queries check as they read."""
+        types = self.types(session)
+        arrays = [c for c in columns if types.get(c, "").startswith("_")]
+        if not arrays:
+            return [], []
+        declared: dict[str, int] = {}
+        if self.table:
+            names = ", ".join(sql_string(c) for c in arrays)
+            cursor = session.cursor(copy=False)
+            try:
+                cursor.execute(
+                    "SELECT attname, attndims FROM pg_attribute WHERE attrelid = "
+                    f"{sql_string(self.table)}::regclass AND attname IN ({names})"
+                )
+                declared = dict(cursor.fetchall())
+            finally:
+                cursor.close()
+        many = [c for c in arrays if declared.get(c, 0) > 1]
+        unknown = [c for c in arrays if declared.get(c, 0) < 1]
+        return many, unknown
 
     # --- plan B: the window into DuckDB ------------------------------------------------
 
@@ -110,18 +125,20 @@ class PostgresSource:
         created: str | None = None,
         seek: Seek | None = None,
         counted: Callable[[pa.RecordBatch], None] | None = None,
+        guarded: Sequence[str] = (),
     ) -> FetchedRows:
         """The rows of ``columns`` whose ``timestamp_column`` is in ``window``
         fetched into a table of ``database``. With ``created``, rows whose
         created timestamp is NULL are left out (they never match in Feast's
-        postgres store). ``counted(batch)`` sees each fetched batch."""
+        postgres store). ``counted(batch)`` sees each fetched batch; the
+        ``guarded`` arrays' largest dimension count is fetched too."""
         if session is None:
             with self.pool.session() as own:
                 return self.read(
-                    database, columns, timestamp_column, window,
-                    session=own, created=created, seek=seek, counted=counted,
+                    database, columns, timestamp_column, window, session=own,
+                    created=created, seek=seek, counted=counted, guarded=guarded,
                 )  # fmt: skip
-        sql = self.fetch_sql(session, columns, timestamp_column, window, created, seek)
+        sql = self.fetch_sql(session, columns, timestamp_column, window, created, seek, guarded)
         name = f"__flightlab_pg_{next(_tables)}"
         # The request keeps the session for its other statements.
         stream = QueryStream(session, sql, batch_bytes=None, on_batch=counted, release=False)
@@ -133,7 +150,11 @@ class PostgresSource:
             database.unregister(f"{name}_stream")
         finally:
             stream.close()
-        return FetchedRows(name, self.description)
+        dimensions = None
+        if guarded:
+            found = database.execute(f"SELECT max({DIMENSIONS}) FROM {sql_name(name)}").fetchone()
+            dimensions = found[0] if found else None
+        return FetchedRows(name, self.description, dimensions)
 
     def fetch_sql(
         self,
@@ -143,11 +164,14 @@ class PostgresSource:
         window: TimeWindow,
         created: str | None = None,
         seek: Seek | None = None,
+        guarded: Sequence[str] = (),
     ) -> str:
         types = self.types(session)
         selected = ", ".join(
             _selected(c, types.get(c, ""), c == timestamp_column) for c in dict.fromkeys(columns)
         )
+        if guarded:
+            selected += f", {dimensions_sql(guarded)} AS {DIMENSIONS}"
         ts = f"s.{sql_name(timestamp_column)}"
         start = [f"{ts} >= {timestamp_literal(window.start)}"] if window.start else []
         end = [f"{ts} <= {timestamp_literal(window.end)}"] if window.end else []
@@ -197,6 +221,7 @@ class FetchedRows:
 
     table: str
     description: str
+    dimensions: int | None = None  # the guarded arrays' most dimensions
 
     def read_sql(self, with_row_ids: bool = False) -> str:
         return sql_name(self.table)

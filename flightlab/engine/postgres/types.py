@@ -13,8 +13,13 @@ them, with its own error); :func:`cast_batch` casts a result batch to them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from flightlab.engine.reading import sql_name
+from flightlab.errors import OfflineStoreQueryError
 
 TIMESTAMP = pa.timestamp("us")
 _TYPE_KEY = b"POSTGRESQL:type"
@@ -112,3 +117,39 @@ def cast_array(array: pa.Array, target: pa.DataType, uploaded: bool = False) -> 
     if array.type != target:
         array = array.cast(target)
     return array
+
+
+# A 2-D array arrives through ADBC flattened, with the type of a 1-D one;
+# Feast's store fails on it. Where the column's declaration does not say
+# "one dimension", the engine's query also reads the largest dimension count
+# of its arrays, and a result with more than one is not answered.
+DIMENSIONS = "__flightlab_ndims"
+
+
+def dimensions_sql(columns: Sequence[str], alias: str = "s") -> str:
+    arrays = ", ".join(f"array_ndims({alias}.{sql_name(c)})" for c in columns)
+    return f"GREATEST({arrays})"
+
+
+def check_dimensions(dimensions: pa.Array, where: str) -> None:
+    largest = pc.max(dimensions).as_py()
+    if largest is not None and largest > 1:
+        raise OfflineStoreQueryError(
+            f"{where} holds arrays of {largest} dimensions, which Feast's postgres store "
+            "cannot read either; flightlab's engine reads arrays of one dimension"
+        )
+
+
+def checked_dimensions(
+    batches: Iterator[pa.RecordBatch], wheres: Sequence[str]
+) -> Iterator[pa.RecordBatch]:
+    """``batches`` whose last ``len(wheres)`` columns are dimension counts (of
+    the arrays ``wheres`` names), checked, then dropped."""
+    guards = len(wheres)
+    for batch in batches:
+        if guards:
+            width = batch.num_columns - guards
+            for where, column in zip(wheres, batch.columns[width:], strict=True):
+                check_dimensions(column, where)
+            batch = batch.select(range(width))
+        yield batch

@@ -9,6 +9,7 @@ feature names, and keeps the TTL in whole seconds (0: no bound).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -30,6 +31,7 @@ class PgView:
     created_column: str | None
     features: tuple[tuple[str, str], ...]  # (source column, output column)
     ttl_seconds: int  # 0: no lower bound
+    guarded: tuple[str, ...] = ()  # arrays whose dimensions the query checks
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -74,9 +76,10 @@ def resolve(
     )
 
 
-def unanswerable(view: PgView, session: Session, config: object) -> str | None:
-    """Why the engine leaves ``view`` to Feast's store (None: it answers).
-    A column the source lacks is the request's error, named here."""
+def checked(view: PgView, session: Session, config: object) -> PgView | str:
+    """``view``, with the arrays its query must check, or why the engine
+    leaves it to Feast's store. A column the source lacks is the request's
+    error, named here."""
     types = view.source.types(session)
     missing = [c for c in view.columns if c not in types]
     if missing:
@@ -91,11 +94,10 @@ def unanswerable(view: PgView, session: Session, config: object) -> str | None:
     for column in view.columns:
         if feature_type(types[column]) is None:
             return f"column {column!r} of {view.source.description} is of type {types[column]}"
-    arrays = [c for c in view.columns if types[c].startswith("_")]
-    for column, dimensions in view.source.array_dimensions(session, arrays).items():
-        if dimensions > 1:
-            return f"column {column!r} of {view.source.description} has {dimensions} dimensions"
-    return None
+    many, unknown = view.source.arrays(session, [source for source, _ in view.features])
+    if many:
+        return f"column {many[0]!r} of {view.source.description} has several dimensions"
+    return dataclasses.replace(view, guarded=tuple(unknown))
 
 
 def key_texts_collide(entity_rows: pa.Table, views: list[PgView], timestamp: str) -> bool:
