@@ -253,7 +253,10 @@ def _is_query_error(exc: BaseException) -> bool:
 # ADBC's messages start with its status ("NOT_FOUND: ", "IO: ") and libpq's
 # tag, and end with the statement ("Query was: SELECT ..."): the database's
 # own words are what is left.
-_ADBC_STATUS = re.compile(r"^(?:[A-Z_]+: )?(?:\[libpq\] )?")
+_ADBC_STATUS = re.compile(
+    r"^(?:[A-Z_]+: )?(?:\[libpq\] )?"
+    r"(?:Failed to prepare query: |Execution error \[PGRES_FATAL_ERROR\]: )?"
+)
 
 
 def _first_lines(exc: BaseException, lines: int = 2) -> str:
