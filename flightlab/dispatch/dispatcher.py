@@ -167,23 +167,15 @@ class OfflineDispatcher:
     def _engine_historical(
         self, request: protocol.GetHistoricalFeatures, plan: HistoricalPlan
     ) -> ResultStream | None:
-        if request.entity_df_sql is not None:  # runs where the sources are (PostgreSQL)
-            return self.engine.historical_sql(
-                self.store.config,
-                plan.feature_views,
-                plan.feature_refs,
-                plan.on_demand_views,
-                request.entity_df_sql,
-                plan.full_feature_names,
-            )
-        if request.entity_df is None:
+        entity_rows = request.entity_df if request.entity_df is not None else request.entity_df_sql
+        if entity_rows is None:
             return None  # date ranges are the store's to answer
         return self.engine.historical(
             self.store.config,
             plan.feature_views,
             plan.feature_refs,
             plan.on_demand_views,
-            request.entity_df,
+            entity_rows,
             plan.full_feature_names,
         )
 

@@ -9,6 +9,8 @@ Inside: :mod:`~flightlab.engine.sql` (the queries),
 :mod:`~flightlab.engine.sources` (which sources it reads),
 :mod:`~flightlab.engine.reading` (how a request reads a source),
 :mod:`~flightlab.engine.parquet` (local parquet files),
+:mod:`~flightlab.engine.postgres` (PostgreSQL sources, with Feast's postgres
+store's answers: the join in PostgreSQL or the window fetched into DuckDB),
 :mod:`~flightlab.engine.database` (a DuckDB database per request),
 :mod:`~flightlab.engine.entities` (the uploaded entity rows),
 :mod:`~flightlab.engine.on_demand` (on-demand views, batch by batch),

@@ -65,17 +65,24 @@ class Engine:
         feature_views: list[FeatureView],
         feature_refs: list[str],
         on_demand_views: list[OnDemandFeatureView],
-        entity_rows: pa.Table,
+        entity_rows: pa.Table | str,
         full_feature_names: bool,
     ) -> ResultStream | None:
+        """The retrieval for ``entity_rows``: a table, or a SQL query (which
+        the engine runs where the sources are: PostgreSQL)."""
         if any(v.mode == "substrait" for v in on_demand_views):
             return None  # Feast computes those inside its own query
         readers = [self.reader(config, view.batch_source) for view in feature_views]
         if self.postgres.answers(readers):
-            return self.postgres.historical(
+            answer = self.postgres.historical
+            if isinstance(entity_rows, str):
+                answer = self.postgres.historical_sql
+            return answer(
                 config, feature_views, readers, feature_refs, on_demand_views, entity_rows,
                 full_feature_names,
             )  # fmt: skip
+        if isinstance(entity_rows, str):
+            return None
         prepared = self._prepare_historical(
             config, feature_views, feature_refs, entity_rows, full_feature_names
         )
@@ -93,27 +100,6 @@ class Engine:
             close()
             raise
         return ResultStream(schema, batches, FLIGHTLAB, total_rows=total_rows, close=close)
-
-    def historical_sql(
-        self,
-        config: RepoConfig,
-        feature_views: list[FeatureView],
-        feature_refs: list[str],
-        on_demand_views: list[OnDemandFeatureView],
-        entity_sql: str,
-        full_feature_names: bool,
-    ) -> ResultStream | None:
-        """A retrieval whose entity rows are a SQL query: the engine answers
-        where the query runs in the sources' database (PostgreSQL)."""
-        if any(v.mode == "substrait" for v in on_demand_views):
-            return None
-        readers = [self.reader(config, view.batch_source) for view in feature_views]
-        if not self.postgres.answers(readers):
-            return None
-        return self.postgres.historical_sql(
-            config, feature_views, readers, feature_refs, on_demand_views, entity_sql,
-            full_feature_names,
-        )  # fmt: skip
 
     def explain_historical(
         self,
