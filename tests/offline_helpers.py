@@ -1,4 +1,5 @@
-"""What the flightlab core tests share: feature lists, client repos, comparisons."""
+"""What the flightlab core tests share: feature lists, client repos, comparisons,
+waiting for a server, and small tables."""
 
 from __future__ import annotations
 
@@ -215,6 +216,18 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+def capture(fn: Callable[[], Any]) -> Any:
+    """``fn()``'s result, or the exception it raised."""
+    try:
+        return fn()
+    except Exception as exc:
+        return exc
+
+
+def _ints(count: int) -> pa.Table:
+    return pa.table({"x": pa.array(range(count), pa.int64())})  # 8 bytes a row
 
 
 @contextmanager

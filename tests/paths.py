@@ -1,5 +1,6 @@
 """Where the tests find the checkout's own files: the package is installed
-without them, so it is told where they are."""
+without them, so it is told where they are. And scripts/run_notebooks.py,
+loaded as a module, for the tests that call its checks."""
 
 from __future__ import annotations
 
@@ -15,3 +16,13 @@ MNIST_DEMO = NOTEBOOKS / "mnist_demo"
 # every MNIST repo the tests write.
 MNIST_NPZ = MNIST_DEMO / "data" / "mnist.npz"
 MNIST_REPO = MNIST_DEMO / "feature_repo"
+
+
+def _run_notebooks_script():
+    import importlib.util
+
+    path = SCRIPTS / "run_notebooks.py"
+    spec = importlib.util.spec_from_file_location("run_notebooks", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -6,6 +6,12 @@ with its key, exactly what Feast's ``OidcTokenParser`` fetches and checks.
 :func:`make_pki` writes PEM files for a CA, a server certificate for
 127.0.0.1/localhost, a client certificate, and a second, unrelated CA (with a
 client certificate of its own), generated with ``cryptography``.
+
+And what the suites of ``tests/security/`` share: clients that send a user's
+token, the checks of a refusal (not authenticated, denied, no traceback) and
+of a server left clean and serving, what a write could change on the server's
+disk, and client repos whose offline store is the server (flightlab's client
+or Feast's stock one).
 """
 
 from __future__ import annotations
@@ -17,17 +23,30 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import jwt
+import pandas as pd
+import pyarrow as pa
 import pyarrow.flight as flight
+import pyarrow.parquet as pq
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from feast import FeatureStore
+from feast.errors import FeastPermissionError
 from jwt.algorithms import RSAAlgorithm
+
+from flightlab.client.transport import OfflineFlightClient
+from flightlab.errors import AuthenticationFailedError
+from flightlab.server import OfflineServer
+from flightlab.testing.sample_repo import DAYS, START
+from flightlab.wire import protocol
 
 KEY_ID = "flightlab-test-key"
 
@@ -261,3 +280,171 @@ def make_pki(folder: Path) -> Pki:
         other_client_cert=_write(folder / "other_client.pem", other_client),
         other_client_key=_write_key(folder / "other_client.key", other_client_key),
     )
+
+
+# --- what the security suites share ---------------------------------------------------
+
+
+PROJECT = "flightlab_sample"
+CALL_TIMEOUT = 30.0  # no call of these tests may hang
+PERSISTED_FILE = "persisted_training_set.parquet"
+
+
+def new_driver_rows(hours_after_end: int, drivers: tuple[int, ...] = (1001, 1002)) -> pd.DataFrame:
+    at = START + timedelta(days=DAYS, hours=hours_after_end)
+    n = len(drivers)
+    return pd.DataFrame(
+        {
+            "driver_id": pd.Series(drivers, dtype="int64"),
+            "event_timestamp": pd.Series([at] * n).dt.as_unit("us"),
+            "conv_rate": pd.Series([0.5] * n, dtype="float32"),
+            "acc_rate": pd.Series([0.5] * n, dtype="float32"),
+            "avg_daily_trips": pd.Series([42] * n, dtype="int64"),
+            "created": pd.Series([at + timedelta(minutes=1)] * n).dt.as_unit("us"),
+        }
+    )
+
+
+def client(
+    server: OfflineServer, token: str | None = None, location: str | None = None, **kwargs: Any
+) -> OfflineFlightClient:
+    """A flightlab client of ``server`` that sends ``token`` (if any) on every call."""
+    if token is not None:
+        kwargs["middleware"] = [BearerToken(token)]
+    return OfflineFlightClient(location or server.location, timeout=CALL_TIMEOUT, **kwargs)
+
+
+def raw_client(
+    server: OfflineServer, token: str | None = None, **kwargs: Any
+) -> flight.FlightClient:
+    if token is not None:
+        kwargs["middleware"] = [BearerToken(token)]
+    return flight.FlightClient(server.location, **kwargs)
+
+
+def options() -> flight.FlightCallOptions:
+    return flight.FlightCallOptions(timeout=CALL_TIMEOUT)
+
+
+def no_traceback(exc: BaseException) -> None:
+    """Neither the error nor what it was raised from carries a traceback."""
+    seen = exc
+    while seen is not None:
+        assert "Traceback" not in str(seen), str(seen)
+        assert 'File "' not in str(seen), str(seen)
+        seen = seen.__cause__
+
+
+def assert_unauthenticated(exc: BaseException) -> None:
+    assert isinstance(exc, AuthenticationFailedError), repr(exc)
+    assert isinstance(exc.__cause__, flight.FlightUnauthenticatedError), repr(exc.__cause__)
+    no_traceback(exc)
+
+
+def assert_denied(exc: BaseException, action: str, resource: str) -> None:
+    assert isinstance(exc, FeastPermissionError), repr(exc)
+    assert isinstance(exc.__cause__, flight.FlightUnauthorizedError), repr(exc.__cause__)
+    message = str(exc)
+    assert action in message, message
+    assert resource in message, message
+    no_traceback(exc)
+
+
+def assert_clean_and_serving(server: OfflineServer, tokens: dict[str, str]) -> None:
+    """The server holds no staged command and still answers an allowed call."""
+    assert server.stats_json()["staged_commands"] == 0
+    with client(server, tokens["rita"]) as c:
+        request = protocol.PullLatestFromTableOrQuery(
+            data_source_name="customer_stats_source",
+            join_key_columns=("customer_id",),
+            feature_name_columns=("avg_rating",),
+            timestamp_field="event_timestamp",
+            start_date=START,
+            end_date=START + timedelta(days=DAYS),
+        )
+        assert c.fetch(request).num_rows == 5
+    assert server.stats_json()["staged_commands"] == 0
+
+
+def file_state(path: Path) -> tuple[int, int] | None:
+    """Rows and mtime of a parquet file, or None when it does not exist."""
+    if not path.exists():
+        return None
+    return pq.read_metadata(path).num_rows, path.stat().st_mtime_ns
+
+
+def side_effects(repo: Path) -> dict[str, Any]:
+    """What a write could change on the server's disk."""
+    data = repo / "data"
+    return {
+        "driver_stats": file_state(data / "driver_stats.parquet"),
+        "logs": sorted(str(f) for f in (data / "logs").rglob("*.parquet")),
+        "persisted": file_state(data / PERSISTED_FILE),
+    }
+
+
+def _raw_put(c: flight.FlightClient, command_id: str) -> None:
+    table = pa.table({"features": ["driver_stats:conv_rate"]})
+    schema = table.schema.with_metadata(
+        protocol.put_metadata(command_id, "get_historical_features", "features")
+    )
+    writer, _ = c.do_put(protocol.command_descriptor(command_id), schema, options())
+    writer.write_table(table.replace_schema_metadata(schema.metadata))
+    writer.close()
+
+
+def listed(raw: flight.FlightClient) -> list[str]:
+    """The command ids list_flights shows this caller."""
+    return [i.descriptor.command.decode() for i in raw.list_flights(b"", options())]
+
+
+# --- client repos ---------------------------------------------------------------------
+
+
+def client_repo(
+    path: Path,
+    registry: Path,
+    offline_store: dict[str, Any],
+    auth: dict[str, Any] | None = None,
+) -> FeatureStore:
+    (path / "data").mkdir(parents=True, exist_ok=True)
+    config: dict[str, Any] = {
+        "project": PROJECT,
+        "provider": "local",
+        "registry": {"path": str(registry), "cache_ttl_seconds": 0},
+        "online_store": {"type": "sqlite", "path": "data/online.db"},
+        "offline_store": offline_store,
+        "entity_key_serialization_version": 3,
+    }
+    if auth is not None:
+        config["auth"] = auth
+    (path / "feature_store.yaml").write_text(yaml.safe_dump(config))
+    return FeatureStore(repo_path=str(path))
+
+
+def flightlab_store(server: OfflineServer, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "flightlab.client.RemoteOfflineStore",
+        "host": "127.0.0.1",
+        "port": server.port,
+        "timeout": CALL_TIMEOUT,
+        **extra,
+    }
+
+
+def feast_store(server: OfflineServer, **extra: Any) -> dict[str, Any]:
+    return {"type": "remote", "host": "127.0.0.1", "port": server.port, **extra}
+
+
+FEATURES = ["driver_stats:conv_rate", "customer_stats:avg_rating"]
+KEYS = ["driver_id", "customer_id", "event_timestamp"]
+
+
+def same_rows(expected: pd.DataFrame, got: pd.DataFrame) -> None:
+    columns = sorted(expected.columns)
+    assert sorted(got.columns) == columns
+
+    def tidy(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[columns].sort_values(KEYS).reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(tidy(got), tidy(expected))

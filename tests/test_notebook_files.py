@@ -1,7 +1,9 @@
-"""The committed notebooks are clean sources: no outputs, no execution
-counts, and one ``parameters`` cell each, which papermill (and so
-scripts/run_notebooks.py and the documented ``-p`` overrides) injects after.
-Fast: reads the JSON only."""
+"""What the checkout ships for the notebooks: clean sources, and their environment.
+
+The committed notebooks have no outputs, no execution counts, and one
+``parameters`` cell each, which papermill (and so scripts/run_notebooks.py and
+the documented ``-p`` overrides) injects after. ``environment.yml`` (for conda
+users) installs what the notebooks need. Fast: reads the files only."""
 
 from __future__ import annotations
 
@@ -64,3 +66,22 @@ def test_the_check_finds_what_an_executed_notebook_has():
     assert _problems(new_notebook(cells=[new_code_cell("x")])) == [
         "0 cells tagged 'parameters' (cells [])"
     ]
+
+
+def test_environment_yml_covers_what_the_notebooks_need():
+    import re
+    import tomllib
+
+    import yaml
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    # The core dependencies come with flightlab itself (-e .); the notebook
+    # extra is listed one by one.
+    wanted = project["optional-dependencies"]["notebooks"]
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    listed = {re.split(r"[<>=\[ ]", spec, maxsplit=1)[0].lower() for spec in pip}
+    for requirement in wanted:
+        name = re.split(r"[<>=\[ ]", requirement, maxsplit=1)[0].lower()
+        assert name in listed, f"environment.yml lacks {name}"
+    assert any(spec.startswith("-e .[notebooks") for spec in pip)

@@ -163,19 +163,21 @@ def test_historical_features_of_a_feature_service_match_the_local_store(client_s
     assert_same_rows(expected, got, ENTITY_KEYS)
 
 
-def test_a_retrieval_by_date_range_fails_on_duckdb_as_it_does_locally(
+def test_a_retrieval_by_date_range_on_duckdb_is_answered_by_the_engine(
     client_store, local_store, offline_server
 ):
     # Feast 0.67's duckdb store has no start_date/end_date retrieval: it raises
-    # TypeError locally, and the remote call must raise the same. (The file
-    # store, which has it, is compared in test_file_store.py.)
+    # TypeError locally. The server's engine answers as Feast's file store does
+    # (compared in test_engine_by_dates.py): each driver's latest row.
     window = {"start_date": START + timedelta(days=1), "end_date": START + timedelta(days=2)}
     refs = ["driver_stats:conv_rate"]
-    with pytest.raises(TypeError, match="start_date") as local_error:
+    with pytest.raises(TypeError, match="start_date"):
         local_store.get_historical_features(features=refs, **window).to_df()
-    with pytest.raises(TypeError, match="start_date") as remote_error:
-        client_store.get_historical_features(features=refs, **window).to_df()
-    assert str(remote_error.value) == str(local_error.value)
+    before = server_stats(offline_server)["requests_by_engine"].get("flightlab", 0)
+    got = client_store.get_historical_features(features=refs, **window).to_df()
+    assert sorted(got["driver_id"]) == list(DRIVER_IDS)
+    assert (got["event_timestamp"] == window["end_date"]).all()
+    assert server_stats(offline_server)["requests_by_engine"]["flightlab"] == before + 1
     assert server_stats(offline_server)["staged_commands"] == 0
 
 

@@ -1,4 +1,4 @@
-"""Streaming and limits of a flightlab server: bounded batches both ways,
+"""Streaming and limits of a real flightlab server: bounded batches both ways,
 progress, compression, the worker pool's queue, staged-command expiry and the
 staging cap, and what cancelled or timed-out calls leave behind.
 
@@ -10,7 +10,8 @@ with the limits its tests need:
 - *capped_server*: at most 20 kB staged;
 - *ttl_server*: staged commands expire after 0.5 s.
 
-The worker pool, the staging and the batching are also tested as objects.
+The parts as objects: ``test_worker_pool.py``, ``test_staging.py`` and
+``test_batch_bounds.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,11 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 from feast import FeatureStore
-from offline_helpers import raw_stage, wait_until
+from offline_helpers import capture, raw_stage, wait_until
 
 from flightlab.client.transport import OfflineFlightClient, Progress, exception_for_flight_error
 from flightlab.engine import EngineMode, EngineSettings
 from flightlab.errors import (
-    ClientGoneError,
     ResourceExhaustedError,
     ServerBusyError,
     UnknownCommandError,
@@ -41,11 +41,8 @@ from flightlab.errors import (
 from flightlab.server import OfflineServer
 from flightlab.server.limits import ServerLimits
 from flightlab.server.ownership import owner_key
-from flightlab.server.staging import CommandStaging
-from flightlab.server.streams import closing
-from flightlab.server.workers import WorkerPool
 from flightlab.testing.sample_repo import client_repo_yaml, create_sample_repo, entity_frame
-from flightlab.wire import protocol, streaming
+from flightlab.wire import protocol
 from flightlab.wire.actions import ACTION_DROP, ACTION_STATS
 from flightlab.wire.headers import COMPRESSION_HEADER, OWNER_HEADER
 
@@ -85,14 +82,6 @@ def canonical(table: pa.Table) -> pa.Table:
 def sorted_frame(frame: pd.DataFrame) -> pd.DataFrame:
     columns = sorted(frame.columns)
     return frame[columns].sort_values(columns).reset_index(drop=True)
-
-
-def capture(fn: Callable[[], Any]) -> Any:
-    """``fn()``'s result, or the exception it raised."""
-    try:
-        return fn()
-    except Exception as exc:
-        return exc
 
 
 def raw_client(server: OfflineServer) -> flight.FlightClient:
@@ -499,283 +488,3 @@ def test_an_expired_command_is_gone_and_its_ticket_says_so(ttl_server):
 
     assert raw_fetch(raw, raw_stage(raw, historical(20))).num_rows == 20
     assert idle(ttl_server)
-
-
-# --- the worker pool as an object ------------------------------------------------------------
-
-
-def _occupy(pool: WorkerPool, release: threading.Event) -> tuple[threading.Thread, list]:
-    """Hold one of ``pool``'s workers until ``release`` is set."""
-    results: list = []
-    thread = threading.Thread(
-        target=lambda: results.append(pool.run(lambda: release.wait(30) and "released"))
-    )
-    thread.start()
-    assert wait_until(lambda: pool.load()["running"] >= 1)
-    return thread, results
-
-
-def test_pool_returns_results_and_raises_errors():
-    pool = WorkerPool(2, queue_timeout=5)
-
-    def bad_input() -> None:
-        raise ValueError("bad input")
-
-    try:
-        assert pool.run(lambda: 42) == 42
-        with pytest.raises(ValueError, match="bad input"):
-            pool.run(bad_input)
-        assert pool.load() == {"workers": 2, "running": 0, "queued": 0}
-    finally:
-        pool.shutdown()
-
-
-def test_pool_runs_at_most_workers_jobs_at_once():
-    pool = WorkerPool(2, queue_timeout=30)
-    lock = threading.Lock()
-    now = peak = 0
-
-    def job() -> int:
-        nonlocal now, peak
-        with lock:
-            now += 1
-            peak = max(peak, now)
-        time.sleep(0.1)
-        with lock:
-            now -= 1
-        return 1
-
-    try:
-        with ThreadPoolExecutor(5) as callers:
-            assert sum(callers.map(lambda _: pool.run(job), range(5))) == 5
-        assert peak <= 2
-    finally:
-        pool.shutdown()
-
-
-def test_pool_queue_overflow_raises_server_busy():
-    pool = WorkerPool(1, queue_timeout=0.2)
-    release = threading.Event()
-    thread, results = _occupy(pool, release)
-    ran: list[str] = []
-    try:
-        with pytest.raises(ServerBusyError, match="busy"):
-            pool.run(lambda: ran.append("ran"))
-        assert pool.load() == {"workers": 1, "running": 1, "queued": 0}
-    finally:
-        release.set()
-        thread.join(10)
-        pool.shutdown()
-    assert results == ["released"]
-    assert ran == []
-
-
-def test_pool_drops_a_queued_request_whose_client_left():
-    pool = WorkerPool(1, queue_timeout=30)
-    release = threading.Event()
-    thread, _ = _occupy(pool, release)
-    ran: list[str] = []
-    try:
-        with pytest.raises(ClientGoneError, match="queued"):
-            pool.run(lambda: ran.append("ran"), is_cancelled=lambda: True)
-        assert pool.load()["queued"] == 0
-    finally:
-        release.set()
-        thread.join(10)
-        pool.shutdown()
-    assert ran == []
-
-
-def test_pool_does_not_start_a_join_whose_client_left_as_a_worker_freed_up():
-    """The smoke3 oddity: the only worker frees up just after the client's
-    deadline, before the waiting RPC thread polls again. The join must not
-    start for a client that has gone."""
-    pool = WorkerPool(1, queue_timeout=30)
-    release, gone = threading.Event(), threading.Event()
-
-    def blocker() -> None:
-        release.wait(30)
-        gone.set()  # the client leaves just as the worker frees up
-
-    occupier = threading.Thread(target=pool.run, args=(blocker,))
-    occupier.start()
-    assert wait_until(lambda: pool.load()["running"] == 1)
-    ran: list[str] = []
-    outcome: list[Any] = []
-    waiter = threading.Thread(
-        target=lambda: outcome.append(
-            capture(lambda: pool.run(lambda: ran.append("ran"), gone.is_set))
-        )
-    )
-    waiter.start()
-    try:
-        assert wait_until(lambda: pool.load()["queued"] == 1)
-        release.set()
-        waiter.join(10)
-        occupier.join(10)
-    finally:
-        release.set()
-        pool.shutdown()
-    assert ran == []
-    assert isinstance(outcome[0], ClientGoneError) and "queued" in str(outcome[0])
-    assert pool.load() == {"workers": 1, "running": 0, "queued": 0}
-
-
-def test_pool_discards_a_running_join_whose_client_left():
-    pool = WorkerPool(1, queue_timeout=30)
-    started, release = threading.Event(), threading.Event()
-
-    def join() -> str:
-        started.set()
-        release.wait(30)
-        return "done"
-
-    try:
-        with pytest.raises(ClientGoneError, match="discarded"):
-            pool.run(join, is_cancelled=started.is_set)
-        assert pool.load()["running"] == 1  # the join itself runs on
-        release.set()
-        assert wait_until(lambda: pool.load()["running"] == 0)
-        assert pool.run(lambda: "next") == "next"
-    finally:
-        release.set()
-        pool.shutdown()
-
-
-def test_pool_passes_on_a_timeout_error_raised_by_the_job():
-    """A TimeoutError from the job itself (a database timeout) is its error,
-    not the end of a poll: it must reach the caller at once."""
-    pool = WorkerPool(1, queue_timeout=5)
-    start = time.monotonic()
-
-    def database_call() -> None:
-        raise TimeoutError("the database query timed out")
-
-    try:
-        # The client "leaves" after 3 s, so a pool that swallowed the
-        # TimeoutError fails this test with ClientGoneError instead of hanging.
-        with pytest.raises(TimeoutError, match="database"):
-            pool.run(database_call, is_cancelled=lambda: time.monotonic() - start > 3)
-    finally:
-        pool.shutdown()
-
-
-# --- the staging as an object --------------------------------------------------------------
-
-
-def _ints(count: int) -> pa.Table:
-    return pa.table({"x": pa.array(range(count), pa.int64())})  # 8 bytes a row
-
-
-def test_staging_cap_counts_every_command_and_frees_on_drop():
-    staging = CommandStaging(ttl_seconds=600, max_bytes=1000)
-    staging.stage("a", "api", "p", _ints(100))  # 800 bytes
-    with pytest.raises(ResourceExhaustedError, match="cap of 1000"):
-        staging.stage("b", "api", "p", _ints(50))  # 400 more
-    assert len(staging) == 1 and staging.staged_bytes == 800
-    staging.stage("b", "api", "p", _ints(25))  # exactly at the cap
-    assert staging.staged_bytes == 1000
-    assert staging.drop("a") and not staging.drop("a")
-    staging.stage("c", "api", "p", _ints(50))
-    assert staging.staged_bytes == 600
-    assert staging.take("b").nbytes == 200
-    assert staging.staged_bytes == 400
-
-
-def test_staging_hands_a_command_out_once():
-    staging = CommandStaging()
-    staging.stage("a", "api", "p", _ints(3))
-    assert staging.take("a").params["p"].num_rows == 3
-    with pytest.raises(UnknownCommandError, match="already run"):
-        staging.take("a")
-    assert staging.staged_bytes == 0
-
-
-def test_staging_expires_old_commands_with_an_expired_message():
-    staging = CommandStaging(ttl_seconds=0.1, max_bytes=1000)
-    staging.stage("old", "api", "p", _ints(10))
-    staging.stage("older", "api", "p", _ints(10))
-    time.sleep(0.25)
-    assert staging.staged_bytes == 160  # nothing expires by itself
-    assert staging.expire() == 2
-    assert staging.staged_bytes == 0 and len(staging) == 0
-    for method in (staging.peek, staging.take):
-        with pytest.raises(UnknownCommandError, match="expired"):
-            method("old")
-    with pytest.raises(UnknownCommandError, match="never staged") as never:
-        staging.peek("never")
-    assert "expired" not in str(never.value)
-
-
-# --- bounded batches as a function -----------------------------------------------------------
-
-
-def test_bounded_batches_keep_both_bounds_and_the_rows_in_order():
-    table = pa.table(
-        {"x": pa.array(range(1000), pa.int64()), "y": [f"r{i:04d}" for i in range(1000)]}
-    )
-    for max_rows, max_bytes in ((100, 1 << 20), (1 << 20, 2000), (30, 2000)):
-        batches = list(streaming.bounded_batches(table, max_rows, max_bytes))
-        assert all(0 < b.num_rows <= max_rows and b.nbytes <= max_bytes for b in batches)
-        assert pa.Table.from_batches(batches).equals(table)
-    assert len(list(streaming.bounded_batches(table, 100, 1 << 20))) == 10
-
-
-def test_bounded_batches_split_uneven_rows_and_isolate_oversized_ones():
-    sizes = [1] * 50 + [300] * 50 + [5000] + [1] * 10
-    table = pa.table({"s": ["x" * n for n in sizes]})
-    batches = list(streaming.bounded_batches(table, 1000, 1000))
-    assert pa.Table.from_batches(batches).equals(table)
-    for batch in batches:
-        assert batch.nbytes <= 1000 or batch.num_rows == 1
-    assert any(b.num_rows == 1 and b.nbytes > 5000 for b in batches)
-
-
-def test_bounded_batches_never_yield_an_empty_batch():
-    empty = pa.table({"x": pa.array([], pa.int64())})
-    table = pa.concat_tables([empty, _ints(3), empty, _ints(1), empty])
-    batches = list(streaming.bounded_batches(table, 2, 1000))
-    assert [b.num_rows for b in batches] == [2, 1, 1]
-    assert list(streaming.bounded_batches(empty, 2, 1000)) == []
-
-
-def test_result_batches_carry_totals_on_the_first_batch_only():
-    table = _ints(10)
-    pairs = list(streaming.result_batches(table, 3, 1000, lambda: False))
-    assert [b.num_rows for b, _ in pairs] == [3, 3, 3, 1]
-    assert streaming.parse_totals(pairs[0][1]) == (10, table.nbytes)
-    assert all(metadata is None for _, metadata in pairs[1:])
-
-    empty = pa.table({"x": pa.array([], pa.int64())})
-    [(batch, metadata)] = streaming.result_batches(empty, 3, 1000, lambda: False)
-    assert batch.num_rows == 0 and batch.schema == empty.schema
-    assert streaming.parse_totals(metadata) == (0, 0)
-
-
-def test_result_batches_stop_when_the_client_goes():
-    sent: list[int] = []
-    with pytest.raises(flight.FlightCancelledError):
-        for batch, _ in streaming.result_batches(_ints(10), 3, 1000, lambda: len(sent) >= 2):
-            sent.append(batch.num_rows)
-    assert sent == [3, 3]
-
-
-def test_a_result_set_up_for_a_client_already_gone_is_closed():
-    # The client cancels while its query is still being set up: the worker
-    # cannot hand the result over, and must still close it (a DuckDB database
-    # and read locks on the engine path), not leave it to the garbage collector.
-    closed, setting_up = threading.Event(), threading.Event()
-
-    def open_stream():
-        setting_up.set()
-        time.sleep(0.3)
-        batches = iter([pa.record_batch({"x": [1]})])
-        return pa.schema([("x", pa.int64())]), closing(batches, closed.set)
-
-    pool = WorkerPool(workers=1, queue_timeout=5)
-    try:
-        with pytest.raises(ClientGoneError):
-            pool.stream(open_stream, is_cancelled=setting_up.is_set)
-        assert wait_until(closed.is_set, timeout=10)
-    finally:
-        pool.shutdown()

@@ -11,7 +11,7 @@ import logging
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -167,9 +167,18 @@ class OfflineDispatcher:
     def _engine_historical(
         self, request: protocol.GetHistoricalFeatures, plan: HistoricalPlan
     ) -> ResultStream | None:
+        if request.entity_df is None and request.entity_df_sql is None:  # by dates
+            return self.engine.historical_by_dates(
+                self.store.config,
+                plan.feature_views,
+                plan.feature_refs,
+                plan.on_demand_views,
+                plan.full_feature_names,
+                request.start_date,
+                request.end_date,
+            )
+        # A table, or SQL (which the engine runs where the sources are: PostgreSQL).
         entity_rows = request.entity_df if request.entity_df is not None else request.entity_df_sql
-        if entity_rows is None:
-            return None  # date ranges are the store's to answer
         return self.engine.historical(
             self.store.config,
             plan.feature_views,
@@ -193,7 +202,8 @@ class OfflineDispatcher:
         if request.start_date is not None:
             dates["start_date"] = request.start_date
         if request.end_date is not None or entity_df is None:
-            dates["end_date"] = request.end_date or datetime.now()
+            # As Feast's stores default it (compute_non_entity_date_range).
+            dates["end_date"] = request.end_date or datetime.now(UTC)
         return self.offline_store.get_historical_features(
             config=self.store.config,
             feature_views=plan.feature_views,

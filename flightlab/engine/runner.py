@@ -20,7 +20,7 @@ from feast.feature_view import FeatureView
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import RepoConfig
 
-from flightlab.engine import sql
+from flightlab.engine import by_dates, sql
 from flightlab.engine.database import RequestDatabases
 from flightlab.engine.entities import prepared_entity_rows
 from flightlab.engine.on_demand import with_on_demand_features
@@ -150,6 +150,27 @@ class Engine:
             raise
         query = sql.historical_sql(entity_rows.column_names, timestamp, views)
         return database, close, query, entity_rows.num_rows
+
+    def historical_by_dates(
+        self,
+        config: RepoConfig,
+        feature_views: list[FeatureView],
+        feature_refs: list[str],
+        on_demand_views: list[OnDemandFeatureView],
+        full_feature_names: bool,
+        start_date: datetime | None,
+        end_date: datetime | None,
+    ) -> ResultStream | None:
+        """A retrieval by dates with no entity rows: Feast's file (dask)
+        store's snapshot at the end date (:mod:`~flightlab.engine.by_dates`)."""
+        readers = by_dates.by_dates_readers(config, feature_views, self.settings.mode)
+        if readers is None:
+            return None
+        _, end = by_dates.date_range(feature_views, start_date, end_date)
+        return by_dates.answer_by_dates(
+            self._databases, feature_views, readers, feature_refs, on_demand_views,
+            full_feature_names, end,
+        )  # fmt: skip
 
     # --- pull_latest / pull_all ------------------------------------------------------
 
