@@ -249,7 +249,7 @@ SUBSECOND_TTL = a_case(
 
 
 @settings(
-    max_examples=60,
+    max_examples=100,
     derandomize=True,
     database=None,
     deadline=None,

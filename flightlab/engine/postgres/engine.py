@@ -114,8 +114,8 @@ class PostgresEngine:
             choice = choose(session, views, entity_rows, timestamp, self.settings)
             self._chose(choice, entity_rows.num_rows, len(views))
             schema = _answer_schema(entity_rows.schema, views, session)
-            if choice.plan == PIT:
-                owner = None
+            if choice.plan == PIT or pc.count(entity_rows.column(timestamp)).as_py() == 0:
+                owner = None  # no entity timestamps: no window to fetch
                 result = self._pit(session, views, entity_rows, timestamp, schema)
             else:
                 result = self._fetch(session, views, entity_rows, timestamp, schema, choice.plan)
@@ -155,12 +155,12 @@ class PostgresEngine:
             keys = list(dict.fromkeys(k for view in views for k in view.entity_columns))
             table = pit.upload_entity_rows(session, entity_rows, keys, timestamp)
             types = [view.source.types(session) for view in views]
-            sql = pit.pit_sql(table, [pit.ROW_ID], timestamp, views, types)
+            query = pit.pit_sql(table, [pit.ROW_ID], timestamp, views, types)
         except BaseException:
             session.broken()
             session.release()
             raise
-        stream = QueryStream(session, sql, on_batch=self._fetched)
+        stream = QueryStream(session, query, on_batch=self._fetched)
         checked_batches = checked_dimensions(stream, pit.guard_names(views))
         batches = pit.stitched(checked_batches, entity_rows, schema, self._usage_read)
         return _started(ResultStream(schema, batches, FLIGHTLAB, close=stream.close))
@@ -173,8 +173,6 @@ class PostgresEngine:
         times = (bounds["min"].as_py(), bounds["max"].as_py())
         database, close = self._databases.open()
         try:
-            if times[1] is None:  # no entity rows: nothing to fetch
-                times = (datetime.min, datetime.min)
             queries = fetch.fetched_views(
                 session, database, views, entity_rows, times, plan == SEEK, self._fetched
             )

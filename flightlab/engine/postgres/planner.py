@@ -63,11 +63,11 @@ def choose(
         return PlanChoice(settings.plan, "--postgres-plan", {}, (), 0.0)
     started = time.perf_counter()
     n = entity_rows.num_rows
-    if n == 0:
-        return PlanChoice(PIT, "no entity rows", {}, (), 0.0)
-    costs = settings.costs
     bounds = pc.min_max(entity_rows.column(timestamp))
     earliest, latest = bounds["min"].as_py(), bounds["max"].as_py()
+    if latest is None:
+        return PlanChoice(PIT, "no entity timestamps", {}, (), 0.0)
+    costs = settings.costs
     estimates = {PIT: 0.0, FETCH: costs.fetch_fixed_s + n * costs.entity_asof_s}
     estimates[SEEK] = estimates[FETCH]
     detail = []
