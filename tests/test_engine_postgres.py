@@ -10,7 +10,9 @@ both clients (flightlab's and Feast's stock ``type: remote``):
   counts), and the planner chooses per request, logging its choice;
 - what the engine cannot answer identically (a uuid column, a 2-D array, two
   keys whose text collides in Feast's store) is Feast's store's to answer;
-- without ADBC's driver, Feast's store answers after one warning;
+- without ADBC's driver, Feast's store answers after one warning; so it does
+  with ``--engine feast``;
+- the ``--postgres-*`` options (and their variables) make the settings;
 - the image installs the driver.
 """
 
@@ -408,3 +410,39 @@ def test_an_array_of_two_dimensions_is_refused_as_feasts_store_refuses_it(
         clients[client].get_historical_features(entities, ["grids:grid"]).to_df()
     assert "holds arrays of 2 dimensions" in str(refused.value)
     assert "query SELECT * FROM grids" in str(refused.value)
+
+
+def test_engine_feast_keeps_feasts_postgres_store(local, tmp_path):
+    from flightlab.engine.settings import EngineMode, EngineSettings
+
+    rows = entity_rows(50, T0 + timedelta(days=40), timedelta(days=2), seed=9)
+    expected = local.get_historical_features(rows, ["big_day:conv_rate"]).to_df()
+    settings = EngineSettings(mode=EngineMode.FEAST)
+    with served(Path(local.repo_path), tmp_path, settings) as (running, clients):
+        for client in CLIENTS:
+            got = clients[client].get_historical_features(rows, ["big_day:conv_rate"]).to_df()
+            assert_same_answer(expected, got, client)
+        assert running.stats_json()["requests_by_engine"] == {"feast": len(CLIENTS)}
+        assert running.dispatcher.engine.postgres.usage().pools == []  # never connected
+
+
+def test_the_postgres_options_and_their_variables(tmp_path):
+    from flightlab.cli import _engine_settings, build_parser
+    from flightlab.engine.postgres.settings import PlanCosts, PostgresSettings
+
+    args = build_parser({"FLIGHTLAB_POSTGRES_PLAN": "seek"}).parse_args(
+        ["serve_offline", "--postgres-pool-size", "2", "--postgres-statement-timeout", "1.5",
+         "--postgres-plan-costs", "probe_s=4e-6, fetch_fixed_s=0.2",
+         "--postgres-application-name", "features"]
+    )  # fmt: skip
+    assert _engine_settings(args).postgres == PostgresSettings(
+        pool_size=2,
+        statement_timeout=1.5,
+        plan="seek",
+        costs=PlanCosts(probe_s=4e-6, fetch_fixed_s=0.2),
+        application_name="features",
+    )
+    with pytest.raises(ValueError, match="unknown planner constant 'probe'"):
+        PlanCosts.parse("probe=1")
+    with pytest.raises(ValueError, match="pool size must be at least 1"):
+        PostgresSettings(pool_size=0)
