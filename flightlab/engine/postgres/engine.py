@@ -173,9 +173,10 @@ class PostgresEngine:
         times = (bounds["min"].as_py(), bounds["max"].as_py())
         database, close = self._databases.open()
         try:
-            queries = fetch.fetched_views(
-                session, database, views, entity_rows, times, plan == SEEK, self._fetched
-            )
+            with self._databases.memory_errors_named():  # a window over the memory limit
+                queries = fetch.fetched_views(
+                    session, database, views, entity_rows, times, plan == SEEK, self._fetched
+                )
             if queries is None:
                 close()
                 return None
