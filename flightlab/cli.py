@@ -22,6 +22,7 @@ from pathlib import Path
 
 from flightlab import __version__
 from flightlab.cli_env import apply_env, remove_env_repos, repo_from_env
+from flightlab.engine.postgres.settings import PLANS, PlanCosts, PostgresSettings
 from flightlab.engine.settings import EngineMode, EngineSettings
 from flightlab.operations.options import DEFAULT_DRAIN_SECONDS, ServiceOptions
 from flightlab.server.limits import ServerLimits
@@ -142,6 +143,41 @@ def _add_engine_arguments(serve: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where engine joins over the memory limit spill (default: a temp folder)",
     )
+    postgres = PostgresSettings()
+    serve.add_argument(
+        "--postgres-pool-size",
+        type=int,
+        default=postgres.pool_size,
+        metavar="N",
+        help="connections the engine opens to a PostgreSQL offline store at most "
+        "(default %(default)s; requests beyond it wait)",
+    )
+    serve.add_argument(
+        "--postgres-statement-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long one engine query may run in PostgreSQL (default: no limit)",
+    )
+    serve.add_argument(
+        "--postgres-plan",
+        choices=PLANS,
+        default=postgres.plan,
+        help="how the engine joins PostgreSQL sources: auto (chosen per request from "
+        "EXPLAIN), pit (in PostgreSQL), fetch or seek (the window fetched, joined in "
+        "DuckDB); default %(default)s",
+    )
+    serve.add_argument(
+        "--postgres-plan-costs",
+        default="",
+        metavar="NAME=VALUE,...",
+        help="the planner's constants, e.g. probe_s=4e-6,fetch_fixed_s=0.2 (see the README)",
+    )
+    serve.add_argument(
+        "--postgres-application-name",
+        default=postgres.application_name,
+        metavar="NAME",
+        help="the application_name of the engine's PostgreSQL sessions (default %(default)s)",
+    )
 
 
 def _limits(args: argparse.Namespace) -> ServerLimits:
@@ -162,6 +198,13 @@ def _engine_settings(args: argparse.Namespace) -> EngineSettings:
         threads=args.engine_threads,
         memory_limit=args.engine_memory_limit,
         spill_dir=args.spill_dir,
+        postgres=PostgresSettings(
+            pool_size=args.postgres_pool_size,
+            statement_timeout=args.postgres_statement_timeout,
+            plan=args.postgres_plan,
+            costs=PlanCosts.parse(args.postgres_plan_costs),
+            application_name=args.postgres_application_name,
+        ),
     )
     from flightlab.engine.database import check_resources
 

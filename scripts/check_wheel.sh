@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# flightlab installed as the Dockerfile installs it (`pip install .`), outside
-# the checkout: does it serve?
+# flightlab installed as the Dockerfile installs it (`pip install ".[postgres]"`),
+# outside the checkout: does it serve?
 #
 #   bash scripts/check_wheel.sh
 #
@@ -32,7 +32,7 @@ cp pyproject.toml README.md "$work/src/"
 tar -c --exclude=__pycache__ flightlab | tar -x -C "$work/src"
 "$PYTHON" -m venv "$work/venv"
 echo "check_wheel: pip install (a wheel of flightlab, and its dependencies)"
-"$work/venv/bin/python" -m pip install --disable-pip-version-check "$work/src" \
+"$work/venv/bin/python" -m pip install --disable-pip-version-check "$work/src[postgres]" \
     >"$work/pip.log" 2>&1 || { tail -n 40 "$work/pip.log"; exit 1; }
 rm -rf "$work/src"  # nothing of the sources stays to import from
 

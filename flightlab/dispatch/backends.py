@@ -13,7 +13,8 @@
   locally too). pyspark's notion of the active session is process-wide, so a
   session per thread is no way out. Each join still runs in parallel on the
   Spark executors; more throughput comes from more flightlab replicas.
-- **SQL databases** (PostgreSQL...): the driver's connection and query errors
+- **SQL databases** (PostgreSQL...): the driver's (psycopg's, for Feast's
+  store; ADBC's, for flightlab's engine) connection and query errors
   become flightlab errors that say what happened and cross the wire as the
   right Flight class: the database unreachable (``FlightUnavailableError``,
   retry later; also when it shuts down, crashes or ends the connection
@@ -23,6 +24,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -32,6 +34,7 @@ from flightlab.errors import (
     OfflineStoreCredentialsError,
     OfflineStoreQueryError,
     OfflineStoreUnavailableError,
+    shortened,
 )
 
 # Words of libpq's messages when the server's credentials are refused.
@@ -85,6 +88,21 @@ class StoreBackend:
 
     # --- SQL databases ---------------------------------------------------------
 
+    def translated(self, batches: Iterator[Any]) -> Iterator[Any]:
+        """``batches``, a database error raised while reading them translated."""
+        items = iter(batches)
+        while True:
+            try:
+                batch = next(items)
+            except StopIteration:
+                return
+            except Exception as exc:
+                translated = self.translate(exc)
+                if translated is exc:
+                    raise
+                raise translated from exc
+            yield batch
+
     def translate(self, exc: BaseException) -> BaseException:
         """The flightlab error ``exc`` stands for, or ``exc`` itself."""
         driver_error = _driver_error(exc)
@@ -92,10 +110,15 @@ class StoreBackend:
             return exc
         message = _first_lines(driver_error)
         where = self._where()
-        sqlstate = str(getattr(driver_error, "sqlstate", None) or "")
+        sqlstate = _sqlstate(driver_error, message)
         if sqlstate == _QUERY_CANCELED or sqlstate.startswith(_CONNECTION_ENDED):
             return _intervention_error(sqlstate, where, message)
-        if _is_connection_error(driver_error):
+        if _is_connection_error(driver_error, sqlstate):
+            if _is_libpq_stream_error(driver_error):
+                return OfflineStoreUnavailableError(
+                    f"the offline store's database {where} is unavailable, retry later: "
+                    f"it closed the connection midway: {message}"
+                )
             if any(words in message for words in _REFUSED_CREDENTIALS):
                 return OfflineStoreCredentialsError(
                     f"the offline store's database {where} refused the server's credentials "
@@ -136,13 +159,43 @@ def _driver_error(exc: BaseException) -> BaseException | None:
 
 
 def _is_dbapi_error(exc: BaseException) -> bool:
-    # DB-API 2 drivers (psycopg, ...) name their base class "Error" and subclass
-    # it into OperationalError, ProgrammingError...: match by name, so that no
-    # driver has to be importable here.
-    return any(
-        cls.__name__ == "Error" and cls.__module__.split(".")[0] in ("psycopg", "psycopg2")
+    # DB-API 2 drivers (psycopg, ADBC's driver manager, ...) name their base
+    # class "Error" and subclass it into OperationalError, ProgrammingError...:
+    # match by name, so that no driver has to be importable here.
+    return _is_libpq_stream_error(exc) or any(
+        cls.__name__ == "Error" and cls.__module__.split(".")[0] in _DRIVERS
         for cls in type(exc).__mro__
     )
+
+
+_DRIVERS = ("psycopg", "psycopg2", "adbc_driver_manager")
+
+
+def _is_libpq_stream_error(exc: BaseException) -> bool:
+    # ADBC's PostgreSQL driver fails a result stream midway (a cancel, the
+    # connection ended) with a plain OSError whose text starts "[libpq]": the
+    # Arrow stream carries no SQLSTATE.
+    return type(exc) is OSError and str(exc).lstrip().startswith("[libpq]")
+
+
+# What a libpq stream error's text says, as the SQLSTATE it stands for.
+_STREAM_ERROR_STATES = (
+    ("canceling statement due to", "57014"),
+    ("terminating connection due to administrator command", "57P01"),
+    ("server closed the connection unexpectedly", "08006"),
+    ("no connection to the server", "08003"),
+    ("could not receive data from server", "08006"),
+)
+
+
+def _sqlstate(exc: BaseException, message: str) -> str:
+    sqlstate = str(getattr(exc, "sqlstate", None) or "")
+    if sqlstate or not _is_libpq_stream_error(exc):
+        return sqlstate
+    for words, state in _STREAM_ERROR_STATES:
+        if words in message:
+            return state
+    return ""
 
 
 # SQLSTATE class 57, "operator intervention": the database stopped a query or a
@@ -167,9 +220,12 @@ _SHUTDOWN_REASONS = {
 def _intervention_error(sqlstate: str, where: str, message: str) -> Exception:
     """A class-57 error: a cancelled query, or the database unavailable."""
     if sqlstate == _QUERY_CANCELED:
+        hint = ""
+        if "statement timeout" in message:
+            hint = " (flightlab's engine sets its own with --postgres-statement-timeout)"
         return OfflineStoreQueryError(
             f"a query was cancelled in the offline store's database {where} "
-            f"(a statement timeout or a cancel request): {message}"
+            f"(a statement timeout or a cancel request): {message}{hint}"
         )
     reason = _SHUTDOWN_REASONS.get(sqlstate, f"it ended the connection (SQLSTATE {sqlstate})")
     return OfflineStoreUnavailableError(
@@ -177,22 +233,37 @@ def _intervention_error(sqlstate: str, where: str, message: str) -> Exception:
     )
 
 
-def _is_connection_error(exc: BaseException) -> bool:
+def _is_connection_error(exc: BaseException, sqlstate: str) -> bool:
     names = {cls.__name__ for cls in type(exc).__mro__}
     # A refused or dropped connection is an OperationalError with no SQLSTATE
-    # (none came from a server) or a connection-class SQLSTATE (08...).
-    sqlstate = getattr(exc, "sqlstate", None)
-    return "OperationalError" in names and (sqlstate is None or str(sqlstate).startswith("08"))
+    # (none came from a server) or a connection-class SQLSTATE (08...); a
+    # libpq stream error that names a connection ended.
+    if _is_libpq_stream_error(exc):
+        return sqlstate.startswith("08")
+    return "OperationalError" in names and (not sqlstate or sqlstate.startswith("08"))
 
 
 def _is_query_error(exc: BaseException) -> bool:
+    if _is_libpq_stream_error(exc):
+        return "ERROR:" in str(exc)  # a statement failed midway (division by zero...)
     names = {cls.__name__ for cls in type(exc).__mro__}
     return bool(names & {"ProgrammingError", "DataError", "IntegrityError"})
 
 
+# ADBC's messages start with its status ("NOT_FOUND: ", "IO: ") and libpq's
+# tag, and end with the statement ("Query was: SELECT ..."): the database's
+# own words are what is left.
+_ADBC_STATUS = re.compile(
+    r"^(?:[A-Z_]+: )?(?:\[libpq\] )?"
+    r"(?:Failed to prepare query: |Execution error \[PGRES_FATAL_ERROR\]: )?"
+)
+
+
 def _first_lines(exc: BaseException, lines: int = 2) -> str:
     text = str(exc).strip() or type(exc).__name__
-    return " ".join(line.strip() for line in text.splitlines()[:lines])
+    text = text.split("Query was:", 1)[0].strip()
+    text = _ADBC_STATUS.sub("", text, count=1)
+    return shortened(" ".join(line.strip() for line in text.splitlines()[:lines]), 600)
 
 
 def saved_dataset_storage(source: Any) -> Any:

@@ -130,6 +130,8 @@ class OfflineDispatcher:
                     return ResultStream.of_table(feast_job().to_arrow())
             # The engine's stream holds the sources until its last batch is read.
             stream.close = _then(stream.close, reading.pop_all().close)
+            # A database error midway (a stream read from PostgreSQL) named as before it.
+            stream.batches = self._backend.translated(stream.batches)
             return stream
 
     def _retrieval_job(
@@ -165,9 +167,7 @@ class OfflineDispatcher:
     def _engine_historical(
         self, request: protocol.GetHistoricalFeatures, plan: HistoricalPlan
     ) -> ResultStream | None:
-        if request.entity_df_sql is not None:
-            return None  # SQL entity rows are the store's to run
-        if request.entity_df is None:  # by dates: the file (dask) store's snapshot
+        if request.entity_df is None and request.entity_df_sql is None:  # by dates
             return self.engine.historical_by_dates(
                 self.store.config,
                 plan.feature_views,
@@ -177,12 +177,14 @@ class OfflineDispatcher:
                 request.start_date,
                 request.end_date,
             )
+        # A table, or SQL (which the engine runs where the sources are: PostgreSQL).
+        entity_rows = request.entity_df if request.entity_df is not None else request.entity_df_sql
         return self.engine.historical(
             self.store.config,
             plan.feature_views,
             plan.feature_refs,
             plan.on_demand_views,
-            request.entity_df,
+            entity_rows,
             plan.full_feature_names,
         )
 

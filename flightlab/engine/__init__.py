@@ -11,6 +11,8 @@ Inside: :mod:`~flightlab.engine.sql` (the queries),
 :mod:`~flightlab.engine.parquet` (local parquet files),
 :mod:`~flightlab.engine.object_store` and :mod:`~flightlab.engine.s3`
 (parquet in S3),
+:mod:`~flightlab.engine.postgres` (PostgreSQL sources, with Feast's postgres
+store's answers: the join in PostgreSQL or the window fetched into DuckDB),
 :mod:`~flightlab.engine.database` (a DuckDB database per request),
 :mod:`~flightlab.engine.entities` (the uploaded entity rows),
 :mod:`~flightlab.engine.on_demand` (on-demand views, batch by batch),

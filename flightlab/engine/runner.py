@@ -24,6 +24,7 @@ from flightlab.engine import by_dates, sql
 from flightlab.engine.database import RequestDatabases
 from flightlab.engine.entities import prepared_entity_rows
 from flightlab.engine.on_demand import with_on_demand_features
+from flightlab.engine.postgres.engine import PostgresEngine
 from flightlab.engine.reading import SourceReader, TimeWindow
 from flightlab.engine.results import FLIGHTLAB, ResultStream
 from flightlab.engine.settings import EngineSettings
@@ -40,15 +41,21 @@ class Engine:
         self.settings = settings or EngineSettings()
         self._usage = UsageCounters()
         self._databases = RequestDatabases(self.settings, self._usage)
+        # PostgreSQL sources: the server's connection pools, plans A and B.
+        self.postgres = PostgresEngine(self.settings.postgres, self._databases, self._usage)
 
     def usage(self) -> EngineUsage:
         """What the engine holds and has read so far (see :class:`EngineUsage`)."""
         return self._usage.snapshot()
 
+    def close(self) -> None:
+        """Close the connections the engine keeps (a stopped server's)."""
+        self.postgres.close()
+
     def reader(self, config: RepoConfig, data_source) -> SourceReader | None:
         """How the engine reads ``data_source`` of a repo of ``config``; None
         when the repo's Feast store answers for it."""
-        return source_reader(data_source, config, self.settings.mode)
+        return source_reader(data_source, config, self.settings.mode, self.postgres)
 
     # --- get_historical_features ------------------------------------------------
 
@@ -58,11 +65,24 @@ class Engine:
         feature_views: list[FeatureView],
         feature_refs: list[str],
         on_demand_views: list[OnDemandFeatureView],
-        entity_rows: pa.Table,
+        entity_rows: pa.Table | str,
         full_feature_names: bool,
     ) -> ResultStream | None:
+        """The retrieval for ``entity_rows``: a table, or a SQL query (which
+        the engine runs where the sources are: PostgreSQL)."""
         if any(v.mode == "substrait" for v in on_demand_views):
             return None  # Feast computes those inside its own query
+        readers = [self.reader(config, view.batch_source) for view in feature_views]
+        if self.postgres.answers(readers):
+            answer = self.postgres.historical
+            if isinstance(entity_rows, str):
+                answer = self.postgres.historical_sql
+            return answer(
+                config, feature_views, readers, feature_refs, on_demand_views, entity_rows,
+                full_feature_names,
+            )  # fmt: skip
+        if isinstance(entity_rows, str):
+            return None
         prepared = self._prepare_historical(
             config, feature_views, feature_refs, entity_rows, full_feature_names
         )
@@ -171,6 +191,11 @@ class Engine:
         reader = self.reader(config, data_source)
         if reader is None:
             return None
+        if self.postgres.answers([reader]):
+            return self.postgres.pull(
+                config, reader, join_key_columns, feature_name_columns, timestamp_field,
+                created_timestamp_column, start_date, end_date, latest,
+            )  # fmt: skip
         columns = [*join_key_columns, *feature_name_columns, timestamp_field]
         if created_timestamp_column:
             columns.append(created_timestamp_column)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from flightlab.engine.postgres.settings import PostgresSettings
 
 
 class EngineMode(enum.Enum):
     """Who answers retrievals (``--engine``).
 
     ``auto``: flightlab's engine wherever it gives the store's own answers (a
-    repo on Feast's duckdb store, parquet sources), Feast's store elsewhere.
+    repo on Feast's duckdb store, parquet sources; a repo on its postgres
+    store, PostgreSQL sources), Feast's store elsewhere.
     ``flightlab``: the engine wherever it can read the sources, also on the
     dask (``file``) store, whose answers differ (see the README).
     ``feast``: always the repo's Feast offline store.
@@ -36,12 +39,14 @@ class EngineSettings:
     ``memory_limit``: DuckDB's limit per request, e.g. ``"2GB"`` (None:
     DuckDB's default, 80 % of RAM). ``spill_dir``: where a join over the limit
     spills (None: a folder under the system's temporary directory).
+    ``postgres``: how it reads PostgreSQL sources (pool, timeout, plans).
     """
 
     mode: EngineMode = EngineMode.AUTO
     threads: int | None = None
     memory_limit: str | None = None
     spill_dir: Path | None = None
+    postgres: PostgresSettings = field(default_factory=PostgresSettings)
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:

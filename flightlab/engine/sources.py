@@ -4,7 +4,8 @@
 on a repo's offline store (and with which ``--engine`` mode), and returns its
 :class:`~flightlab.engine.reading.SourceReader`. Each kind of source lives in
 a module of its own (:mod:`~flightlab.engine.parquet` for local parquet files,
-:mod:`~flightlab.engine.object_store` for parquet objects in S3).
+:mod:`~flightlab.engine.object_store` for parquet objects in S3,
+:mod:`~flightlab.engine.postgres` for PostgreSQL tables and queries).
 """
 
 from __future__ import annotations
@@ -17,12 +18,18 @@ from flightlab.engine.reading import SourceReader
 from flightlab.engine.settings import REPLACEABLE_STORES, SAME_ANSWER_STORES, EngineMode
 
 
-def source_reader(data_source: Any, config: Any, mode: EngineMode) -> SourceReader | None:
+def source_reader(
+    data_source: Any, config: Any, mode: EngineMode, postgres: Any = None
+) -> SourceReader | None:
     """The reader of ``data_source`` on a repo of ``config``, or None when the
-    repo's Feast store answers for it (``mode`` says when the engine may)."""
+    repo's Feast store answers for it (``mode`` says when the engine may).
+    On a postgres repo, ``postgres`` (the engine's ``PostgresEngine``) reads
+    PostgreSQL sources, with the postgres store's answers in either mode."""
     if mode is EngineMode.FEAST:
         return None
     store_type = config.offline_store.type
+    if store_type == "postgres":
+        return postgres.reader(data_source, config) if postgres is not None else None
     if store_type in SAME_ANSWER_STORES or (
         mode is EngineMode.FLIGHTLAB and store_type in REPLACEABLE_STORES
     ):

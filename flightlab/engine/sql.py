@@ -37,6 +37,9 @@ class ViewQuery:
     join_keys: tuple[tuple[str, str], ...]  # view column -> entity column
     features: tuple[tuple[str, str], ...]  # view column -> output column
     ttl: timedelta | None
+    # Feast's postgres store's rule: a matched row tied with others on keys,
+    # event and created timestamps gives one output row per tied row.
+    every_tie: bool = False
 
 
 def historical_sql(entity_columns: list[str], event_timestamp: str, views: list[ViewQuery]) -> str:
@@ -115,7 +118,16 @@ def _features_by_row(view: ViewQuery) -> str:
     columns = dict(_renamed_columns(view))
     row_id = [f"{sql_name(c)} AS {_row_id(0, c)}" for c in view.source.row_id_columns()]
     features = [f"{columns[view_col]} AS {sql_name(out)}" for view_col, out in view.features]
-    return f"SELECT {', '.join([*row_id, *features])} FROM {_filtered(view.source)}"
+    if not view.every_tie:
+        return f"SELECT {', '.join([*row_id, *features])} FROM {_filtered(view.source)}"
+    # Each row id, with the features of every row tied with it.
+    source = f"(SELECT * FROM {_filtered(view.source)})"
+    tied = [view_col for view_col, _ in view.join_keys] + [view.timestamp_field]
+    tied += [view.created_timestamp_column] if view.created_timestamp_column else []
+    same = " AND ".join(f"w.{columns[c]} = t.{columns[c]}" for c in tied)
+    ids = [f"w.{sql_name(c)} AS {_row_id(0, c)}" for c in view.source.row_id_columns()]
+    values = [f"t.{columns[view_col]} AS {sql_name(out)}" for view_col, out in view.features]
+    return f"SELECT {', '.join([*ids, *values])} FROM {source} AS w JOIN {source} AS t ON {same}"
 
 
 def _filtered(source: SourceRead) -> str:

@@ -183,6 +183,7 @@ class OfflineServer:
             self._thread.join(timeout=10)
         if self._pool is not None:
             self._pool.shutdown()
+        self.dispatcher.engine.close()  # its pooled database connections
         logger.info("flightlab offline server stopped")
 
     def begin_drain(self) -> None:
