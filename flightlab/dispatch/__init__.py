@@ -5,7 +5,8 @@ dispatcher.OfflineDispatcher` takes the frozen requests of
 :mod:`flightlab.wire.protocol` and returns a
 :class:`~flightlab.engine.results.ResultStream` or a small summary dict.
 
-- :mod:`~flightlab.dispatch.dispatcher`: who answers each request, with which permission;
+- :mod:`~flightlab.dispatch.dispatcher`: who answers each request;
+- :mod:`~flightlab.dispatch.permissions`: who may read and write what;
 - :mod:`~flightlab.dispatch.planning`: a retrieval's references and
   projections resolved against the registry, as local Feast does;
 - :mod:`~flightlab.dispatch.checks`: what must hold before Feast's store is called;

@@ -19,7 +19,6 @@ import pyarrow as pa
 from feast import FeatureStore, utils
 from feast.data_source import DataSource
 from feast.errors import (
-    DataSourceObjectNotFoundException,
     FeastError,
     FeastPermissionError,
     FeatureViewNotFoundException,
@@ -28,12 +27,11 @@ from feast.feature_logging import FeatureServiceLoggingSource
 from feast.infra.offline_stores.offline_store import OfflineStore, RetrievalJob
 from feast.infra.offline_stores.offline_utils import get_offline_store_from_config
 from feast.permissions.action import AuthzedAction
-from feast.permissions.enforcer import enforce_policy
-from feast.permissions.user import User
 
 from flightlab.dispatch.backends import StoreBackend
 from flightlab.dispatch.checks import check_entity_query_supported, named_feature_errors
-from flightlab.dispatch.feast_objects import data_source_from_bytes, entity_frame, storage_proto
+from flightlab.dispatch.feast_objects import data_source_from_bytes, entity_frame
+from flightlab.dispatch.permissions import Permissions
 from flightlab.dispatch.persisting import persist_destination, sources_besides_destination
 from flightlab.dispatch.planning import HistoricalPlan, check_request_data, plan_historical
 from flightlab.dispatch.writes import ParquetWrites
@@ -63,6 +61,7 @@ class OfflineDispatcher:
     ):
         self.store = store
         self.enforce_permissions = enforce_permissions
+        self._permissions = Permissions(store, enforce_permissions)
         self.engine = engine or Engine(EngineSettings(mode=EngineMode.FEAST))
         self.offline_store: OfflineStore = get_offline_store_from_config(store.config.offline_store)
         self._registry_lock = threading.Lock()
@@ -119,7 +118,7 @@ class OfflineDispatcher:
             answer_with_engine = lambda: self._engine_historical(request, plan)  # noqa: E731
             feast_job = lambda: self._historical_job(request, plan)  # noqa: E731
         else:
-            source = self._readable_source(request, user)
+            source = self._permissions.readable_source(request, user)
             answer_with_engine = lambda: self._engine_pull(request, source)  # noqa: E731
             feast_job = lambda: self._pull_job(request, source)  # noqa: E731
         with ExitStack() as reading:
@@ -142,7 +141,7 @@ class OfflineDispatcher:
             plan = self._historical_plan(request, user)
             sources = [view.batch_source for view in plan.feature_views]
             return self._historical_job(request, plan), sources
-        source = self._readable_source(request, user)
+        source = self._permissions.readable_source(request, user)
         return self._pull_job(request, source), [source]
 
     def _historical_plan(
@@ -159,7 +158,7 @@ class OfflineDispatcher:
             self.store, request.features, request.projections or (), request.full_feature_names
         )
         for view in plan.views_read:
-            self._authorize(user, view, AuthzedAction.READ_OFFLINE)
+            self._permissions.authorize(user, view, AuthzedAction.READ_OFFLINE)
         if request.entity_df is not None:
             check_request_data(plan, request.entity_df.column_names)
         return plan
@@ -251,7 +250,7 @@ class OfflineDispatcher:
         self, request: protocol.GetTableColumnNamesAndTypes, user: Any
     ) -> pa.Table:
         source = data_source_from_bytes(request.data_source)
-        self._authorize(user, source, AuthzedAction.READ_OFFLINE)
+        self._permissions.authorize(user, source, AuthzedAction.READ_OFFLINE)
         pairs = list(source.get_table_column_names_and_types(self.store.config))
         return pa.table(
             {
@@ -266,7 +265,7 @@ class OfflineDispatcher:
         self, request: protocol.OfflineWriteBatch, user: Any
     ) -> dict[str, Any]:
         feature_view = self._writable_feature_view(request.feature_view_name)
-        self._authorize(user, feature_view, AuthzedAction.WRITE_OFFLINE)
+        self._permissions.authorize(user, feature_view, AuthzedAction.WRITE_OFFLINE)
         if self._parquet.handles_source(feature_view.batch_source):
             self._parquet.append(feature_view.batch_source, request.table)
         else:
@@ -289,7 +288,7 @@ class OfflineDispatcher:
         self, request: protocol.WriteLoggedFeatures, user: Any
     ) -> dict[str, Any]:
         service = self.store.get_feature_service(request.feature_service_name)
-        self._authorize(user, service, AuthzedAction.WRITE_OFFLINE)
+        self._permissions.authorize(user, service, AuthzedAction.WRITE_OFFLINE)
         if service.logging_config is None:
             raise MalformedParameterError(
                 f"feature service {service.name!r} has no logging_config, "
@@ -309,7 +308,7 @@ class OfflineDispatcher:
 
     def _persist(self, request: protocol.Persist, user: Any) -> dict[str, Any]:
         destination, storage = persist_destination(self.store, request, self.enforce_permissions)
-        self._authorize(user, destination, AuthzedAction.WRITE_OFFLINE)
+        self._permissions.authorize(user, destination, AuthzedAction.WRITE_OFFLINE)
         job, sources = self._retrieval_job(request.retrieval, user)
         # The job reads its sources as it persists: no rename may tear them.
         reads = sources_besides_destination(sources, storage, self.store.config.repo_path)
@@ -324,59 +323,9 @@ class OfflineDispatcher:
         self, request: protocol.ValidateDataSource, user: Any
     ) -> dict[str, Any]:
         source = data_source_from_bytes(request.data_source)
-        self._authorize(user, source, AuthzedAction.READ_OFFLINE)
+        self._permissions.authorize(user, source, AuthzedAction.READ_OFFLINE)
         self.offline_store.validate_data_source(self.store.config, source)
         return {"validated": source.name}
-
-    # --- permissions -------------------------------------------------------------
-
-    def _authorize(self, user: Any, resource: Any, action: AuthzedAction) -> None:
-        """Raise FeastPermissionError unless ``user`` may do ``action`` on ``resource``."""
-        if not self.enforce_permissions:
-            return
-        enforce_policy(
-            permissions=self.store.registry.list_permissions(project=self.store.project),
-            user=user if user is not None else User("", []),
-            resources=[resource],
-            actions=[action],
-        )
-
-    def _readable_source(self, request: protocol.PullRequest, user: Any) -> DataSource:
-        try:
-            source = self.store.get_data_source(request.data_source_name)
-        except DataSourceObjectNotFoundException as not_registered:
-            if request.data_source is None:
-                raise
-            # Not in the registry by name (a saved dataset's storage, say):
-            # use the source the client sent, if it exists.
-            source = data_source_from_bytes(request.data_source)
-            resource = self._registered_object_for(source) if self.enforce_permissions else source
-            self._authorize(user, resource, AuthzedAction.READ_OFFLINE)
-            try:  # reading its schema proves it exists (Feast's validate only warns)
-                source.get_table_column_names_and_types(self.store.config)
-            except Exception:
-                raise not_registered from None
-            return source
-        self._authorize(user, source, AuthzedAction.READ_OFFLINE)
-        return source
-
-    def _registered_object_for(self, source: DataSource) -> Any:
-        """The registered data source or saved dataset that stores where
-        ``source`` points: what permissions are checked against. A source the
-        client makes up could point at any file the server can read."""
-        wanted = storage_proto(source)
-        if wanted is not None:
-            for candidate in self.store.list_data_sources():
-                if storage_proto(candidate) == wanted:
-                    return candidate
-            for dataset in self.store.list_saved_datasets():
-                if dataset.storage.to_proto() == wanted:
-                    return dataset
-        raise FeastPermissionError(
-            f"data source {source.name or '(unnamed)'} is neither registered nor the "
-            "storage of a registered saved dataset: a server with authentication "
-            "reads only those"
-        )
 
     def _refresh_registry(self) -> None:
         with self._registry_lock:

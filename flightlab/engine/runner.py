@@ -30,7 +30,7 @@ from flightlab.engine.results import FLIGHTLAB, ResultStream
 from flightlab.engine.settings import EngineSettings
 from flightlab.engine.sources import source_reader
 from flightlab.engine.usage import EngineUsage, UsageCounters
-from flightlab.errors import MalformedEntityDataError
+from flightlab.errors import MalformedEntityDataError, MissingSourceColumnError
 
 
 class Engine:
@@ -281,11 +281,11 @@ def _source_columns(
 ) -> dict[str, str]:
     """The source column behind each wanted view column (``field_mapping``
     renames source columns; an entry naming a column the source lacks is
-    ignored); a ValueError naming the missing ones."""
+    ignored); a MissingSourceColumnError naming the missing ones."""
     by_view_name = {field_mapping.get(c, c): c for c in reader.column_names(database)}
     missing = [c for c in dict.fromkeys(wanted) if c not in by_view_name]
     if missing:
-        raise ValueError(
+        raise MissingSourceColumnError(
             f"the source of feature view {view_name!r} ({reader.description}) has no "
             f"column {', '.join(map(repr, missing))}"
         )
