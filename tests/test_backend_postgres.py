@@ -17,6 +17,7 @@ query) and the server goes on serving.
 from __future__ import annotations
 
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -425,3 +426,35 @@ def test_the_mnist_postgres_profile_serves_the_shipped_images(pg, tmp_path):
         assert comparison.equal and comparison.rows == len(data), comparison.differences
         case = mnist.point_in_time_case(data)
         case.check(remote.get_historical_features(case.entity_df, ["mnist:label"]).to_df())
+
+
+def test_load_table_makes_the_same_table_with_adbc_as_with_psycopg(pg, monkeypatch):
+    """ADBC's COPY (the default) and psycopg's (without the driver) give the
+    same column types, ``real[]`` for the pixel rows among them, and rows."""
+    from flightlab import mnist
+    from flightlab.mnist.dataset import feature_table
+
+    table = feature_table(mnist.load_mnist(MNIST_NPZ).head(50))
+    pixels = table.column("feature_1").to_pylist()
+    pixels[1], pixels[2][3] = None, None  # a NULL array, a NULL element
+    table = table.set_column(1, "feature_1", pa.array(pixels, table.schema.field(1).type))
+
+    def loaded(name: str) -> tuple[list[tuple], list[tuple]]:
+        with psycopg.connect(pg.conninfo()) as conn:
+            columns = conn.execute(
+                "SELECT attname, format_type(atttypid, atttypmod), attndims FROM pg_attribute "
+                "WHERE attrelid = %s::regclass AND attnum > 0 ORDER BY attnum",
+                (name,),
+            ).fetchall()
+            rows = conn.execute(f'SELECT t::text FROM "{name}" t ORDER BY image_id').fetchall()
+        return columns, rows
+
+    load_table(pg, "loaded_by_adbc", table)
+    monkeypatch.setitem(sys.modules, "adbc_driver_postgresql.dbapi", None)
+    load_table(pg, "loaded_by_psycopg", table)  # the driver's import now fails
+    by_adbc, by_psycopg = loaded("loaded_by_adbc"), loaded("loaded_by_psycopg")
+    assert by_adbc == by_psycopg
+    types = {name: kind for name, kind, _ in by_adbc[0]}
+    assert [types[f"feature_{i}"] for i in range(1, 29)] == ["real[]"] * 28
+    assert types["event_timestamp"] == "timestamp with time zone"
+    assert len(by_adbc[1]) == 50 and ",NULL," in by_adbc[1][2][0]

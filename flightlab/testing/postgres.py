@@ -3,8 +3,8 @@
 :func:`start_postgres` starts a cluster of its own, in a new folder, on a free
 loopback port; :meth:`PostgresServer.stop` stops it and removes the folder.
 :class:`PostgresServer` says how to connect: as a ``feature_store.yaml`` block
-for Feast's postgres offline store and SQL registry, or as a psycopg conninfo.
-:func:`load_table` loads an Arrow table into it.
+for Feast's postgres offline store and SQL registry, as a psycopg conninfo, or
+as a libpq URI (ADBC's). :func:`load_table` loads an Arrow table into it.
 
 The cluster, from Python (:func:`start_cluster`, :func:`stop_cluster`,
 :func:`pause_cluster`, :func:`resume_cluster`) or from a shell::
@@ -70,6 +70,13 @@ class PostgresServer:
         return (
             f"host={self.host} port={self.port} dbname={self.database} "
             f"user={self.user} password={self.password} sslmode=disable"
+        )
+
+    def uri(self) -> str:
+        """The libpq URI (ADBC's PostgreSQL driver connects with it)."""
+        return (
+            f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/"
+            f"{self.database}?sslmode=disable"
         )
 
     def registry_url(self) -> str:
@@ -258,16 +265,38 @@ def _pg_type(kind: pa.DataType) -> str:
 
 
 def load_table(server: PostgresServer, name: str, table: pa.Table) -> None:
-    """(Re)create table ``name`` with ``table``'s columns and rows, by binary COPY
-    (three times faster than text for MNIST's 28 ``real[]`` columns)."""
-    import psycopg
-
+    """(Re)create table ``name`` with ``table``'s columns (typed as
+    :func:`_pg_type` says) and rows, by binary COPY: from Arrow with ADBC's
+    ``adbc_ingest`` where its PostgreSQL driver is installed, else row by row
+    with psycopg (MNIST's 70,069 rows of 28 ``real[]``: 8.6 s against 18.7 s
+    on 2 cores)."""
     types = [_pg_type(f.type) for f in table.schema]
     columns = ", ".join(f'"{f.name}" {kind}' for f, kind in zip(table.schema, types, strict=True))
+    create = [f'DROP TABLE IF EXISTS "{name}"', f'CREATE TABLE "{name}" ({columns})']
+    try:
+        import adbc_driver_postgresql.dbapi as adbc
+    except ImportError:
+        _load_with_psycopg(server, name, table, create, types)
+        return
+    # The table is made first, so that its columns have these types, whatever
+    # ADBC would make of the Arrow ones; the rows then go in as one COPY.
+    with adbc.connect(server.uri(), autocommit=True) as conn, conn.cursor() as cur:
+        for statement in create:
+            cur.execute(statement)
+        cur.adbc_ingest(name, table, mode="append")
+
+
+def _load_with_psycopg(
+    server: PostgresServer, name: str, table: pa.Table, create: list[str], types: list[str]
+) -> None:
+    """Binary COPY row by row (three times faster than text for MNIST's 28
+    ``real[]`` columns)."""
+    import psycopg
+
     names = ", ".join(f'"{n}"' for n in table.column_names)
     with psycopg.connect(server.conninfo()) as conn, conn.cursor() as cur:
-        cur.execute(f'DROP TABLE IF EXISTS "{name}"')
-        cur.execute(f'CREATE TABLE "{name}" ({columns})')
+        for statement in create:
+            cur.execute(statement)
         with cur.copy(f'COPY "{name}" ({names}) FROM STDIN (FORMAT BINARY)') as copy:
             copy.set_types(types)
             for batch in table.to_batches(max_chunksize=4096):
