@@ -38,6 +38,12 @@ def add_ratios(results: list[dict[str, Any]]) -> None:
             record["ratio_vs_feast"] = record["median"] / feast["median"]
 
 
+def _mode(record: dict[str, Any]) -> str:
+    """A mode, with the postgres plans it took: ``flightlab [fetch]``."""
+    plans = record.get("plans")
+    return f"{record['mode']} [{'/'.join(plans)}]" if plans else record["mode"]
+
+
 def _mb(value: float | None) -> str:
     return "-" if not value else f"{value / MB:,.0f}"
 
@@ -50,14 +56,16 @@ def _table(
     title: str, header: list[str], records: list[dict], keys, figures, right: set[int]
 ) -> list[str]:
     """``title``, then a row per record: ``keys(record) + figures(record)``, or
-    for a failed one its keys and FAILED, with its error under the table;
-    the columns in ``right`` right-aligned."""
+    for a failed one its keys and FAILED (``>N``: stopped at its time cap),
+    with its error under the table; the columns in ``right`` right-aligned."""
     rows, failures = [], []
     for record in records:
         row = keys(record)
         if "error" in record:
-            failures.append(f"  FAILED {' '.join(row[:3])}: {record['error']}")
-            row += ["FAILED"] + [""] * (len(header) - len(row) - 1)
+            failed = "STOPPED" if record.get("capped") else "FAILED"
+            failures.append(f"  {failed} {' '.join(row[:3])}: {record['error']}")
+            shown = f">{record['capped']:.0f}" if record.get("capped") else "FAILED"
+            row += [shown] + [""] * (len(header) - len(row) - 1)
         else:
             row += figures(record)
         rows.append(row)
@@ -85,14 +93,15 @@ def format_report(document: dict[str, Any]) -> str:
         "x feast: median / (feast serve_offline + stock client) median.",
         "srv/cli peak: peak RSS (VmHWM) of the server process and of the client process "
         "during the timed calls; srv + / cli +: how far the server's / the client's RSS "
-        "rose during one call. rows/s: result rows / median.",
+        "rose during one call. rows/s: result rows / median. [plan]: the postgres engine's "
+        "plan (pit: the join in PostgreSQL; fetch, seek: the window into DuckDB).",
     ]
     out += _table(
         "Retrievals:",
         ["store", "case", "mode", "median s", "rows/s", "x local", "x feast", "srv peak MB"]
         + ["srv + MB", "cli peak MB", "cli + MB", "result MB", "rows"],
         document["results"],
-        lambda r: [r["store"], r["case_label"], r["mode"]],
+        lambda r: [r["store"], r["case_label"], _mode(r)],
         lambda r: [
             f"{r['median']:.3f}",
             rate(r.get("rows_per_second")),
@@ -168,6 +177,7 @@ def format_report(document: dict[str, Any]) -> str:
 MODE_COLORS = {
     "local": "#4c72b0",
     "engine-limit": "#2f2f6f",
+    "engine": "#8172b3",
     "flightlab": "#dd8452",
     "flightlab-stream": "#f2b880",
     "flightlab-feast-engine": "#a0522d",
@@ -175,6 +185,10 @@ MODE_COLORS = {
     "feast": "#55a868",
     "flightlab+feast-client": "#c44e52",
     "loopback": "#8c8c8c",
+    "engine-disk": "#4c72b0",
+    "engine-s3": "#64b5cd",
+    "flightlab-disk": "#dd8452",
+    "flightlab-s3": "#f2b880",
 }
 
 
@@ -221,7 +235,9 @@ def plot(document: dict[str, Any], path: Path) -> None:
             found = loopback.get(case) if mode == "loopback" else _find(results, store, case, mode)
             return found["median"] if found else None
 
-        series = modes + (["loopback"] if loopback else [])
+        ran = [m for m in modes if any(r["mode"] == m and r["store"] == store for r in results)]
+        shown = loopback and any(case in loopback for case in cases[store])
+        series = ran + (["loopback"] if shown else [])
         tops = _bars(ax, cases[store], series, median)
         for case in cases[store]:
             ratio = (_find(results, store, case, "flightlab") or {}).get("ratio_vs_local")
@@ -270,9 +286,14 @@ def plot(document: dict[str, Any], path: Path) -> None:
         ax.axis("off")
 
     ax = axes[1][1]
-    groups = [(store, case) for store in stores for case in cases[store]]
     servers = ("flightlab", "flightlab-feast-engine", "flightlab+feast-client", "feast")
     servers = [m for m in servers if m in modes]
+    groups = [
+        (store, case)
+        for store in stores
+        for case in cases[store]
+        if any(_find(results, store, case, mode) for mode in servers)
+    ]
     if servers:
 
         def peak(mode: str, group: tuple[str, str]) -> float | None:
