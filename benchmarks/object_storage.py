@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/object_storage.py              # ~3-5 min on 2 cores
     .venv/bin/python benchmarks/object_storage.py --quick      # 1 repeat, 10k rows only
+    .venv/bin/python benchmarks/run.py --stores s3             # the same, in the benchmark's table
 
 One 1M-row driver-stats source (10k drivers over 30 days, in time order,
 row groups of 128Ki rows, 1% of rows repeating a (driver, time) pair with a
@@ -14,12 +15,15 @@ serve_offline --engine auto`` servers with flightlab's client. Each figure is
 a median of interleaved runs; the ratio is local time / S3 time (1.0: as
 fast as local), and the target is S3 >= 0.5 x local. Every S3 answer is
 checked against the local one. A one-day pull shows the time-range pushdown:
-the bytes the S3 server sent against the object's size.
+the bytes the S3 server sent against the object's size. With ``--json PATH``
+it also writes every timing there: ``benchmarks/run.py`` runs it so (the
+store ``s3``) and judges the target with the others (targets.toml).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -151,7 +155,7 @@ def timed(retrieve: Callable[[pa.Table], pa.Table], entities: pa.Table) -> tuple
     return time.perf_counter() - start, result
 
 
-def compare(name: str, local, s3, entities: pa.Table, repeats: int) -> dict:
+def compare(name: str, way: str, local, s3, entities: pa.Table, repeats: int) -> dict:
     times: dict[str, list[float]] = {"local": [], "s3": []}
     _, expected = timed(local, entities)  # warm-up, and the answers compared
     _, got = timed(s3, entities)
@@ -163,9 +167,14 @@ def compare(name: str, local, s3, entities: pa.Table, repeats: int) -> dict:
     ratio = local_s / s3_s
     row = {
         "case": name,
+        "way": way,
         "rows": entities.num_rows,
         "local_s": local_s,
         "s3_s": s3_s,
+        "local_times": times["local"],
+        "s3_times": times["s3"],
+        "result_rows": got.num_rows,
+        "result_bytes": got.nbytes,
         "ratio": ratio,
         "same": same_answer(expected, got),
         "met": ratio >= TARGET,
@@ -201,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 repeat, 10k entity rows only")
     parser.add_argument("--threads", type=int, default=2, help="DuckDB threads per request")
     parser.add_argument("--work", type=Path, help="where the data and repos go (a temp dir)")
+    parser.add_argument("--json", type=Path, help="write every timing here too")
     args = parser.parse_args(argv)
     repeats, sizes = (1, (10_000,)) if args.quick else (args.repeats, (10_000, 100_000))
     work = args.work or Path(tempfile.mkdtemp(prefix="flightlab-object-storage-"))
@@ -211,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     size_mb = data.stat().st_size / 1e6
     print(f"source: {ROWS:,} rows, {size_mb:.1f} MB ({data}); cores: {os.cpu_count()}")
     rows: list[dict] = []
+    notes: list[str] = []
     with S3Server(log=work / "moto.log") as s3:
         os.environ.update(s3.client_env())
         s3.create_bucket(BUCKET)
@@ -224,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(
                 compare(
                     "engine, in-process",
+                    "engine",
                     in_process(local, engine),
                     in_process(remote, engine),
                     entities,
@@ -242,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(
                     compare(
                         "flightlab server + client",
+                        "flightlab",
                         through_server(a.location),
                         through_server(b.location),
                         entities,
@@ -262,9 +275,12 @@ def main(argv: list[str] | None = None) -> int:
                 fetched = s3.counts().bytes_of(KEY) / repeats
                 line += f", {fetched / 1e6:.1f} of {size / 1e6:.1f} MB fetched per pull"
             print(line, flush=True)
+            notes.append(f"a one-day pull (pull_all, 1 of 30 days), engine in-process: {line}")
     met = all(row["met"] for row in rows) and all(row["same"] for row in rows)
     worst = min(row["ratio"] for row in rows)
     print(f"\n{'MET' if met else 'MISSED'}: S3 >= {TARGET} x local (worst ratio {worst:.2f})")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "notes": notes}, indent=1) + "\n")
     return 0
 
 

@@ -1,16 +1,21 @@
-"""The flightlab benchmark: one command, every mode, both offline stores.
+"""The flightlab benchmark: one command, every mode, every offline store.
 
-    .venv/bin/python benchmarks/run.py            # the full run (see README.md)
-    .venv/bin/python benchmarks/run.py --quick    # 1k/10k rows, 1 repeat, no MNIST
+    .venv/bin/python benchmarks/run.py                    # the full run (see README.md)
+    .venv/bin/python benchmarks/run.py --quick            # smaller sizes, 1 repeat, no MNIST
+    .venv/bin/python benchmarks/run.py --stores postgres  # one part alone
 
 On one generated repo and data set (datagen.py), for each offline store and
 each case (entity rows; the full MNIST retrieval), it times
 ``get_historical_features(...)`` in each of ``MODES``; then concurrent clients
 on each server, a small retrieval's latency with a large one in flight, and
-the raw Arrow Flight loopback ceiling. Every server and client is its own
-process (worker.py, procs.py), started fresh for each measurement, so peak RSS
-(VmHWM) is that of the request. It prints a table with the targets
-(targets.toml) and writes ``out/benchmark/results.json`` and ``results.png``.
+the raw Arrow Flight loopback ceiling. The ``postgres`` store runs on a
+throwaway PostgreSQL cluster with data of its own (postgres.py), its Feast
+modes stopped at a time cap; ``s3`` runs object_storage.py (parquet from a
+loopback S3 server against local files) in a child process. Every server and
+client is its own process (worker.py, procs.py), started fresh for each
+measurement, so peak RSS (VmHWM) is that of the request. It prints a table
+with the targets (targets.toml) and writes ``out/benchmark/results.json`` and
+``results.png``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import json
 import os
 import platform
 import queue
+import re
 import shlex
 import statistics
 import subprocess
@@ -36,6 +42,7 @@ from typing import Any, NamedTuple
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import datagen  # noqa: E402
+import postgres as pgbench  # noqa: E402
 import report  # noqa: E402
 from paths import ROOT  # noqa: E402
 from procs import Server  # noqa: E402
@@ -44,6 +51,10 @@ from targets import case_key, case_label, evaluate_targets, load_targets, size_l
 from flightlab import mnist  # noqa: E402
 
 WORKER = Path(__file__).resolve().with_name("worker.py")
+OBJECT_STORAGE = Path(__file__).resolve().with_name("object_storage.py")
+# The stores, in the order they run: the parquet ones (datagen.py), PostgreSQL
+# (postgres.py), parquet in S3 (object_storage.py).
+STORES = (*datagen.STORES, pgbench.STORE, "s3")
 
 
 class Mode(NamedTuple):
@@ -57,11 +68,13 @@ AUTO = "flightlab server (--engine auto) + "
 MODES: dict[str, Mode] = {
     "local": Mode("local in-process get_historical_features", None, None, "local"),
     "engine-limit": Mode(
-        "in-process plain DuckDB ASOF LEFT JOIN into Arrow (the engine's ceiling)",
+        "in-process, no Feast: plain DuckDB ASOF LEFT JOIN into Arrow (the engine's ceiling; "
+        "postgres: ADBC fetch of each window, then the join)",
         None,
         None,
         "engine-limit",
     ),
+    "engine": Mode("flightlab's engine in-process (no server, no wire)", None, None, "engine"),
     "flightlab": Mode(AUTO + "flightlab client (to_arrow)", "flightlab", "auto", "flightlab"),
     "flightlab-stream": Mode(
         AUTO + "flightlab client (to_arrow_batches, streamed)",
@@ -89,7 +102,19 @@ MODES: dict[str, Mode] = {
     ),
 }
 # Modes run on some stores only: on duckdb, --engine flightlab is what auto does.
-MODE_STORES = {"flightlab-engine": ("file",)}
+MODE_STORES = {"flightlab-engine": ("file",), "engine": (pgbench.STORE,)}
+# Stores that run some modes only: on postgres, Feast's local store and its
+# server, flightlab's server and engine, and the limit.
+STORE_MODES = {pgbench.STORE: ("local", "engine-limit", "engine", "flightlab", "feast")}
+# Modes stopped at --feast-cap seconds per call, and timed --feast-repeats times.
+CAPPED_MODES = {pgbench.STORE: ("local", "feast")}
+# object_storage.py's measurements, as modes of the store "s3".
+S3_MODES = {
+    "engine-disk": "flightlab's engine in-process, parquet on local disk",
+    "engine-s3": "flightlab's engine in-process, the same parquet from the loopback S3 server",
+    "flightlab-disk": "flightlab server + client, parquet on local disk",
+    "flightlab-s3": "flightlab server + client, the same parquet from the loopback S3 server",
+}
 # The servers concurrent clients are run against.
 CONCURRENT_MODES = ("flightlab", "feast", "flightlab+feast-client")
 # The servers a small retrieval's latency is measured on, idle and busy with a
@@ -154,6 +179,11 @@ class Worker:
     def __enter__(self) -> Worker:
         return self
 
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def __exit__(self, *exc_info: object) -> None:
         try:
             self.proc.stdin.close()
@@ -179,6 +209,7 @@ class Benchmark:
         self.latency: list[dict[str, Any]] = []
         self.loopback: list[dict[str, Any]] = []
         self.notes: list[str] = []
+        self.pg: pgbench.Cluster | None = None  # the postgres store's cluster, while it runs
         self.targets = load_targets()  # read first: a malformed row stops the run at once
 
     def log(self, message: str) -> None:
@@ -198,20 +229,26 @@ class Benchmark:
         """A measurement that fails records why and ends there, not the run."""
         try:
             yield
+        except DidNotFinish as exc:
+            record.update(error=str(exc), capped=exc.seconds)
+            self.log(f"  {exc}: stopped (logs in {self.logs})")
         except Exception as exc:
             record["error"] = f"{type(exc).__name__}: {exc}"
             self.log(f"  FAILED: {record['error']} (logs in {self.logs})")
 
     def client(self, mode: str, store: str, case: str, repeats: int, log: str, *more: str):
         """A worker running the client ``mode`` (worker.py's) on ``case``."""
-        argv = ["client", "--mode", mode, *more]
+        argv = ["client", "--mode", mode, "--store", store, *more]
         argv += ["--case", case, "--repo", str(self.repo(store, case)), "--repeats", str(repeats)]
         return Worker(argv, self.logs / log)
 
     def server(self, mode: str, store: str, case: str, tag: str) -> Server:
         kind, engine = MODES[mode].server, MODES[mode].engine
+        extra = ["--engine", engine] if kind == "flightlab" else []
+        if kind == "flightlab" and store == pgbench.STORE:
+            extra += ["--log-level", "info"]  # it logs the plan of each retrieval
         # --flightlab-args come last, so they can override the engine.
-        extra = ["--engine", engine, *self.args.flightlab_args] if kind == "flightlab" else []
+        extra += self.args.flightlab_args if kind == "flightlab" else []
         return Server(kind, self.repo(store, case), self.logs / f"{tag}-server.log", extra)
 
     def repo(self, store: str, case: str) -> Path:
@@ -222,33 +259,64 @@ class Benchmark:
     def run_mode(self, store: str, case: str, mode: str, repeats: int) -> dict[str, Any]:
         description, server_kind = MODES[mode].description, MODES[mode].server
         tag = f"{store}-{case.replace(':', '')}-{mode}"
+        cap = self.args.feast_cap if mode in CAPPED_MODES.get(store, ()) else None
+        repeats = self.args.feast_repeats if cap else repeats
         record = _record(store, case, mode, description=description, repeats=repeats)
-        self.log(f"{store} {case_label(case)}: {description}, {repeats} run(s)")
+        capped = f", each stopped at {cap:.0f} s" if cap else ""
+        self.log(f"{store} {case_label(case)}: {description}, {repeats} run(s){capped}")
         # The client starts first and imports Feast while the server starts;
         # it waits for the server's port on stdin before its first call.
         worker_mode = MODES[mode].client
+        server_log = self.logs / f"{tag}-server.log"
+        logged = server_log.stat().st_size if server_log.exists() else 0
+        sync = ("--sync",) if cap else ()
         with (
             self.failing(record),
-            self.client(worker_mode, store, case, repeats, f"{tag}.log") as client,
+            self.client(worker_mode, store, case, repeats, f"{tag}.log", *sync) as client,
         ):
             if server_kind is None:
                 client.send("0")
-                calls = client.result()["calls"]
+                calls = self._calls(client, repeats, cap)
             else:
                 with self.server(mode, store, case, tag) as srv:
                     client.send(f"{srv.port} {srv.pid}")
-                    calls = client.result()["calls"]
+                    calls = self._calls(client, repeats, cap)
                     record.update(
                         server_peak_rss=srv.peak_rss(),
                         server_idle_rss=srv.idle_rss,
                         server_start_seconds=srv.started_in,
                     )
             record.update(_timings(calls), **_rss_figures(calls))
+            plans = sorted({c["plan"] for c in calls if c.get("plan")})
+            if server_kind == "flightlab" and store == pgbench.STORE:
+                plans = _logged_plans(server_log, logged)
+            if plans:
+                record["plans"] = plans
             self.log(
                 f"  median {record['median']:.3f}s of {[round(t, 3) for t in record['times']]}, "
                 f"{record['result_rows']:,} rows, {record['result_bytes'] / 1e6:.1f} MB"
+                + (f", plan {'/'.join(plans)}" if plans else "")
             )
+        if "capped" in record and self.pg is not None:
+            ended = self.pg.end_queries()  # what the stopped call left running there
+            self.log(f"  {ended} PostgreSQL session(s) it left were ended")
         return record
+
+    def _calls(self, client: Worker, repeats: int, cap: float | None) -> list[dict[str, Any]]:
+        """The client's timed calls; with a ``cap``, one at a time (``--sync``),
+        the client killed and ``DidNotFinish`` raised when one takes longer."""
+        if cap is None:
+            return client.result()["calls"]
+        calls = []
+        for _ in range(repeats):
+            client.expect("READY")
+            client.send("go")
+            try:
+                calls.append(_checked(client.result(timeout=cap)))
+            except TimeoutError:
+                client.kill()
+                raise DidNotFinish(cap) from None
+        return calls
 
     def run_concurrent(self, store: str, case: str, mode: str, repeats: int) -> dict[str, Any]:
         clients = self.args.clients
@@ -453,32 +521,123 @@ class Benchmark:
             self.log(f"  median {record['median']:.3f}s, {record['gb_per_second']:.2f} GB/s")
         return record
 
+    # --- the postgres store and parquet in S3 ----------------------------------------
+
+    def run_postgres(self, mnist_base: bool) -> None:
+        """The postgres store's cases on a throwaway cluster (postgres.py), and
+        for the MNIST target the duckdb store's MNIST through the server, if
+        the duckdb store is not in this run."""
+        try:
+            cluster = pgbench.Cluster(self.out / "work", self.args.mnist, log=self.log)
+            cluster.__enter__()
+        except Exception as exc:  # PostgreSQL missing (scripts/backends.sh), or failing
+            self.note(f"the postgres store is skipped: {type(exc).__name__}: {exc}")
+            return
+        self.pg = cluster
+        try:
+            self.notes.extend(cluster.load_notes)
+            self.repos.update(cluster.repos)
+            for case in self.cases_for(pgbench.STORE):
+                for mode in self.modes_for(pgbench.STORE):
+                    self.results.append(self.run_mode(pgbench.STORE, case, mode, self.args.repeats))
+            if mnist_base and "flightlab" in self.args.modes:
+                self.log("the duckdb store's MNIST, for the postgres MNIST target:")
+                self.results.append(
+                    self.run_mode("duckdb", "mnist", "flightlab", self.args.repeats)
+                )
+        finally:
+            self.pg = None
+            cluster.__exit__(None, None, None)
+
+    def run_object_storage(self) -> None:
+        """object_storage.py in a child process: its lines into the progress
+        log, its measurements into the results as the store ``s3``."""
+        self.log("s3: parquet from the loopback S3 server against local files (object_storage.py)")
+        found = self.out / "object_storage.json"
+        found.unlink(missing_ok=True)
+        log_path = self.logs / "s3-object_storage.log"
+        command = [sys.executable, str(OBJECT_STORAGE), "--json", str(found)]
+        command += ["--work", str(self.out / "work" / "object_storage")]
+        command += ["--quick"] if self.args.quick else ["--repeats", str(self.args.repeats)]
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True
+            )
+            for line in process.stdout:
+                if line.strip():
+                    self.log(f"  s3: {line.rstrip()}")
+            code = process.wait()
+        if code != 0 or not found.exists():
+            self.note(f"s3: object_storage.py failed (exit {code}; {log_path})")
+            return
+        measured = json.loads(found.read_text())
+        for row in measured["rows"]:
+            for side, where in (("local", "disk"), ("s3", "s3")):
+                mode = f"{row['way']}-{where}"
+                record = _record("s3", f"rows:{row['rows']}", mode, description=S3_MODES[mode])
+                times = row[f"{side}_times"]
+                median = statistics.median(times)
+                record.update(
+                    repeats=len(times),
+                    times=times,
+                    median=median,
+                    result_rows=row["result_rows"],
+                    result_bytes=row["result_bytes"],
+                    rows_per_second=row["result_rows"] / median,
+                )
+                if side == "s3" and not row["same"]:
+                    record["error"] = "the answer from S3 differs from the local files' answer"
+                self.results.append(record)
+        self.notes.extend(f"s3: {note}" for note in measured["notes"])
+
     # --- the run -------------------------------------------------------------------
 
     def cases_for(self, store: str) -> list[str]:
-        cases = [f"rows:{n}" for n in self.args.sizes]
+        if store == "s3":
+            return []  # object_storage.py's own
+        if store == pgbench.STORE:
+            cases = [f"rows:{n}:{kind}" for n in self.args.pg_sizes for kind in pgbench.VIEWS]
+        else:
+            cases = [f"rows:{n}" for n in self.args.sizes]
         if self.args.mnist and (store != "file" or self.args.mnist_file):
             cases.append("mnist")
         return cases
 
+    def modes_for(self, store: str) -> list[str]:
+        return [
+            mode
+            for mode in self.args.modes
+            if store in MODE_STORES.get(mode, (store,)) and mode in STORE_MODES.get(store, MODES)
+        ]
+
     def run(self) -> dict[str, Any]:
         args = self.args
         load_before = os.getloadavg()
-        self.log(f"preparing the data and repos under {self.out / 'work'}")
-        self.repos = datagen.build_repos(
-            self.out / "work", tuple(args.stores), with_mnist=args.mnist, log=self.log
-        )
-        if args.mnist and "file" in args.stores and not args.mnist_file:
+        stores = [store for store in STORES if store in args.stores]
+        parquet = tuple(s for s in stores if s in datagen.STORES)
+        # The postgres MNIST target compares with the duckdb store's MNIST.
+        mnist_base = args.mnist and pgbench.STORE in stores and "duckdb" not in parquet
+        if parquet or mnist_base:
+            self.log(f"preparing the data and repos under {self.out / 'work'}")
+            self.repos = datagen.build_repos(
+                self.out / "work", parquet or ("duckdb",), with_mnist=args.mnist, log=self.log
+            )
+        if args.mnist and "file" in stores and not args.mnist_file:
             self.note(
                 "MNIST on the file (dask) store is skipped: one retrieval takes ~14 min there "
                 "(~2 s on duckdb); pass --mnist-file to include it (it then runs 1 repeat)"
             )
-        for store in args.stores:
+        for store in stores:
+            if store == pgbench.STORE:
+                self.run_postgres(mnist_base)
+                continue
+            if store == "s3":
+                self.run_object_storage()
+                continue
             for case in self.cases_for(store):
                 repeats = 1 if (case == "mnist" and store == "file") else args.repeats
-                for mode in args.modes:
-                    if store in MODE_STORES.get(mode, (store,)):
-                        self.results.append(self.run_mode(store, case, mode, repeats))
+                for mode in self.modes_for(store):
+                    self.results.append(self.run_mode(store, case, mode, repeats))
             if args.clients > 0:
                 case = f"rows:{args.concurrency_rows}"
                 for mode in CONCURRENT_MODES:
@@ -486,8 +645,8 @@ class Benchmark:
             if args.latency and store in args.latency_stores:
                 for mode in LATENCY_MODES:
                     self.latency.append(self.run_latency(store, mode, args.repeats))
-        if args.loopback:
-            cases = {case for store in args.stores for case in self.cases_for(store)}
+        if args.loopback and parquet:
+            cases = {case for store in parquet for case in self.cases_for(store)}
             for case in sorted(cases, key=case_key):
                 self.loopback.append(self.run_loopback(case, args.repeats))
         report.add_ratios(self.results)
@@ -507,7 +666,10 @@ class Benchmark:
                 },
                 "versions": {
                     name: _version(name)
-                    for name in ("feast", "pyarrow", "duckdb", "dask", "pandas", "flightlab")
+                    for name in (
+                        *("feast", "pyarrow", "duckdb", "dask", "pandas", "flightlab"),
+                        *("adbc-driver-postgresql", "psycopg", "moto"),
+                    )
                 },
                 "data": {
                     "user_stats_rows": datagen.USERS * datagen.ROWS_PER_USER,
@@ -515,8 +677,18 @@ class Benchmark:
                     "features": list(datagen.FEATURES),
                     "mnist_images": 70_000,
                     "mnist_features": len(mnist.feature_refs()),
+                    "postgres": {
+                        "driver_stats_rows": pgbench.ROWS,
+                        "drivers": pgbench.DRIVERS,
+                        "days": pgbench.DAYS,
+                        "features": list(pgbench.FEATURES),
+                        "views": pgbench.VIEWS,
+                    },
                 },
-                "modes": {mode: MODES[mode].description for mode in MODES},
+                "modes": {
+                    **{mode: MODES[mode].description for mode in MODES},
+                    **S3_MODES,
+                },
             },
             "results": self.results,
             "concurrency": self.concurrency,
@@ -526,6 +698,26 @@ class Benchmark:
         }
         document["targets"] = evaluate_targets(document, self.targets)
         return document
+
+
+class DidNotFinish(Exception):
+    """A capped call that was stopped at its cap."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"did not finish in {seconds:.0f} s")
+        self.seconds = seconds
+
+
+def _logged_plans(log: Path, offset: int) -> list[str]:
+    """The plans a flightlab server logged (``postgres retrieval: plan=...``)
+    past ``offset`` in its log, the warm-up call's (the first) left out."""
+    try:
+        with open(log, errors="replace") as text:
+            text.seek(offset)
+            plans = re.findall(r"postgres retrieval: plan=(\w+)", text.read())
+    except OSError:
+        return []
+    return sorted(set(plans[1:]))
 
 
 def _record(store: str, case: str, mode: str, **more: Any) -> dict[str, Any]:
@@ -597,7 +789,10 @@ def _listed(parse=str.strip, choices=()):
 # The options: (flag, default, type, help); string defaults are parsed as given.
 OPTIONS = (
     ("--sizes", "10k,100k,1M", _listed(parse_size), "entity rows per case"),
-    ("--stores", "duckdb,file", _listed(choices=datagen.STORES), "offline stores"),
+    ("--stores", ",".join(STORES), _listed(choices=STORES), "offline stores"),
+    ("--pg-sizes", "100k,1M", _listed(parse_size), "entity rows per postgres case"),
+    ("--feast-cap", 240.0, float, "seconds a capped call (Feast's postgres store) may take"),
+    ("--feast-repeats", 1, int, "timed calls of a capped mode"),
     ("--repeats", 3, int, "timed calls per cell"),
     ("--modes", ",".join(MODES), _listed(choices=tuple(MODES)), "modes to run"),
     ("--clients", 4, int, "concurrent clients per server (0: none)"),
@@ -614,7 +809,15 @@ SWITCHES = {  # on by default; --no-X: off
     "--latency": "a 1k-row retrieval's latency, idle and with a large one in flight",
     "--loopback": "the raw Flight loopback ceiling",
 }
-QUICK = dict(sizes="1k,10k", repeats=1, mnist=False, concurrency_rows="10k", latency_rows="100k")
+QUICK = dict(
+    sizes="1k,10k",
+    repeats=1,
+    mnist=False,
+    concurrency_rows="10k",
+    latency_rows="100k",
+    pg_sizes="10k,100k",
+    feast_cap=60.0,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,6 +1,7 @@
 """The benchmark's child processes: one client (or the loopback server) each.
 
-    worker.py client --mode MODE --case CASE --repo REPO [--repeats N] [--seed S] [--sync]
+    worker.py client --mode MODE [--store STORE] --case CASE --repo REPO [--repeats N]
+        [--seed S] [--sync]
     worker.py loopback-server --case CASE --repo REPO
     worker.py loopback-client --port P --repeats N
 
@@ -20,7 +21,10 @@ call's first batch is in hand), and a ``RESULT`` line per call; a failed call
 is reported, not raised.
 
 Modes: ``local`` (in-process ``get_historical_features``), ``engine-limit``
-(in-process, one plain DuckDB ASOF join: benchmarks/limit.py), ``flightlab``
+(in-process, one plain DuckDB ASOF join: benchmarks/limit.py; on the postgres
+store, ADBC's fetch of each window and one DuckDB ASOF join:
+benchmarks/postgres.py), ``engine`` (flightlab's engine in-process, no server,
+no wire), ``flightlab``
 (``flightlab.client.RemoteOfflineStore``, ``to_arrow``), ``flightlab-stream``
 (the same, consuming ``to_arrow_batches(progress=...)`` batch by batch) and
 ``feast-client`` (Feast's stock ``type: remote`` client).
@@ -47,7 +51,7 @@ import datagen  # noqa: E402
 
 from flightlab.testing import processes  # noqa: E402
 
-CLIENT_MODES = ("local", "engine-limit", "flightlab", "flightlab-stream", "feast-client")
+CLIENT_MODES = ("local", "engine-limit", "engine", "flightlab", "flightlab-stream", "feast-client")
 WARMUP_ROWS = 1_000
 LOOPBACK_BATCH_ROWS = 65_536
 
@@ -58,10 +62,15 @@ def emit(kind: str, payload: object = None) -> None:
     sys.stdout.flush()
 
 
-def case_frame(case: str, seed: int) -> tuple[object, list[str]]:
-    """The entity frame and feature refs of ``case`` (``rows:N`` or ``mnist``)."""
+def case_frame(store: str, case: str, seed: int) -> tuple[object, list[str]]:
+    """The entity frame and feature refs of ``case`` (``rows:N``, on the
+    postgres store ``rows:N:VARIANT``, or ``mnist``)."""
     if case == "mnist":
         return datagen.mnist_case()
+    if store == "postgres":
+        import postgres
+
+        return postgres.case_frame(case, seed)
     rows = int(case.split(":", 1)[1])
     return datagen.entity_frame(rows, seed=seed), list(datagen.FEATURE_REFS)
 
@@ -89,11 +98,54 @@ class EngineLimit:
         return Job()
 
 
-def open_store(mode: str, repo: Path, port: int, workdir: Path):
+class InProcessEngine:
+    """The ``engine`` mode's store: flightlab's engine in this process, as
+    the server calls it (the references resolved as the server resolves
+    them), the answer read whole."""
+
+    def __init__(self, repo: Path):
+        from feast import FeatureStore
+
+        from flightlab.engine import Engine, EngineSettings
+
+        self.store = FeatureStore(repo_path=str(repo))
+        self.engine = Engine(EngineSettings())
+        self.last_plan: str | None = None  # the postgres plan of the latest call
+
+    def get_historical_features(self, entity_df, features: list[str]):
+        from flightlab.dispatch.planning import plan_historical
+
+        plan = plan_historical(self.store, tuple(features))
+        store, engine, this = self.store, self.engine, self
+
+        class Job:
+            def to_arrow(self):
+                rows = pa.Table.from_pandas(entity_df, preserve_index=False)
+                stream = engine.historical(
+                    store.config, plan.feature_views, plan.feature_refs, plan.on_demand_views,
+                    rows, False,
+                )  # fmt: skip
+                if stream is None:
+                    raise RuntimeError("flightlab's engine does not answer this retrieval")
+                table = stream.read_all()
+                last = engine.postgres.usage().last
+                this.last_plan = last.plan if last else None
+                return table
+
+        return Job()
+
+
+def open_store(mode: str, repo: Path, port: int, workdir: Path, store: str = "duckdb"):
     from feast import FeatureStore
 
+    if mode == "engine-limit" and store == "postgres":
+        import postgres
+
+        return postgres.Limit(repo)
     if mode == "engine-limit":
         return EngineLimit(repo)
+    if mode == "engine":
+        return InProcessEngine(repo)
     if mode == "local":
         return FeatureStore(repo_path=str(repo))
     offline = {
@@ -116,7 +168,8 @@ def retrieve(
     job = store.get_historical_features(entity_df=entity_df, features=refs)
     if mode != "flightlab-stream":
         table = job.to_arrow()
-        return {"rows": table.num_rows, "bytes": table.nbytes}
+        plan = {"plan": store.last_plan} if getattr(store, "last_plan", None) else {}
+        return {"rows": table.num_rows, "bytes": table.nbytes, **plan}
     rows = nbytes = 0
     seen: dict[str, int | None] = {}
     last = []
@@ -137,11 +190,12 @@ def retrieve(
 
 
 def run_client(args: argparse.Namespace) -> None:
-    entity_df, refs = case_frame(args.case, args.seed)
+    entity_df, refs = case_frame(args.store, args.case, args.seed)
     if args.case == "mnist":
         warm_df = entity_df.iloc[:WARMUP_ROWS].reset_index(drop=True)
-    else:
-        warm_df = datagen.entity_frame(WARMUP_ROWS, seed=args.seed + 1)
+    else:  # the case's kind of rows, fewer
+        warm_case = ":".join(["rows", str(WARMUP_ROWS), *args.case.split(":")[2:]])
+        warm_df, _ = case_frame(args.store, warm_case, args.seed + 1)
     import feast  # noqa: F401 - the slow import, done while the server starts
 
     line = sys.stdin.readline().split()
@@ -150,7 +204,7 @@ def run_client(args: argparse.Namespace) -> None:
     port = int(line[0])
     server_pid = int(line[1]) if len(line) > 1 else None
     with tempfile.TemporaryDirectory(prefix="flightlab-bench-") as tmp:
-        store = open_store(args.mode, Path(args.repo), port, Path(tmp))
+        store = open_store(args.mode, Path(args.repo), port, Path(tmp), args.store)
         retrieve(store, args.mode, warm_df, refs)
         calls = []
         for _ in range(args.repeats):
@@ -267,7 +321,8 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     client = commands.add_parser("client")
     client.add_argument("--mode", choices=CLIENT_MODES, required=True)
-    client.add_argument("--case", required=True, help="rows:N or mnist")
+    client.add_argument("--store", default="duckdb", help="the repo's offline store")
+    client.add_argument("--case", required=True, help="rows:N[:VARIANT] or mnist")
     client.add_argument("--repo", required=True)
     client.add_argument("--repeats", type=int, default=3)
     client.add_argument("--seed", type=int, default=3)
