@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-from feast import FeatureService, FeatureStore, FeatureView, Field, FileSource
+from feast import FeatureStore, FeatureView, Field, FileSource
 from feast.types import Float64, Int64, String, UnixTimestamp
 from hypothesis import strategies as st
-from test_engine_differential import K1, K2, T0, ViewCase, doubling_view, source_frame, view_cases
+from test_engine_differential import K1, K2, T0, ViewCase, register_case, source_frame, view_cases
 
 FEATURES = ("f_int", "f_float", "f_str", "at")
 DATES = ("both", "end", "late_start", "start", "neither")
@@ -148,30 +148,7 @@ def dates_view(name: str, case: DatesCase, i: int, data: Path) -> FeatureView:
 def apply_dates_case(store: FeatureStore, case: DatesCase, data: Path, n: int):
     """Register the case's objects; return what to ask for."""
     views = [dates_view(f"d{n}_v{i}", case, i, data) for i in range(len(case.views))]
-    objects: list = [K1, K2, *views]
-    if case.through_service:
-        projections = []
-        for i, view in enumerate(views):
-            projection = view.with_name(f"d{n}_alias{i}")
-            if case.join_key_map and "k1" in case.views[i].entities:
-                projection = projection.with_join_key_map({"k1": "other_k1"})
-            projections.append(
-                projection[[f"f_int{i}", f"f_str{i}", f"at{i}"]] if i else projection
-            )
-        features: list | FeatureService = FeatureService(name=f"d{n}_service", features=projections)
-        objects.append(features)
-    else:
-        features = [
-            f"{view.name}:{f}{i}"
-            for i, view in enumerate(views)
-            for f in FEATURES
-            if not (i == 0 and case.on_demand == "alone")
-        ]
-        if case.on_demand != "none":
-            objects.append(doubling_view(f"d{n}_doubled", views[0]))
-            features.append(f"d{n}_doubled:doubled")
-    store.apply(objects)
-    return features
+    return register_case(store, case, views, f"d{n}", FEATURES, ("f_int", "f_str", "at"))
 
 
 # --- comparing answers ----------------------------------------------------------------

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from feast import FeatureStore, FeatureView, FileSource
 from feast.feature_view import DUMMY_ENTITY_NAME
+from offline_helpers import PROJECT
 
 from flightlab.testing.s3 import S3Server
 
-PROJECT = "flightlab_sample"  # the project the client helpers' yaml names
 BUCKET = "features"
 
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 from feast import FeatureStore
 from feast.feature_logging import FeatureServiceLoggingSource
+from feast.infra.offline_stores.remote import RemoteOfflineStore as FeastRemoteOfflineStore
 
 from flightlab.client import RemoteOfflineStore
 from flightlab.server import OfflineServer
@@ -40,6 +41,8 @@ FEATURES = [
     "customer_stats:avg_rating",
     "conv_rate_plus_val:conv_rate_plus_val",
 ]
+PROJECT = "flightlab_sample"  # the project the client repos' yaml names
+CLIENTS = ("flightlab", "stock")  # flightlab's client and Feast's stock one
 ENTITY_KEYS = ["driver_id", "customer_id", "event_timestamp"]
 DRIVER_KEYS = ["driver_id", "event_timestamp"]
 # The shared server sends results in batches this small, so that every answer
@@ -104,6 +107,48 @@ def make_client_store(
     store = FeatureStore(repo_path=str(client_repo))
     assert isinstance(offline_store_of(store), RemoteOfflineStore)
     return store
+
+
+def stock_client_yaml(port: int, registry: str | Path) -> str:
+    """A client repo's feature_store.yaml with Feast's own remote offline store."""
+    return (
+        f"project: {PROJECT}\n"
+        "provider: local\n"
+        "registry:\n"
+        f"  path: {registry}\n"
+        "  cache_ttl_seconds: 0\n"
+        "online_store:\n"
+        "  type: sqlite\n"
+        "  path: data/online.db\n"
+        "offline_store:\n"
+        "  type: remote\n"
+        "  host: 127.0.0.1\n"
+        f"  port: {port}\n"
+        "entity_key_serialization_version: 3\n"
+    )
+
+
+def stock_client(path: Path, server: OfflineServer, registry: Path) -> FeatureStore:
+    """A client repo that reads the server's registry file."""
+    (path / "data").mkdir(parents=True, exist_ok=True)
+    (path / "feature_store.yaml").write_text(stock_client_yaml(server.port, registry))
+    store = FeatureStore(repo_path=str(path))
+    assert isinstance(store._get_provider().offline_store, FeastRemoteOfflineStore)
+    return store
+
+
+def both_clients(folder: Path, server: OfflineServer, repo: Path) -> dict[str, FeatureStore]:
+    """A client repo of each kind on ``server``, reading ``repo``'s registry:
+    flightlab's client and Feast's stock one."""
+    return {
+        "flightlab": make_client_store(folder / "flightlab", server.port, repo),
+        "stock": stock_client(folder / "stock", server, registry_of(repo)),
+    }
+
+
+def engine_answers(server: OfflineServer, engine: str = "flightlab") -> int:
+    """How many requests ``engine`` answered on ``server``."""
+    return server.stats_json()["requests_by_engine"].get(engine, 0)
 
 
 def offline_store_of(store: FeatureStore):

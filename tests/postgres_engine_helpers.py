@@ -17,17 +17,13 @@ import pandas as pd
 import psycopg
 import pyarrow as pa
 from feast import FeatureStore
-from offline_helpers import make_client_store
-from test_feast_compat import stock_client
+from offline_helpers import PROJECT, both_clients
 
 from flightlab.engine.postgres.settings import PostgresSettings
 from flightlab.engine.settings import EngineSettings
 from flightlab.server import OfflineServer
 from flightlab.testing.backend_repos import FILE_REGISTRY_YAML, repo_yaml
 from flightlab.testing.postgres import PostgresServer
-
-PROJECT = "flightlab_sample"  # the project the stock client's yaml names
-CLIENTS = ("flightlab", "stock")
 
 
 def adbc_uri(pg: PostgresServer) -> str:
@@ -71,16 +67,7 @@ def served(
 ) -> Iterator[tuple[OfflineServer, dict[str, FeatureStore]]]:
     """A server on ``repo`` and a client repo of each kind."""
     with OfflineServer(repo, host="127.0.0.1", port=0, engine=settings) as server:
-        registry = repo / "data" / "registry.db"
-        clients = {
-            "flightlab": make_client_store(clients_folder / "flightlab", server.port, repo),
-            "stock": stock_client(clients_folder / "stock", server, registry),
-        }
-        yield server, clients
-
-
-def engine_answers(server: OfflineServer) -> int:
-    return server.stats_json()["requests_by_engine"].get("flightlab", 0)
+        yield server, both_clients(clients_folder, server, repo)
 
 
 def plans_used(server: OfflineServer) -> dict[str, int]:

@@ -52,9 +52,14 @@ from feast.permissions.policy import RoleBasedPolicy
 from feast.permissions.user import User
 from feast.types import Int32
 from hypothesis import HealthCheck, Phase, event, example, given, settings
-from offline_helpers import file_store_view_repo, make_client_store, registry_of
+from offline_helpers import (
+    both_clients,
+    engine_answers,
+    file_store_view_repo,
+    make_client_store,
+    registry_of,
+)
 from test_engine_differential import K1, K2, PROJECT, T0, a_view, feature_view
-from test_feast_compat import stock_client
 
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.dispatch.dispatcher import OfflineDispatcher
@@ -115,16 +120,11 @@ def servers(duck_repo, file_twin) -> Iterator[dict[str, OfflineServer]]:
 def remotes(servers, duck_repo, tmp_path_factory) -> dict[tuple[str, str], FeatureStore]:
     """(server, client) -> a client repo: flightlab's client and Feast's stock one."""
     base = tmp_path_factory.mktemp("by_dates_clients").resolve()
-    registry = registry_of(duck_repo)
-    clients = {}
-    for name, server in servers.items():
-        clients[name, "flightlab"] = make_client_store(base / f"{name}_fl", server.port, duck_repo)
-        clients[name, "stock"] = stock_client(base / f"{name}_stock", server, registry)
-    return clients
-
-
-def engine_answers(server: OfflineServer, engine: str = "flightlab") -> int:
-    return server.stats_json()["requests_by_engine"].get(engine, 0)
+    return {
+        (name, client): store
+        for name, server in servers.items()
+        for client, store in both_clients(base / name, server, duck_repo).items()
+    }
 
 
 # --- the differential suite ----------------------------------------------------------
@@ -392,12 +392,8 @@ def test_feasts_universal_non_entity_retrieval_scenario(server_kind, universal_r
     }
     expected = FeatureStore(repo_path=str(universal_repos["file"])).get_historical_features(**call)
     expected = expected.to_arrow()
-    registry = registry_of(universal_repos["duckdb"])
     with OfflineServer(repo, port=0, engine=EngineSettings(mode=mode)) as server:
-        clients = {
-            "flightlab": make_client_store(tmp_path / "fl", server.port, universal_repos["duckdb"]),
-            "stock": stock_client(tmp_path / "stock", server, registry),
-        }
+        clients = both_clients(tmp_path, server, universal_repos["duckdb"])
         before = engine_answers(server, answering_engine)
         for name, client in clients.items():
             answer = client.get_historical_features(**call)
@@ -426,10 +422,7 @@ def test_with_engine_feast_the_duckdb_store_fails_as_it_does_locally(duck_repo, 
         local.get_historical_features(features=features, end_date=T0).to_df()
     feast_only = EngineSettings(mode=EngineMode.FEAST)
     with OfflineServer(duck_repo, port=0, engine=feast_only) as server:
-        for client in (
-            make_client_store(tmp_path / "fl", server.port, duck_repo),
-            stock_client(tmp_path / "stock", server, registry_of(duck_repo)),
-        ):
+        for client in both_clients(tmp_path, server, duck_repo).values():
             with pytest.raises(TypeError):
                 client.get_historical_features(features=features, end_date=T0).to_df()
         with pytest.raises(TypeError) as remote_error:

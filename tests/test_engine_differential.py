@@ -34,14 +34,19 @@ from feast.types import Float64, Int64, String
 from feast.value_type import ValueType
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
-from offline_helpers import arrow, assert_same_rows, make_client_store, offline_store_of
-from test_feast_compat import stock_client
+from offline_helpers import (
+    PROJECT,
+    arrow,
+    assert_same_rows,
+    both_clients,
+    engine_answers,
+    offline_store_of,
+)
 
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.server import OfflineServer
 from flightlab.wire import protocol
 
-PROJECT = "flightlab_sample"  # the project the client helpers' yaml names
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 K1 = Entity(name="k1", join_keys=["k1"], value_type=ValueType.INT64)
 K2 = Entity(name="k2", join_keys=["k2"], value_type=ValueType.STRING)
@@ -217,29 +222,46 @@ def apply_case(store: FeatureStore, case: Case, data: Path) -> list | FeatureSer
     """Register the case's objects; return what to ask for."""
     n = next(_names)
     views = [feature_view(f"c{n}_v{i}", v, data, i) for i, v in enumerate(case.views)]
+    return register_case(store, case, views, f"c{n}", ("f_int", "f_float", "f_str"))
+
+
+def register_case(
+    store: FeatureStore,
+    case: Case,
+    views: list[FeatureView],
+    prefix: str,
+    features: tuple[str, ...],
+    projected: tuple[str, ...] | None = None,
+) -> list | FeatureService:
+    """Apply the entities, ``views`` (each with ``features``, numbered by the
+    view) and what the case asks of them: a feature service projecting the
+    first view whole and the others to ``projected`` (the first and last
+    feature by default), under aliases, mapping k1 where asked; or references,
+    with an on-demand view over the first. Return what to ask for."""
+    projected = projected or (features[0], features[-1])
     objects: list = [K1, K2, *views]
     if case.through_service:
         projections = []
         for i, view in enumerate(views):
-            projection = view.with_name(f"c{n}_alias{i}")
+            projection = view.with_name(f"{prefix}_alias{i}")
             if case.join_key_map and "k1" in case.views[i].entities:
                 projection = projection.with_join_key_map({"k1": "other_k1"})
-            projections.append(projection[[f"f_int{i}", f"f_str{i}"]] if i else projection)
-        features: list | FeatureService = FeatureService(name=f"c{n}_service", features=projections)
-        objects.append(features)
-    else:
-        features = [
-            f"{view.name}:{f}{i}"
-            for i, view in enumerate(views)
-            for f in ("f_int", "f_float", "f_str")
-            if not (i == 0 and case.on_demand == "alone")
-        ]
-        if case.on_demand != "none":
-            odfv = doubling_view(f"c{n}_doubled", views[0])
-            objects.append(odfv)
-            features.append(f"c{n}_doubled:doubled")
+            projections.append(projection[[f"{f}{i}" for f in projected]] if i else projection)
+        service = FeatureService(name=f"{prefix}_service", features=projections)
+        objects.append(service)
+        store.apply(objects)
+        return service
+    asked = [
+        f"{view.name}:{f}{i}"
+        for i, view in enumerate(views)
+        for f in features
+        if not (i == 0 and case.on_demand == "alone")
+    ]
+    if case.on_demand != "none":
+        objects.append(doubling_view(f"{prefix}_doubled", views[0]))
+        asked.append(f"{prefix}_doubled:doubled")
     store.apply(objects)
-    return features
+    return asked
 
 
 # --- fixtures ------------------------------------------------------------------
@@ -272,19 +294,11 @@ def engine_server(generated_repo, local):
 
 @pytest.fixture(scope="module")
 def remotes(engine_server, generated_repo, tmp_path_factory) -> dict[str, FeatureStore]:
-    registry = generated_repo / "data" / "registry.db"
     base = tmp_path_factory.mktemp("differential_clients").resolve()
-    return {
-        "flightlab": make_client_store(base / "flightlab", engine_server.port, generated_repo),
-        "stock": stock_client(base / "stock", engine_server, registry),
-    }
+    return both_clients(base, engine_server, generated_repo)
 
 
 # --- the properties ----------------------------------------------------------------
-
-
-def engine_requests(server: OfflineServer) -> int:
-    return server.stats_json()["requests_by_engine"].get("flightlab", 0)
 
 
 def assert_remote_equals_local(
@@ -299,7 +313,7 @@ def assert_remote_equals_local(
     expected = local.get_historical_features(
         entity_df=entities, features=features, full_feature_names=names
     ).to_df()
-    before = engine_requests(server)
+    before = engine_answers(server)
     answers = {
         client: remotes[client]
         .get_historical_features(entity_df=entities, features=features, full_feature_names=names)
@@ -317,7 +331,7 @@ def assert_remote_equals_local(
     for client, got in answers.items():
         assert list(got.columns) == list(expected.columns), client
         assert_same_rows(expected, got, ["row_id"])
-    assert engine_requests(server) == before + len(answers)
+    assert engine_answers(server) == before + len(answers)
 
 
 def a_view(entities, ttl=None, created=False, mapped=False, rows=()) -> ViewCase:
@@ -457,7 +471,7 @@ def test_remote_pulls_equal_the_local_duckdb_store(
     start = end = None
     if window is not None:
         start, end = (T0 + timedelta(seconds=s) for s in window)
-    before, remote_calls = engine_requests(engine_server), 0
+    before, remote_calls = engine_answers(engine_server), 0
     for client in ("flightlab", "stock"):
         for api in ("pull_all_from_table_or_query", "pull_latest_from_table_or_query"):
             if api.startswith("pull_latest") and window is None:
@@ -480,7 +494,7 @@ def test_remote_pulls_equal_the_local_duckdb_store(
             assert list(got.columns) == list(expected.columns)
             assert_same_rows(expected, got, list(expected.columns))
     # The engine answered every remote pull, not Feast's store.
-    assert engine_requests(engine_server) == before + remote_calls
+    assert engine_answers(engine_server) == before + remote_calls
 
 
 # --- sources that are folders, paths relative to the repo ------------------------------
@@ -532,11 +546,11 @@ def test_folder_and_repo_relative_sources_read_as_the_local_store_reads_them(
     monkeypatch.chdir(repo)
     expected, expected_pull = answers(local)
     monkeypatch.chdir(tmp_path)
-    before = engine_requests(engine_server)
+    before = engine_answers(engine_server)
     for client in ("flightlab", "stock"):
         got, got_pull = answers(remotes[client])
         assert list(got.columns) == list(expected.columns), client
         assert_same_rows(expected, got, ["row_id"])
         assert list(got_pull.columns) == list(expected_pull.columns), client
         assert_same_rows(expected_pull, got_pull, list(expected_pull.columns))
-    assert engine_requests(engine_server) == before + 4
+    assert engine_answers(engine_server) == before + 4

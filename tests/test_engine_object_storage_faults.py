@@ -29,8 +29,13 @@ from feast.credentials import ConnectionRef
 from feast.types import Float32, Int64
 from feast.value_type import ValueType
 from object_storage_helpers import BUCKET, make_repo, s3_credentials
-from offline_helpers import assert_same_rows, make_client_store, offline_store_of, wait_until
-from test_feast_compat import stock_client
+from offline_helpers import (
+    assert_same_rows,
+    both_clients,
+    make_client_store,
+    offline_store_of,
+    wait_until,
+)
 
 from flightlab.engine import EngineSettings, object_store
 from flightlab.engine.object_store import ROW_ID, ObjectStoreParquet
@@ -176,11 +181,7 @@ def server(s3_repo) -> Iterator[OfflineServer]:
 
 @pytest.fixture(scope="module")
 def remotes(server, s3_repo, tmp_path_factory) -> dict[str, FeatureStore]:
-    base = tmp_path_factory.mktemp("s3_faults_clients")
-    return {
-        "flightlab": make_client_store(base / "flightlab", server.port, s3_repo),
-        "stock": stock_client(base / "stock", server, s3_repo / "data" / "registry.db"),
-    }
+    return both_clients(tmp_path_factory.mktemp("s3_faults_clients"), server, s3_repo)
 
 
 def served_bytes(s3: S3Server, call) -> tuple[object, int]:

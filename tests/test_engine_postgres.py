@@ -36,10 +36,9 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source i
 )
 from feast.types import Array, Float32, Float64, Int32, Int64, String
 from feast.value_type import ValueType
+from offline_helpers import CLIENTS, engine_answers
 from postgres_engine_helpers import (
-    CLIENTS,
     assert_same_answer,
-    engine_answers,
     engine_settings,
     load,
     served,

@@ -32,11 +32,9 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source i
 from feast.types import Array, Float32, Float64, Int64, String
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
-from offline_helpers import offline_store_of
+from offline_helpers import CLIENTS, engine_answers, offline_store_of
 from postgres_engine_helpers import (
-    CLIENTS,
     assert_same_answer,
-    engine_answers,
     engine_settings,
     load,
     plans_used,
@@ -58,8 +56,8 @@ from test_engine_differential import (
     a_case,
     a_view,
     cases,
-    doubling_view,
     entity_frame,
+    register_case,
     view_cases,
 )
 
@@ -130,29 +128,7 @@ def apply_case(store: FeatureStore, pg: PostgresServer, case: Case) -> list | Fe
     """Register the case's objects (as the parquet suite's apply_case); what to ask for."""
     n = next(_names)
     views = [pg_feature_view(pg, f"pgc{n}_v{i}", v, i) for i, v in enumerate(case.views)]
-    objects: list = [K1, K2, *views]
-    if case.through_service:
-        projections = []
-        for i, view in enumerate(views):
-            projection = view.with_name(f"pgc{n}_alias{i}")
-            if case.join_key_map and "k1" in case.views[i].entities:
-                projection = projection.with_join_key_map({"k1": "other_k1"})
-            projections.append(projection[[f"f_int{i}", f"f_arr{i}"]] if i else projection)
-        features: list | FeatureService = FeatureService(name=f"pgc{n}_svc", features=projections)
-        objects.append(features)
-    else:
-        features = [
-            f"{view.name}:{f}{i}"
-            for i, view in enumerate(views)
-            for f in ("f_int", "f_float", "f_str", "f_arr")
-            if not (i == 0 and case.on_demand == "alone")
-        ]
-        if case.on_demand != "none":
-            odfv = doubling_view(f"pgc{n}_doubled", views[0])
-            objects.append(odfv)
-            features.append(f"pgc{n}_doubled:doubled")
-    store.apply(objects)
-    return features
+    return register_case(store, case, views, f"pgc{n}", ("f_int", "f_float", "f_str", "f_arr"))
 
 
 # --- fixtures ------------------------------------------------------------------------

@@ -50,6 +50,8 @@ from offline_helpers import (
     logged_rows,
     new_driver_rows,
     registry_of,
+    stock_client,
+    stock_client_yaml,
 )
 
 from flightlab.errors import MalformedParameterError, UnknownApiError, UnsupportedQueryError
@@ -96,34 +98,6 @@ persisted_training_set = FileSource(
     timestamp_field="event_timestamp",
 )
 '''
-
-
-def stock_client_yaml(port: int, registry: str | Path) -> str:
-    """A client repo's feature_store.yaml with Feast's own remote offline store."""
-    return (
-        f"project: {PROJECT}\n"
-        "provider: local\n"
-        "registry:\n"
-        f"  path: {registry}\n"
-        "  cache_ttl_seconds: 0\n"
-        "online_store:\n"
-        "  type: sqlite\n"
-        "  path: data/online.db\n"
-        "offline_store:\n"
-        "  type: remote\n"
-        "  host: 127.0.0.1\n"
-        f"  port: {port}\n"
-        "entity_key_serialization_version: 3\n"
-    )
-
-
-def stock_client(path: Path, server: OfflineServer, registry: Path) -> FeatureStore:
-    """A client repo that reads the server's registry file."""
-    (path / "data").mkdir(parents=True, exist_ok=True)
-    (path / "feature_store.yaml").write_text(stock_client_yaml(server.port, registry))
-    store = FeatureStore(repo_path=str(path))
-    assert isinstance(store._get_provider().offline_store, RemoteOfflineStore)
-    return store
 
 
 # --- fixtures ------------------------------------------------------------------
