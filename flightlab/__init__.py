@@ -1,11 +1,16 @@
 """flightlab: a remote offline feature server for Feast, over Arrow Flight.
 
-The sub-packages are the layers: :mod:`flightlab.wire` (the protocols and
-error mapping that server and client share), :mod:`flightlab.server` (the
-Flight server around a Feast repo), :mod:`flightlab.client` (Feast's
-offline-store plug-in and its transport), :mod:`flightlab.notebook` (the
-notebooks' widgets and plots), :mod:`flightlab.mnist` (the MNIST demo) and
-:mod:`flightlab.testing` (the fixtures tests, benchmarks and the demo share).
+The sub-packages are the layers: :mod:`flightlab.errors` (every failure by
+kind, knowing nothing of Flight), :mod:`flightlab.wire` (every byte server and
+client exchange, and each error's Flight class), :mod:`flightlab.server` (the
+Flight calls), :mod:`flightlab.operations` (running as a service: health,
+metrics, drain), :mod:`flightlab.dispatch` (a request to the engine or a Feast
+call), :mod:`flightlab.engine` (retrievals in DuckDB from parquet, S3 and
+PostgreSQL), :mod:`flightlab.storage` (the server's own files),
+:mod:`flightlab.client` (Feast's offline-store plug-in and its transport),
+:mod:`flightlab.notebook` (the notebooks' widgets and plots),
+:mod:`flightlab.mnist` (the MNIST demo) and :mod:`flightlab.testing` (the
+fixtures tests, benchmarks and the demo share).
 
 Exports ``OfflineServer``, ``OfflineFlightClient``, ``RemoteOfflineStore`` and
 ``RemoteOfflineStoreConfig``; they load when first used, so ``import

@@ -14,6 +14,7 @@ every failure with the right kind.
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 INVALID_ARGUMENT = "invalid_argument"
@@ -233,7 +234,9 @@ def _permission_denied_class() -> type:
     # Built on first use: importing feast costs seconds, and this module is
     # imported by processes that never see a permission error.
     global _PERMISSION_DENIED
-    if _PERMISSION_DENIED is None:
+    with _PERMISSION_DENIED_LOCK:  # one class, whichever thread asks first
+        if _PERMISSION_DENIED is not None:
+            return _PERMISSION_DENIED
         from feast.errors import FeastPermissionError
 
         def __init__(self, message: str = "") -> None:
@@ -253,6 +256,7 @@ def _permission_denied_class() -> type:
 
 
 _PERMISSION_DENIED: type | None = None
+_PERMISSION_DENIED_LOCK = threading.Lock()
 
 
 def __getattr__(name: str) -> Any:

@@ -47,6 +47,7 @@ from flightlab.errors import AuthenticationFailedError
 from flightlab.server import OfflineServer
 from flightlab.testing.sample_repo import DAYS, START
 from flightlab.wire import protocol
+from flightlab.wire.headers import AUTHORIZATION_HEADER
 
 KEY_ID = "flightlab-test-key"
 
@@ -146,7 +147,8 @@ class _BearerMiddleware(flight.ClientMiddleware):
         self.token = token
 
     def sending_headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.token}"}
+        # Spelled as Feast's clients send it; the server reads the scheme in any case.
+        return {AUTHORIZATION_HEADER: f"Bearer {self.token}"}
 
 
 # --- certificates ------------------------------------------------------------------

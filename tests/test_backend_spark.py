@@ -113,7 +113,7 @@ def test_several_retrievals_in_flight_on_the_workers_match_the_local_store(
     with peak_busy_workers(spark_server) as peak:
         assert_concurrent_same(local, remotes[client], requests=3)
     # The requests overlapped on the worker threads: several workers held one
-    # at once (Spark calls then take turns: see flightlab/server/backends.py).
+    # at once (Spark calls then take turns: see flightlab/dispatch/backends.py).
     assert peak[0] >= 2, f"at most {peak[0]} worker(s) busy at once"
     assert spark_server.stats_json()["errors_by_api"] == {}
 

@@ -58,6 +58,7 @@ from flightlab.wire.flight_errors import (
     AuthenticationFailedError,
     MissingParameterError,
     PermissionDeniedError,
+    RemoteServerError,
     ResourceExhaustedError,
     ServerBusyError,
     UnknownCommandError,
@@ -351,6 +352,24 @@ def test_flightlab_errors_are_the_flight_classes_of_their_status(server):
         # As Feast's stock client re-creates it: without __init__.
         again = exception_from_detail(error_detail(cls("why"), cls.status))
         assert isinstance(again, flight_class) and again.extra_info == b"" and str(again) == "why"
+
+
+def test_an_error_the_client_cannot_place_is_still_a_flight_server_error():
+    """A class the client cannot import (an untrusted module) arrives as
+    RemoteServerError, a FlightServerError as before statuses; a flightlab
+    class named under the module an older server used comes back as itself."""
+    unplaced = {"module": "somewhere.else", "class": "Boom", "message": "why", "status": "internal"}
+    again = exception_from_detail(unplaced)
+    assert isinstance(again, RemoteServerError) and isinstance(again, flight.FlightServerError)
+    assert str(again) == "Boom: why"
+    moved = {
+        "module": "flightlab.wire.errors",  # where the errors lived before flightlab.errors
+        "class": "UnknownFeatureError",
+        "message": "why",
+        "status": "not_found",
+    }
+    again = exception_from_detail(moved)
+    assert isinstance(again, UnknownFeatureError) and isinstance(again, flight.FlightServerError)
 
 
 def test_a_long_value_is_quoted_in_part_and_the_error_still_arrives(server):

@@ -7,7 +7,7 @@ temporary file and renamed, so no writer, reader or crash can tear the file.
 The content is what the local store would have written (new rows first, in
 the file's schema; the duckdb store keeps microsecond timestamps and no
 pandas metadata). Any other store or source returns ``False`` from
-:func:`handles` and keeps Feast's own write path.
+:func:`handles_source` and keeps Feast's own write path.
 """
 
 from __future__ import annotations

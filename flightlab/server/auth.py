@@ -5,7 +5,7 @@ servers do: ``no_auth`` lets everyone in anonymously; ``oidc`` and
 ``kubernetes`` require a bearer token on every call, validated by Feast's own
 token parsers (JWKS signature and expiry for OIDC, a TokenReview for
 Kubernetes). What the caller may then do is decided by the registry's
-Permission objects, in :mod:`flightlab.dispatch.dispatcher`.
+Permission objects, in :mod:`flightlab.dispatch.permissions`.
 """
 
 from __future__ import annotations

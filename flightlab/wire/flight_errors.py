@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import threading
 from typing import Any
 
 import pyarrow.flight as flight
@@ -55,7 +56,14 @@ FLIGHT_CLASS_FOR_STATUS: dict[str, type[flight.FlightError]] = {
 # detail sent by a server: never import an arbitrary module named on the wire.
 _TRUSTED_MODULE_PREFIXES = ("feast.", "flightlab.", "builtins", "pyarrow.", "ibis.")
 
+# A class whose Flight class is not its status's: an error the client cannot
+# place is a server error, as it was before errors had statuses.
+_FLIGHT_CLASS_OF: dict[type, type[flight.FlightError]] = {
+    RemoteServerError: flight.FlightServerError,
+}
+
 _FLIGHT_CLASSES: dict[type, type] = {}
+_FLIGHT_CLASSES_LOCK = threading.Lock()
 
 
 def flight_class(cls: type[FlightlabError]) -> type:
@@ -63,16 +71,18 @@ def flight_class(cls: type[FlightlabError]) -> type:
     defined in this module under the same name."""
     if cls.__module__ == __name__:
         return cls
-    made = _FLIGHT_CLASSES.get(cls)
-    if made is None:
-        flight_base = FLIGHT_CLASS_FOR_STATUS[cls.status]
-        # pyarrow's FlightError sets extra_info in __init__; a copy re-created
-        # from the wire (by Feast's client, without __init__) still has one.
-        attributes = {"__module__": __name__, "__doc__": cls.__doc__, "extra_info": b""}
-        if "__init__" in vars(cls):  # keep the error's own constructor
-            attributes["__init__"] = vars(cls)["__init__"]
-        made = _FLIGHT_CLASSES[cls] = type(cls.__name__, (cls, flight_base), attributes)
-    return made
+    # One class per error, whichever thread asks first: `except` compares classes.
+    with _FLIGHT_CLASSES_LOCK:
+        made = _FLIGHT_CLASSES.get(cls)
+        if made is None:
+            flight_base = _FLIGHT_CLASS_OF.get(cls) or FLIGHT_CLASS_FOR_STATUS[cls.status]
+            # pyarrow's FlightError sets extra_info in __init__; a copy re-created
+            # from the wire (by Feast's client, without __init__) still has one.
+            attributes = {"__module__": __name__, "__doc__": cls.__doc__, "extra_info": b""}
+            if "__init__" in vars(cls):  # keep the error's own constructor
+                attributes["__init__"] = vars(cls)["__init__"]
+            made = _FLIGHT_CLASSES[cls] = type(cls.__name__, (cls, flight_base), attributes)
+        return made
 
 
 def __getattr__(name: str) -> Any:
@@ -177,7 +187,9 @@ def _trusted_exception_class(module_name: str, class_name: str) -> type | None:
     try:
         cls: Any = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError):
-        return None
+        # A server of another version may name a flightlab module that has
+        # moved (flightlab.wire.errors, before flightlab.errors): the class by its name.
+        cls = getattr(errors, class_name, None) if module_name.startswith("flightlab.") else None
     return cls if isinstance(cls, type) and issubclass(cls, Exception) else None
 
 
