@@ -35,7 +35,13 @@ from object_storage_helpers import (
     s3_credentials,
     s3_view,
 )
-from offline_helpers import assert_same_rows, make_client_store, offline_store_of
+from offline_helpers import (
+    CLIENTS,
+    assert_same_rows,
+    both_clients,
+    engine_answers,
+    offline_store_of,
+)
 from test_engine_differential import (
     ALIASES_AND_JOIN_KEY_MAP,
     CREATED_TIES,
@@ -58,14 +64,10 @@ from test_engine_differential import (
     feature_view,
     view_cases,
 )
-from test_feast_compat import stock_client
 
 from flightlab.server import OfflineServer
 from flightlab.testing.processes import running_server, serve_offline_command
 from flightlab.testing.s3 import S3Server
-
-CLIENTS = ("flightlab", "stock")
-
 
 # --- fixtures ----------------------------------------------------------------------
 
@@ -112,16 +114,7 @@ def engine_server(s3_repo, s3) -> Iterator[OfflineServer]:
 
 @pytest.fixture(scope="module")
 def remotes(engine_server, s3_repo, tmp_path_factory) -> dict[str, FeatureStore]:
-    registry = s3_repo / "data" / "registry.db"
-    base = tmp_path_factory.mktemp("s3_clients").resolve()
-    return {
-        "flightlab": make_client_store(base / "flightlab", engine_server.port, s3_repo),
-        "stock": stock_client(base / "stock", engine_server, registry),
-    }
-
-
-def engine_requests(server: OfflineServer) -> int:
-    return server.stats_json()["requests_by_engine"].get("flightlab", 0)
+    return both_clients(tmp_path_factory.mktemp("s3_clients").resolve(), engine_server, s3_repo)
 
 
 # --- the generated cases -------------------------------------------------------------
@@ -137,7 +130,7 @@ def assert_s3_equals_local(case: Case, local, s3_store, remotes, server, s3, mir
     expected = local.get_historical_features(
         entity_df=entities, features=features, full_feature_names=names
     ).to_df()
-    before = engine_requests(server)
+    before = engine_answers(server)
     for client in CLIENTS:
         got = (
             remotes[client]
@@ -148,7 +141,7 @@ def assert_s3_equals_local(case: Case, local, s3_store, remotes, server, s3, mir
         )
         assert list(got.columns) == list(expected.columns), client
         assert_same_rows(expected, got, ["row_id"])
-    assert engine_requests(server) == before + len(CLIENTS)
+    assert engine_answers(server) == before + len(CLIENTS)
 
 
 @settings(
@@ -210,7 +203,7 @@ def test_pulls_from_s3_equal_the_local_duckdb_store(
     start = end = None
     if window is not None:
         start, end = (T0 + timedelta(seconds=s) for s in window)
-    before, calls = engine_requests(engine_server), 0
+    before, calls = engine_answers(engine_server), 0
     for client in CLIENTS:
         for api in ("pull_all_from_table_or_query", "pull_latest_from_table_or_query"):
             if api.startswith("pull_latest") and window is None:
@@ -220,7 +213,7 @@ def test_pulls_from_s3_equal_the_local_duckdb_store(
             calls += 1
             assert list(got.columns) == list(expected.columns)
             assert_same_rows(expected, got, list(expected.columns))
-    assert engine_requests(engine_server) == before + calls
+    assert engine_answers(engine_server) == before + calls
 
 
 # --- a prefix and a single object; field mapping; a TTL window ----------------------------
@@ -270,14 +263,14 @@ def test_a_prefix_and_a_single_object_read_as_the_local_store_reads_the_files(
         assert len(listed) == 3
     expected = spread_answers(local, name, local_source)
     assert len(expected["historical"]) == len(SPREAD_ENTITIES)
-    before = engine_requests(engine_server)
+    before = engine_answers(engine_server)
     for client in CLIENTS:
         got = spread_answers(remotes[client], name, remote_source)
         for what, frame in expected.items():
             assert list(got[what].columns) == list(frame.columns), (client, what)
             keys = ["k1", "k2", "event_timestamp"] if what == "historical" else list(frame.columns)
             assert_same_rows(frame, got[what], keys)
-    assert engine_requests(engine_server) == before + 3 * len(CLIENTS)
+    assert engine_answers(engine_server) == before + 3 * len(CLIENTS)
 
 
 # --- --engine auto, served by flightlab serve_offline ----------------------------------------
@@ -292,11 +285,7 @@ def test_engine_auto_answers_from_s3_on_the_duckdb_and_the_file_store(
     log = tmp_path / "server.log"
     command = serve_offline_command(repo, "--engine", "auto", "--log-level", "info")
     with running_server(command, log=log, env=s3.client_env()) as server:
-        registry = s3_repo / "data" / "registry.db"
-        clients = {
-            "flightlab": make_client_store(tmp_path / "flightlab", server.port, s3_repo),
-            "stock": stock_client(tmp_path / "stock", server, registry),
-        }
+        clients = both_clients(tmp_path, server, s3_repo)
         # The engine gives Feast's duckdb store's answers, on either store.
         expected = spread_answers(local, name, local_source)
         for client in CLIENTS:
@@ -352,11 +341,7 @@ def file_store_remotes(s3_repo, s3, tmp_path_factory) -> Iterator[dict[str, Feat
     repo = make_repo(tmp_path_factory.mktemp("s3_file_store"), "file", registry=registry)
     base = tmp_path_factory.mktemp("s3_file_store_clients")
     with OfflineServer(repo, port=0) as server:  # --engine auto
-        yield {
-            "flightlab": make_client_store(base / "flightlab", server.port, s3_repo),
-            "stock": stock_client(base / "stock", server, registry),
-            "server": server,
-        }
+        yield {**both_clients(base, server, s3_repo), "server": server}
 
 
 @pytest.mark.parametrize("store_type", ["duckdb", "file"])
@@ -370,12 +355,34 @@ def test_retrievals_by_dates_from_s3_equal_the_local_file_store(
     case = DATES_CASES[name]
     features = apply_dates_case(local, case, Path(local.repo_path) / "data", next(_names))
     mirror_to_s3(local, s3_store, s3, mirrored)
+    assert_by_dates_from_s3_equal_dask(case, features, dask_local, remotes, engine_server)
+
+
+def test_nanosecond_timestamps_in_s3_are_still_read_by_the_engine(
+    local, dask_local, s3_store, remotes, engine_server, s3, mirrored
+):
+    """pandas writes zone-aware timestamps in nanoseconds: where each is a
+    whole microsecond, the engine answers by dates from S3 as from disk."""
+    case = DATES_CASES["one-view"]
+    features = apply_dates_case(local, case, Path(local.repo_path) / "data", next(_names))
+    path = local.get_feature_view(features[0].split(":")[0]).batch_source.path
+    frame = pd.read_parquet(path)
+    frame["ts"] = frame["ts"].astype("datetime64[ns, UTC]")
+    frame.to_parquet(path)
+    assert str(pd.read_parquet(path)["ts"].dtype) == "datetime64[ns, UTC]"
+    mirror_to_s3(local, s3_store, s3, mirrored)
+    assert_by_dates_from_s3_equal_dask(case, features, dask_local, remotes, engine_server)
+
+
+def assert_by_dates_from_s3_equal_dask(case, features, dask_local, remotes, server) -> None:
+    """Each client's retrieval by dates from the S3 repo equals the file
+    store's on the local files, and the engine gave it."""
     dask_local.refresh_registry()
     call = {"features": features, "full_feature_names": case.full_feature_names, **dates_of(case)}
     expected = dask_local.get_historical_features(**call).to_arrow()
     expected_frame = dask_local.get_historical_features(**call).to_df()
-    before = engine_requests(engine_server)
+    before = engine_answers(server)
     for client in CLIENTS:
         got = remotes[client].get_historical_features(**call).to_arrow()
         assert_same_answer(expected, got, expected_frame, case, datetime.now(), client)
-    assert engine_requests(engine_server) == before + len(CLIENTS)
+    assert engine_answers(server) == before + len(CLIENTS)

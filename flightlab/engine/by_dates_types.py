@@ -18,7 +18,7 @@ or else DuckDB's types for the columns the reader reads.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import duckdb
@@ -35,7 +35,7 @@ _EXTENSIONS = {*_NULLABLE_EXTENSION_INTS, "boolean", "string"}
 # dask splits a file into several partitions (then its answer has another row
 # order and an index column) when its row groups hold over twice its block
 # size, 256 MiB; refused from half of that, to stay clear of the edge.
-_SPLIT_BYTES = 256 * 1024 * 1024
+DASK_SPLIT_BYTES = 256 * 1024 * 1024
 
 
 class CannotReproduce(Exception):
@@ -81,7 +81,7 @@ def _parquet_schema(source: ParquetSource) -> pa.Schema:
         raise CannotReproduce(f"{source.pattern}: a folder of parquet files")
     metadata = pq.ParquetFile(source.pattern).metadata
     row_groups = [metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)]
-    if len(row_groups) > 1 and sum(row_groups) > _SPLIT_BYTES:
+    if len(row_groups) > 1 and sum(row_groups) > DASK_SPLIT_BYTES:
         raise CannotReproduce(f"{source.pattern}: large enough for dask to split it")
     return pq.read_schema(source.pattern)
 
@@ -121,7 +121,8 @@ def check_nanoseconds(
     if callable(offered):
         whole = offered(database, fine)
     elif isinstance(reader, ParquetSource) and not reader.many_files:
-        whole = _whole_microseconds(reader.pattern, fine)
+        batches = pq.ParquetFile(reader.pattern).iter_batches(batch_size=1 << 20, columns=fine)
+        whole = whole_microseconds(batches)
     else:
         whole = False
     if not whole:
@@ -132,8 +133,9 @@ def _zoned_nanoseconds(kind: pa.DataType) -> bool:
     return pa.types.is_timestamp(kind) and kind.unit == "ns" and kind.tz is not None
 
 
-def _whole_microseconds(path: str, columns: list[str]) -> bool:
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1 << 20, columns=columns):
+def whole_microseconds(batches: Iterable[pa.RecordBatch]) -> bool:
+    """Whether every timestamp of ``batches`` is a whole microsecond."""
+    for batch in batches:
         for column in batch.columns:
             values = column.cast(pa.int64())
             if pc.any(pc.not_equal(pc.multiply(pc.divide(values, 1000), 1000), values)).as_py():

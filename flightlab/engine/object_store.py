@@ -20,7 +20,9 @@ from the footers of the row groups the window keeps:
   measured 0.66 to 1.0 times the local speed, against 0.3 to 0.7 with a
   DuckDB table, whose copy costs and whose insert runs on one thread).
   But it sits outside DuckDB's limit and cannot spill: hence the bound,
-  which keeps the request within 1.25 times its limit;
+  which keeps the request within about 1.25 times its limit (the estimate
+  is each column chunk's uncompressed size or its values at their Arrow
+  width, whichever is larger; a dictionary of long strings can still exceed it);
 - larger: a DuckDB table, the rows streamed into it batch by batch. It is
   held within the limit and spills to the request's spill folder, as the
   join does.
@@ -50,8 +52,7 @@ import pyarrow.fs as pafs
 from feast.data_source import DataSource
 from feast.infra.offline_stores.file_source import FileSource, ParquetFormat
 
-from flightlab.engine.by_dates_types import _SPLIT_BYTES as DASK_SPLIT_BYTES
-from flightlab.engine.by_dates_types import CannotReproduce
+from flightlab.engine.by_dates_types import DASK_SPLIT_BYTES, CannotReproduce, whole_microseconds
 from flightlab.engine.reading import TimeWindow, sql_name
 from flightlab.engine.s3 import S3Endpoint, named_error, s3_filesystem
 from flightlab.errors import (
@@ -151,6 +152,11 @@ class ObjectStoreParquet:
             raise CannotReproduce(f"{self.uri}: large enough for dask to split it")
         return dataset.schema
 
+    def whole_microseconds(self, database: duckdb.DuckDBPyConnection, columns: list[str]) -> bool:
+        """Whether ``columns`` (nanosecond timestamps) hold whole microseconds only."""
+        with self._errors_named():
+            return whole_microseconds(self.dataset().to_batches(columns=columns))
+
     def dataset(self) -> ds.Dataset:
         """The source's objects as a pyarrow dataset (found on first use)."""
         if self._dataset is None:
@@ -210,20 +216,33 @@ class ObjectStoreParquet:
 def _estimated_bytes(
     dataset: ds.Dataset, columns: Sequence[str], row_filter: ds.Expression | None
 ) -> int:
-    """The uncompressed size of ``columns`` in the row groups ``row_filter``
-    keeps (read from the footers; the scan reuses them)."""
+    """About the Arrow size of ``columns`` in the row groups ``row_filter``
+    keeps (read from the footers; the scan reuses them): each column chunk's
+    uncompressed size, but at least its values at their Arrow width (a
+    dictionary- or run-length-encoded chunk is smaller than its decoded values;
+    a dictionary of strings still counts as encoded)."""
     wanted, total = set(columns), 0
+    widths = {f.name: _arrow_width(f.type) for f in dataset.schema}
     for fragment in dataset.get_fragments():
         kept = fragment.subset(row_filter) if row_filter is not None else fragment
         metadata = fragment.metadata
         for group in kept.row_groups:
             chunks = metadata.row_group(group.id)
-            total += sum(
-                chunks.column(j).total_uncompressed_size
-                for j in range(chunks.num_columns)
-                if chunks.column(j).path_in_schema.split(".")[0] in wanted
-            )
+            for j in range(chunks.num_columns):
+                chunk = chunks.column(j)
+                name = chunk.path_in_schema.split(".")[0]
+                if name in wanted:
+                    decoded = chunk.num_values * widths.get(name, 0)
+                    total += max(chunk.total_uncompressed_size, decoded)
     return total
+
+
+def _arrow_width(kind: pa.DataType) -> int:
+    """Bytes a value of ``kind`` takes in Arrow at least (offsets for variable ones)."""
+    try:
+        return max(kind.bit_width // 8, 1)
+    except ValueError:  # not fixed-width: its offsets
+        return 4
 
 
 _SIZE = re.compile(r"([\d.]+)\s*([KMGTP]?i?B|bytes)")
@@ -283,6 +302,7 @@ class FetchedRows:
 
 # A timestamp unit's ticks per microsecond, as (multiply, divide).
 _PER_MICROSECOND = {"s": (1, 1_000_000), "ms": (1, 1_000), "us": (1, 1), "ns": (1_000, 1)}
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def time_filter(schema: pa.Schema, column: str, window: TimeWindow) -> ds.Expression | None:
@@ -304,12 +324,17 @@ def time_filter(schema: pa.Schema, column: str, window: TimeWindow) -> ds.Expres
         return None
     multiply, divide = _PER_MICROSECOND[kind.unit]
     bounds = []
+    # A bound past the unit's range (nanoseconds end in 2262) bounds nothing.
     if window.start is not None:
         ticks = (_epoch_microseconds(window.start) * multiply) // divide
-        bounds.append(ds.field(column) >= pa.scalar(ticks, kind))
+        if ticks > _INT64_MIN:
+            bounds.append(ds.field(column) >= pa.scalar(min(ticks, _INT64_MAX), kind))
     if window.end is not None:
         ticks = -((-(_epoch_microseconds(window.end) + 1) * multiply) // divide)
-        bounds.append(ds.field(column) <= pa.scalar(ticks, kind))
+        if ticks < _INT64_MAX:
+            bounds.append(ds.field(column) <= pa.scalar(max(ticks, _INT64_MIN), kind))
+    if not bounds:
+        return None
     return bounds[0] if len(bounds) == 1 else bounds[0] & bounds[1]
 
 

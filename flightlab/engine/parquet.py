@@ -57,7 +57,7 @@ class ParquetSource:
             (window.end, "<=", _BOUND_SLACK),
         ):
             try:
-                if moment is not None:
+                if moment is not None and _representable(moment + slack, kind):
                     bounds.append(f"{column} {comparison} {_literal(moment + slack, kind)}")
             except OverflowError:  # datetime.min or max: no bound on that side
                 pass
@@ -104,6 +104,20 @@ class BoundedParquetRead:
 
     def row_id_columns(self) -> list[str]:
         return self.files.row_id_columns()
+
+
+# The instants a nanosecond timestamp can hold; a bound outside bounds nothing.
+_NANOSECOND_RANGE = (
+    datetime(1677, 9, 22, tzinfo=UTC),
+    datetime(2262, 4, 11, tzinfo=UTC),
+)
+
+
+def _representable(moment: datetime, kind: str) -> bool:
+    if not kind.startswith("TIMESTAMP_NS"):
+        return True
+    utc = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return _NANOSECOND_RANGE[0] <= utc <= _NANOSECOND_RANGE[1]
 
 
 def _literal(moment: datetime, kind: str) -> str:

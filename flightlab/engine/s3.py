@@ -8,9 +8,12 @@ naming the URI and the endpoint, never a credential.
 
 from __future__ import annotations
 
+import os
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
@@ -22,10 +25,14 @@ from flightlab.errors import (
     shortened,
 )
 
-# The region of an S3-compatible store that is given none (MinIO's default;
-# moto and most others ignore it). Without it the AWS SDK would ask the
-# instance metadata service, which may take seconds to fail off AWS.
+# The region of an S3-compatible store that is given none, by the source or
+# the environment (MinIO's default; moto and most others ignore it). Without it
+# the AWS SDK would ask the instance metadata service, which may take seconds
+# to fail off AWS.
 DEFAULT_REGION = "us-east-1"
+# Endpoints (with their credentials) whose filesystem is kept open: rotating
+# credentials make new ones, and the oldest are let go.
+KEPT_FILESYSTEMS = 16
 
 # The words of pyarrow's S3 errors ("AWS Error <CODE> during <Operation>: ...").
 _UNREACHABLE = ("NETWORK_CONNECTION", "curlCode", "Could not connect", "Couldn't connect",
@@ -43,7 +50,8 @@ class S3Endpoint:
 
     endpoint_override: str | None = None  # host:port
     scheme: str = "https"
-    credentials: tuple[tuple[str, str], ...] = ()  # sorted, from a connection_ref
+    # Sorted, from a connection_ref; never printed.
+    credentials: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     @classmethod
     def of(cls, override: str | None, credentials: Mapping[str, str] | None) -> S3Endpoint:
@@ -81,22 +89,32 @@ class S3Endpoint:
         region = keys.get("AWS_DEFAULT_REGION") or keys.get("AWS_REGION")
         if region:
             options["region"] = region
-        elif self.endpoint_override:
+        elif self.endpoint_override and not _region_in_environment():
             options["region"] = DEFAULT_REGION
         return options
 
 
-_filesystems: dict[S3Endpoint, pafs.S3FileSystem] = {}
+def _region_in_environment() -> bool:
+    """Whether the AWS SDK finds a region itself (variables or a profile)."""
+    names = ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE")
+    return any(os.environ.get(name) for name in names) or (Path.home() / ".aws/config").is_file()
+
+
+_filesystems: OrderedDict[S3Endpoint, pafs.S3FileSystem] = OrderedDict()
 _filesystems_lock = threading.Lock()
 
 
 def s3_filesystem(endpoint: S3Endpoint) -> pafs.S3FileSystem:
     """The process's one ``S3FileSystem`` of ``endpoint`` (they are thread-safe,
-    and each keeps its connections open for the next request)."""
+    and each keeps its connections open for the next request); the
+    ``KEPT_FILESYSTEMS`` most recently used are kept."""
     with _filesystems_lock:
         filesystem = _filesystems.get(endpoint)
         if filesystem is None:
             filesystem = _filesystems[endpoint] = pafs.S3FileSystem(**endpoint.options())
+            while len(_filesystems) > KEPT_FILESYSTEMS:
+                _filesystems.popitem(last=False)
+        _filesystems.move_to_end(endpoint)
         return filesystem
 
 
