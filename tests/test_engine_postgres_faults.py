@@ -39,11 +39,9 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source i
 )
 from feast.types import Float32, Int64
 from feast.value_type import ValueType
-from offline_helpers import offline_store_of
+from offline_helpers import CLIENTS, engine_answers, offline_store_of
 from postgres_engine_helpers import (
-    CLIENTS,
     assert_same_answer,
-    engine_answers,
     engine_settings,
     load,
     served,
@@ -51,16 +49,20 @@ from postgres_engine_helpers import (
     write_repo,
 )
 
+from flightlab.client.transport import OfflineFlightClient
 from flightlab.errors import (
     MAX_MESSAGE_CHARS,
+    MalformedEntityDataError,
     OfflineStoreCredentialsError,
     OfflineStoreQueryError,
     OfflineStoreUnavailableError,
 )
 from flightlab.testing.postgres import PostgresServer, start_postgres
+from flightlab.wire import protocol
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 DRIVER = Entity(name="driver", join_keys=["driver_id"], value_type=ValueType.INT64)
+RIDER = Entity(name="rider", join_keys=["rider_id"], value_type=ValueType.INT64)
 APP = "flightlab-faults"  # the server's sessions in pg_stat_activity
 PASSWORD = "Wr0ng-Pa55-zq9"
 LONG_ROWS = 1_000_000
@@ -160,11 +162,22 @@ def repo(pg, tmp_path_factory) -> Path:
     store.apply(
         [
             DRIVER,
+            RIDER,
             view("small", table="small"),
             view("long", table="long"),
             view("sleepy", query=slow(3)),  # plan A sleeps once per entity row
             view("napping", query=slow(0.5)),
             view("no_table", table="no_such_table"),
+            FeatureView(
+                name="paired",  # two join keys: driver_id and rider_id
+                entities=[DRIVER, RIDER],
+                schema=CONV,
+                source=PostgreSQLSource(
+                    name="paired_source",
+                    timestamp_field="ts",
+                    query="SELECT driver_id, driver_id + 1 AS rider_id, ts, conv_rate FROM small",
+                ),
+            ),
             view("no_column", features=[Field(name="no_such_column", dtype=Int64)], table="small"),
             view("broken", query="SELECT driver_id, ts, conv_rate FROM small WHERE"),
             view("dividing", features=[Field(name="ratio", dtype=Int64)],
@@ -295,6 +308,19 @@ def test_a_query_that_fails_names_the_problem(ref, words, pg, server, local):
     assert_still_serving(running, clients, local)
 
 
+def test_entity_rows_without_a_join_key_are_malformed_naming_it(server, local):
+    """A view joining on two keys, asked with entity rows that lack one."""
+    running, clients = server
+    request = protocol.GetHistoricalFeatures(
+        features=("paired:conv_rate",), entity_df=pa.Table.from_pandas(entities())
+    )
+    with OfflineFlightClient(running.location) as wire:
+        with pytest.raises(MalformedEntityDataError, match="no column 'rider_id'") as caught:
+            wire.fetch(request)
+    assert isinstance(caught.value, flight.FlightServerError)
+    assert_still_serving(running, clients, local)
+
+
 def test_a_huge_database_message_is_bounded(server, local):
     running, clients = server
     for client in CLIENTS:
@@ -315,6 +341,23 @@ def test_a_statement_timeout_is_a_query_error_naming_it(repo, tmp_path, local):
             assert "canceling statement due to statement timeout" in str(failed)
             assert "--postgres-statement-timeout" in str(failed)
             assert time.monotonic() - started < 15
+        assert_still_serving(running, clients, local)
+
+
+@pytest.mark.parametrize("plan", ["fetch", "seek"])
+def test_a_failure_fetching_a_window_names_the_problem(plan, repo, tmp_path, local):
+    """Plan B reads a view's window through DuckDB's scan of the driver's
+    stream: the database's own error still reaches the client, named."""
+    settings = engine_settings(plan, application_name=APP, statement_timeout=1.0)
+    with served(repo, tmp_path, settings) as (running, clients):
+        for client in CLIENTS:
+            for ref, words in (
+                ("sleepy:conv_rate", "canceling statement due to statement timeout"),
+                ("dividing:ratio", "division by zero"),
+            ):
+                failed = failure(clients[client], [ref])  # 20 rows: the window holds trips 57
+                assert isinstance(failed, OfflineStoreQueryError), (plan, ref, repr(failed))
+                assert words in str(failed), (plan, ref, str(failed))
         assert_still_serving(running, clients, local)
 
 

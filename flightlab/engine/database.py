@@ -49,15 +49,20 @@ class RequestDatabases:
         }
         database = duckdb.connect(":memory:", config=config)
         self._usage.opened()
-        # TIMESTAMPTZ values come back as Arrow timestamps in UTC.
-        database.execute("SET TimeZone = 'UTC'")
-        # DuckDB 1.5 may plan an ASOF join against a registered Arrow table as
-        # a nested loop (minutes for 100k x 1M rows); this keeps the sort-merge plan.
-        database.execute("SET asof_loop_join_threshold = 0")
-        # A server inside a notebook kernel would otherwise draw DuckDB's progress
-        # bar under whichever cell ran last, for every query slower than 2 s.
-        database.execute("SET enable_progress_bar = false")
-        return database, self._closer(database)
+        close = self._closer(database)
+        try:
+            # TIMESTAMPTZ values come back as Arrow timestamps in UTC.
+            database.execute("SET TimeZone = 'UTC'")
+            # DuckDB 1.5 may plan an ASOF join against a registered Arrow table as
+            # a nested loop (minutes for 100k x 1M rows); this keeps the sort-merge plan.
+            database.execute("SET asof_loop_join_threshold = 0")
+            # A server inside a notebook kernel would otherwise draw DuckDB's progress
+            # bar under whichever cell ran last, for every query slower than 2 s.
+            database.execute("SET enable_progress_bar = false")
+        except BaseException:
+            close()
+            raise
+        return database, close
 
     def _closer(self, database: duckdb.DuckDBPyConnection) -> Callable[[], None]:
         once = threading.Lock()

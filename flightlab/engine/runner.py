@@ -25,6 +25,7 @@ from flightlab.engine.database import RequestDatabases
 from flightlab.engine.entities import prepared_entity_rows
 from flightlab.engine.on_demand import with_on_demand_features
 from flightlab.engine.postgres.engine import PostgresEngine
+from flightlab.engine.postgres.source import PostgresSource
 from flightlab.engine.reading import SourceReader, TimeWindow
 from flightlab.engine.results import FLIGHTLAB, ResultStream
 from flightlab.engine.settings import EngineSettings
@@ -131,9 +132,10 @@ class Engine:
         full_feature_names: bool,
     ):
         """A database holding the entity rows, its closer, the query that
-        answers, and the rows it answers with; None where the engine cannot."""
+        answers, and the rows it answers with; None where the engine cannot
+        (or answers otherwise: PostgreSQL sources have plans of their own)."""
         readers = [self.reader(config, view.batch_source) for view in feature_views]
-        if any(reader is None for reader in readers):
+        if any(reader is None or isinstance(reader, PostgresSource) for reader in readers):
             return None
         entity_rows, timestamp = prepared_entity_rows(entity_rows)
         times = _time_range(entity_rows.column(timestamp))

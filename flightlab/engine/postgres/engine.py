@@ -108,9 +108,11 @@ class PostgresEngine:
         try:
             views = self._views(session, config, feature_views, readers, feature_refs,
                                 full_feature_names)  # fmt: skip
-            if views is None or key_texts_collide(entity_rows, views, timestamp):
+            if views is None:
                 return None
-            _check_join_keys(entity_rows, views)
+            _check_join_keys(entity_rows, views)  # before anything reads the key columns
+            if key_texts_collide(entity_rows, views, timestamp):
+                return None
             choice = choose(session, views, entity_rows, timestamp, self.settings)
             self._chose(choice, entity_rows.num_rows, len(views))
             schema = _answer_schema(entity_rows.schema, views, session)

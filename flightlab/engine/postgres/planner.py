@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -79,7 +80,7 @@ def choose(
         rows, width = _window(session, view, TimeWindow(earliest - ttl if ttl else None, latest))
         recent, _ = _window(session, view, TimeWindow(earliest, latest))
         indexed = cost < costs.indexed_probe_cost
-        probe_s = costs.probe_s if indexed else costs.probe_s * cost / 8.0
+        probe_s = costs.probe_s if indexed else costs.probe_s * cost / costs.cost_per_probe_s
         row_s = costs.window_row_s + width * costs.byte_s
         estimates[PIT] += n * (probe_s + width * costs.byte_s)
         estimates[FETCH] += rows * row_s
@@ -159,6 +160,8 @@ def _literal(value: Any) -> str:
         return "NULL"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"'{value!r}'::float8"  # 'nan', 'inf', '-inf': PostgreSQL's spellings
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, datetime):

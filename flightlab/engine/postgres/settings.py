@@ -29,7 +29,8 @@ class PlanCosts:
     key. ``n``: entity rows, ``W``: rows in the view's window, ``width``:
     PostgreSQL's row width estimate in bytes. A probe whose EXPLAIN cost is
     ``indexed_probe_cost`` or more is no index descent (a scan per entity
-    row): plan A's probe cost is scaled by it.
+    row): plan A's probe then costs ``probe_s * cost / cost_per_probe_s``
+    (EXPLAIN's cost units per ``probe_s``).
     """
 
     probe_s: float = 3.5e-6
@@ -39,6 +40,7 @@ class PlanCosts:
     seek_probe_s: float = 5e-6
     fetch_fixed_s: float = 0.15
     indexed_probe_cost: float = 100.0
+    cost_per_probe_s: float = 8.0
 
     @classmethod
     def parse(cls, text: str) -> PlanCosts:

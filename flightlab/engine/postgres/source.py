@@ -142,12 +142,19 @@ class PostgresSource:
         name = f"__flightlab_pg_{next(_tables)}"
         # The request keeps the session for its other statements.
         stream = QueryStream(session, sql, batch_bytes=None, on_batch=counted, release=False)
+        failed: list[BaseException] = []
         try:
             schema = stream.schema.append(pa.field(ROW_ID, pa.int64()))
-            reader = pa.RecordBatchReader.from_batches(schema, _numbered(stream))
+            reader = pa.RecordBatchReader.from_batches(schema, _numbered(stream, failed))
             database.register(f"{name}_stream", reader)
             database.execute(f"CREATE TABLE {sql_name(name)} AS SELECT * FROM {name}_stream")
             database.unregister(f"{name}_stream")
+        except duckdb.Error:
+            # DuckDB's scan wraps the driver's error in its own text: raise the
+            # driver's, which says what the database did (and is translated).
+            if failed:
+                raise failed[0] from None
+            raise
         finally:
             stream.close()
         dimensions = None
@@ -204,14 +211,21 @@ def pg_temp(table: str) -> str:
     return f"pg_temp.{sql_name(table)}"
 
 
-def _numbered(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+def _numbered(
+    batches: Iterator[pa.RecordBatch], failed: list[BaseException]
+) -> Iterator[pa.RecordBatch]:
     """Each batch with its rows' numbers (DuckDB's own ``rowid``, read from a
-    subquery, trips its binder on some multi-join plans)."""
+    subquery, trips its binder on some multi-join plans); an error reading
+    ``batches`` is put in ``failed`` before it goes on."""
     start = 0
-    for batch in batches:
-        numbers = pa.array(range(start, start + batch.num_rows), pa.int64())
-        start += batch.num_rows
-        yield batch.append_column(ROW_ID, numbers)
+    try:
+        for batch in batches:
+            numbers = pa.array(range(start, start + batch.num_rows), pa.int64())
+            start += batch.num_rows
+            yield batch.append_column(ROW_ID, numbers)
+    except Exception as exc:
+        failed.append(exc)
+        raise
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pyarrow as pa
 
@@ -39,9 +40,10 @@ class QueryStream(Iterator[pa.RecordBatch]):
         self._release = release  # False: the caller gives the session back
         self._on_batch = on_batch
         self._once = threading.Lock()
-        self._cursor = session.cursor(batch_bytes)
+        self._cursor: Any = None
         self._reader: pa.RecordBatchReader | None = None
         try:
+            self._cursor = session.cursor(batch_bytes)
             self._cursor.execute(sql)
             self._reader = self._cursor.fetch_record_batch()
         except BaseException:
