@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -432,22 +433,37 @@ ON_DEMAND_WITHOUT_ITS_INPUT = a_case(
 )
 
 
-@settings(
-    max_examples=25,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    phases=[Phase.explicit, Phase.generate],  # no shrinking: CI stays fast
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(case=cases)
-@example(case=ALIASES_AND_JOIN_KEY_MAP)
-@example(case=TTL_BOUNDARIES)
-@example(case=TTL_BOUNDARY_IN_ANOTHER_ZONE)
-@example(case=TTL_ZERO)
-@example(case=CREATED_TIES)
-@example(case=ON_DEMAND_WITHOUT_ITS_INPUT)
-@example(case=dataclasses.replace(ON_DEMAND_WITHOUT_ITS_INPUT, full_feature_names=True))
+def generated_cases(max_examples: int, *more: Case) -> Callable:
+    """A differential test over ``max_examples`` generated cases (a fixed
+    seed, no shrinking: CI stays fast) and, first, the pinned ones: those a
+    bounded search may miss, and ``more``."""
+    pinned = (
+        *more,
+        ALIASES_AND_JOIN_KEY_MAP,
+        TTL_BOUNDARIES,
+        TTL_BOUNDARY_IN_ANOTHER_ZONE,
+        TTL_ZERO,
+        CREATED_TIES,
+        ON_DEMAND_WITHOUT_ITS_INPUT,
+        dataclasses.replace(ON_DEMAND_WITHOUT_ITS_INPUT, full_feature_names=True),
+    )
+
+    def decorate(test: Callable) -> Callable:
+        for case in reversed(pinned):
+            test = example(case=case)(test)
+        return settings(
+            max_examples=max_examples,
+            derandomize=True,
+            database=None,
+            deadline=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        )(given(case=cases)(test))
+
+    return decorate
+
+
+@generated_cases(25)
 def test_remote_retrievals_equal_the_local_duckdb_store(case, local, remotes, engine_server):
     assert_remote_equals_local(case, local, remotes, engine_server)
 

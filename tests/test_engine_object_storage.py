@@ -17,7 +17,6 @@ answer on the local files.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,7 +25,7 @@ import pandas as pd
 import pytest
 from by_dates_helpers import a_dates_case, apply_dates_case, assert_same_answer, dates_of
 from feast import FeatureStore
-from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from object_storage_helpers import (
     BUCKET,
@@ -43,25 +42,19 @@ from offline_helpers import (
     offline_store_of,
 )
 from test_engine_differential import (
-    ALIASES_AND_JOIN_KEY_MAP,
-    CREATED_TIES,
     K1,
     K2,
-    ON_DEMAND_WITHOUT_ITS_INPUT,
     SPREAD_ENTITIES,
     SPREAD_VIEW,
     T0,
-    TTL_BOUNDARIES,
-    TTL_BOUNDARY_IN_ANOTHER_ZONE,
-    TTL_ZERO,
     Case,
     _names,
     a_case,
     a_view,
     apply_case,
-    cases,
     entity_frame,
     feature_view,
+    generated_cases,
     view_cases,
 )
 
@@ -144,22 +137,7 @@ def assert_s3_equals_local(case: Case, local, s3_store, remotes, server, s3, mir
     assert engine_answers(server) == before + len(CLIENTS)
 
 
-@settings(
-    max_examples=25,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    phases=[Phase.explicit, Phase.generate],
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(case=cases)
-@example(case=ALIASES_AND_JOIN_KEY_MAP)
-@example(case=TTL_BOUNDARIES)
-@example(case=TTL_BOUNDARY_IN_ANOTHER_ZONE)
-@example(case=TTL_ZERO)
-@example(case=CREATED_TIES)
-@example(case=ON_DEMAND_WITHOUT_ITS_INPUT)
-@example(case=dataclasses.replace(ON_DEMAND_WITHOUT_ITS_INPUT, full_feature_names=True))
+@generated_cases(25)
 def test_retrievals_from_s3_equal_the_local_duckdb_store(
     case, local, s3_store, remotes, engine_server, s3, mirrored
 ):

@@ -30,7 +30,7 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source i
     PostgreSQLSource,
 )
 from feast.types import Array, Float32, Float64, Int64, String
-from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from offline_helpers import CLIENTS, engine_answers, offline_store_of
 from postgres_engine_helpers import (
@@ -42,21 +42,15 @@ from postgres_engine_helpers import (
     write_repo,
 )
 from test_engine_differential import (
-    ALIASES_AND_JOIN_KEY_MAP,
-    CREATED_TIES,
     K1,
     K2,
-    ON_DEMAND_WITHOUT_ITS_INPUT,
     T0,
-    TTL_BOUNDARIES,
-    TTL_BOUNDARY_IN_ANOTHER_ZONE,
-    TTL_ZERO,
     Case,
     ViewCase,
     a_case,
     a_view,
-    cases,
     entity_frame,
+    generated_cases,
     register_case,
     view_cases,
 )
@@ -224,24 +218,7 @@ SUBSECOND_TTL = a_case(
 )
 
 
-@settings(
-    max_examples=100,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    phases=[Phase.explicit, Phase.generate],
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(case=cases)
-@example(case=EXACT_TIES)
-@example(case=SUBSECOND_TTL)
-@example(case=ALIASES_AND_JOIN_KEY_MAP)
-@example(case=TTL_BOUNDARIES)
-@example(case=TTL_BOUNDARY_IN_ANOTHER_ZONE)
-@example(case=TTL_ZERO)
-@example(case=CREATED_TIES)
-@example(case=ON_DEMAND_WITHOUT_ITS_INPUT)
-@example(case=dataclasses.replace(ON_DEMAND_WITHOUT_ITS_INPUT, full_feature_names=True))
+@generated_cases(100, EXACT_TIES, SUBSECOND_TTL)
 def test_remote_retrievals_equal_the_local_postgres_store(case, pg, local, servers):
     assert_remote_equals_local(case, pg, local, servers)
 
