@@ -33,7 +33,7 @@ from offline_helpers import (
     watching_spill,
 )
 
-from flightlab.client.store import ENTITY_SLICE_ROWS, entity_rows_reader, entity_schema_of
+from flightlab.client.entities import ENTITY_SLICE_ROWS, entity_rows_reader, entity_schema_of
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.dispatch.planning import plan_historical
 from flightlab.engine import Engine, EngineMode, EngineSettings, EngineUsage, OnDemandFeatureError

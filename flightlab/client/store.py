@@ -13,6 +13,7 @@ and nothing is sent until ``to_df``/``to_arrow``/``persist``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
@@ -37,9 +38,10 @@ from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from feast.saved_dataset import SavedDatasetStorage
 from pydantic import StrictInt, StrictStr
 
+from flightlab.client.entities import entity_rows_reader, entity_schema_of
+from flightlab.client.parquet_parts import DEFAULT_MAX_FILE_BYTES, write_parquet_parts
 from flightlab.client.transport import OfflineFlightClient, ProgressCallback
 from flightlab.wire import protocol
-from flightlab.wire.flight_errors import MalformedEntityDataError
 
 
 class RemoteOfflineStoreConfig(FeastConfigBaseModel):
@@ -137,6 +139,19 @@ class RemoteRetrievalJob(RetrievalJob):
         after each. Stopping early cancels the server's stream."""
         with _client(self._config) as client:
             yield from client.iter_batches(self._request(), timeout=timeout, progress=progress)
+
+    def to_parquet(
+        self,
+        folder: str | Path,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        progress: ProgressCallback | None = None,
+        timeout: Optional[float] = None,
+    ) -> list[Path]:
+        """The result written to ``folder`` as it streams in, in parquet files
+        of about ``max_file_bytes`` of Arrow data each (see
+        :mod:`flightlab.client.parquet_parts`); the files, in row order."""
+        with contextlib.closing(self.to_arrow_batches(timeout, progress)) as batches:
+            return write_parquet_parts(batches, folder, max_file_bytes)
 
     def to_arrow_with_progress(
         self, progress: ProgressCallback, timeout: Optional[float] = None
@@ -337,50 +352,6 @@ def _aliased_projections(feature_views: list[FeatureView]) -> tuple[bytes, ...] 
         if view.projection.name_alias or view.projection.join_key_map
     ]
     return tuple(changed) or None
-
-
-ENTITY_SLICE_ROWS = 65_536
-
-
-def entity_schema_of(entity_df: pd.DataFrame) -> pa.Schema:
-    """The Arrow schema the entity rows travel in (no pandas index), inferred
-    from the first slice, as the upload converts them: from the whole frame,
-    every object column would be converted in full just to learn its type. A
-    column all missing there takes the type of its first present values. A
-    later slice that does not fit fails the upload, naming its rows."""
-    head = entity_df.iloc[:ENTITY_SLICE_ROWS]
-    try:
-        schema = pa.Schema.from_pandas(head, preserve_index=False)
-        untyped = [i for i, f in enumerate(schema) if pa.types.is_null(f.type)]
-        if not untyped or len(entity_df) <= ENTITY_SLICE_ROWS:
-            return schema
-        for i in untyped:
-            column = entity_df.iloc[:, i]
-            present = column[column.notna()].iloc[:ENTITY_SLICE_ROWS]
-            if len(present):
-                found = pa.Schema.from_pandas(present.to_frame(), preserve_index=False)
-                schema = schema.set(i, schema.field(i).with_type(found.field(0).type))
-        # Re-derived from the head with the final types, so that the pandas
-        # metadata the schema carries describes them.
-        return pa.Table.from_pandas(head, schema=schema, preserve_index=False).schema
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise MalformedEntityDataError(f"the entity DataFrame cannot be sent: {exc}") from None
-
-
-def entity_rows_reader(entity_df: pd.DataFrame, schema: pa.Schema) -> pa.RecordBatchReader:
-    """The frame's rows as Arrow, converted one slice at a time as they are read."""
-
-    def slices() -> Iterator[pa.RecordBatch]:
-        for start in range(0, len(entity_df), ENTITY_SLICE_ROWS):
-            rows = entity_df.iloc[start : start + ENTITY_SLICE_ROWS]
-            try:
-                yield pa.RecordBatch.from_pandas(rows, schema=schema, preserve_index=False)
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-                raise MalformedEntityDataError(
-                    f"the entity DataFrame cannot be sent: rows from {start}: {exc}"
-                ) from None
-
-    return pa.RecordBatchReader.from_batches(schema, slices())
 
 
 def _retrieval_metadata(
