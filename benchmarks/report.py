@@ -11,6 +11,7 @@ from targets import MB, case_key, case_label, rate, rows_of, target_line
 FLIGHTLAB_SERVER_MODES = (
     "flightlab",
     "flightlab-stream",
+    "flightlab-parquet",
     "flightlab-feast-engine",
     "flightlab-engine",
     "flightlab+feast-client",
@@ -180,6 +181,7 @@ MODE_COLORS = {
     "engine": "#8172b3",
     "flightlab": "#dd8452",
     "flightlab-stream": "#f2b880",
+    "flightlab-parquet": "#c8a27a",
     "flightlab-feast-engine": "#a0522d",
     "flightlab-engine": "#e8a33c",
     "feast": "#55a868",

@@ -82,6 +82,12 @@ MODES: dict[str, Mode] = {
         "auto",
         "flightlab-stream",
     ),
+    "flightlab-parquet": Mode(
+        AUTO + "flightlab client (to_parquet: a folder of files as it streams)",
+        "flightlab",
+        "auto",
+        "flightlab-parquet",
+    ),
     "flightlab-feast-engine": Mode(
         "flightlab server --engine feast (Feast's store) + flightlab client (to_arrow)",
         "flightlab",

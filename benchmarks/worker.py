@@ -26,8 +26,10 @@ store, ADBC's fetch of each window and one DuckDB ASOF join:
 benchmarks/postgres.py), ``engine`` (flightlab's engine in-process, no server,
 no wire), ``flightlab``
 (``flightlab.client.RemoteOfflineStore``, ``to_arrow``), ``flightlab-stream``
-(the same, consuming ``to_arrow_batches(progress=...)`` batch by batch) and
-``feast-client`` (Feast's stock ``type: remote`` client).
+(the same, consuming ``to_arrow_batches(progress=...)`` batch by batch),
+``flightlab-parquet`` (the same, written by ``to_parquet`` to a temporary
+folder of parquet files as it streams) and ``feast-client`` (Feast's stock
+``type: remote`` client).
 """
 
 from __future__ import annotations
@@ -51,7 +53,10 @@ import datagen  # noqa: E402
 
 from flightlab.testing import processes  # noqa: E402
 
-CLIENT_MODES = ("local", "engine-limit", "engine", "flightlab", "flightlab-stream", "feast-client")
+CLIENT_MODES = (
+    "local", "engine-limit", "engine", "flightlab", "flightlab-stream", "flightlab-parquet",
+    "feast-client",
+)  # fmt: skip
 WARMUP_ROWS = 1_000
 LOOPBACK_BATCH_ROWS = 65_536
 
@@ -166,6 +171,8 @@ def retrieve(
     uploaded by then) and the peak from there to the end of the stream.
     ``announce``: print ``FIRST_BATCH`` when the first batch is in hand."""
     job = store.get_historical_features(entity_df=entity_df, features=refs)
+    if mode == "flightlab-parquet":
+        return _written_to_parquet(job)
     if mode != "flightlab-stream":
         table = job.to_arrow()
         plan = {"plan": store.last_plan} if getattr(store, "last_plan", None) else {}
@@ -187,6 +194,16 @@ def retrieve(
     if seen:
         seen["stream_peak_rss"] = processes.peak_rss()
     return {"rows": rows, "bytes": nbytes, **seen}
+
+
+def _written_to_parquet(job) -> dict[str, int | None]:
+    """The result written to a temporary folder of parquet files (removed after)."""
+    last = []
+    with tempfile.TemporaryDirectory(prefix="flightlab-bench-parquet-") as folder:
+        files = job.to_parquet(Path(folder) / "result", progress=last.append)
+        written = sum(f.stat().st_size for f in files)
+    rows = last[-1].rows if last else 0
+    return {"rows": rows, "bytes": last[-1].bytes if last else 0, "parquet_bytes": written}
 
 
 def run_client(args: argparse.Namespace) -> None:
