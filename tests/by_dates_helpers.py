@@ -21,9 +21,17 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 from feast import FeatureStore, FeatureView, Field, FileSource
-from feast.types import Float64, Int64, String, UnixTimestamp
+from feast.types import UnixTimestamp
 from hypothesis import strategies as st
-from test_engine_differential import K1, K2, T0, ViewCase, register_case, source_frame, view_cases
+from test_engine_differential import (
+    T0,
+    ViewCase,
+    case_view,
+    register_case,
+    source_frame,
+    source_options,
+    view_cases,
+)
 
 FEATURES = ("f_int", "f_float", "f_str", "at")
 DATES = ("both", "end", "late_start", "start", "neither")
@@ -125,24 +133,8 @@ def dates_view(name: str, case: DatesCase, i: int, data: Path) -> FeatureView:
     view = case.views[i]
     file = data / f"{name}.parquet"
     dates_frame(view, i, case.null_timestamp[i], case.empty[i]).to_parquet(file)
-    return FeatureView(
-        name=name,
-        entities=[{"k1": K1, "k2": K2}[key] for key in view.entities],
-        ttl=view.ttl,
-        schema=[
-            Field(name=f"f_int{i}", dtype=Int64),
-            Field(name=f"f_float{i}", dtype=Float64),
-            Field(name=f"f_str{i}", dtype=String),
-            Field(name=f"at{i}", dtype=UnixTimestamp),
-        ],
-        source=FileSource(
-            name=f"{name}_source",
-            path=str(file),
-            timestamp_field="ts",
-            created_timestamp_column="created" if view.created else "",
-            field_mapping={f"raw_f{i}": f"f_float{i}"} if view.mapped else None,
-        ),
-    )
+    source = FileSource(name=f"{name}_source", path=str(file), **source_options(view, i))
+    return case_view(name, view, i, source, (Field(name=f"at{i}", dtype=UnixTimestamp),))
 
 
 def apply_dates_case(store: FeatureStore, case: DatesCase, data: Path, n: int):

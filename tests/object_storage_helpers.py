@@ -18,32 +18,10 @@ from pathlib import Path
 
 from feast import FeatureStore, FeatureView, FileSource
 from feast.feature_view import DUMMY_ENTITY_NAME
-from offline_helpers import PROJECT
 
 from flightlab.testing.s3 import S3Server
 
 BUCKET = "features"
-
-
-def repo_yaml(offline_store: str, registry: str | Path = "data/registry.db") -> str:
-    return (
-        f"project: {PROJECT}\nprovider: local\n"
-        f"registry:\n  path: {registry}\n  cache_ttl_seconds: 0\n"
-        "online_store:\n  type: sqlite\n  path: data/online.db\n"
-        f"offline_store:\n  type: {offline_store}\nentity_key_serialization_version: 3\n"
-    )
-
-
-def make_repo(
-    path: Path, offline_store: str = "duckdb", registry: str | Path | None = None
-) -> Path:
-    """An empty repo folder (its ``data/`` made) with a ``feature_store.yaml``;
-    ``registry``: another repo's registry file instead of its own."""
-    (path / "data").mkdir(parents=True, exist_ok=True)
-    (path / "feature_store.yaml").write_text(
-        repo_yaml(offline_store, registry or "data/registry.db")
-    )
-    return path
 
 
 @contextmanager

@@ -60,6 +60,27 @@ def registry_of(repo: Path) -> Path:
     return repo / "data" / "registry.db"
 
 
+def repo_yaml(offline_store: str, registry: str | Path = "data/registry.db") -> str:
+    return (
+        f"project: {PROJECT}\nprovider: local\n"
+        f"registry:\n  path: {registry}\n  cache_ttl_seconds: 0\n"
+        "online_store:\n  type: sqlite\n  path: data/online.db\n"
+        f"offline_store:\n  type: {offline_store}\nentity_key_serialization_version: 3\n"
+    )
+
+
+def make_repo(
+    path: Path, offline_store: str = "duckdb", registry: str | Path | None = None
+) -> Path:
+    """An empty repo folder (its ``data/`` made) with a ``feature_store.yaml``;
+    ``registry``: another repo's registry file instead of its own."""
+    (path / "data").mkdir(parents=True, exist_ok=True)
+    (path / "feature_store.yaml").write_text(
+        repo_yaml(offline_store, registry or "data/registry.db")
+    )
+    return path
+
+
 def file_store_view_repo(path: Path, registry: Path) -> Path:
     """A repo at ``path`` over another repo's registry (and so its data),
     served by Feast's file (dask) offline store."""

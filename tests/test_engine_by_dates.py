@@ -57,9 +57,10 @@ from offline_helpers import (
     engine_answers,
     file_store_view_repo,
     make_client_store,
+    make_repo,
     registry_of,
 )
-from test_engine_differential import K1, K2, PROJECT, T0, a_view, feature_view
+from test_engine_differential import K1, K2, T0, a_view, feature_view
 
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.dispatch.dispatcher import OfflineDispatcher
@@ -76,14 +77,7 @@ _names = itertools.count()
 
 @pytest.fixture(scope="module")
 def duck_repo(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("by_dates").resolve()
-    (repo / "data").mkdir()
-    (repo / "feature_store.yaml").write_text(
-        f"project: {PROJECT}\nprovider: local\n"
-        "registry:\n  path: data/registry.db\n  cache_ttl_seconds: 0\n"
-        "online_store:\n  type: sqlite\n  path: data/online.db\n"
-        "offline_store:\n  type: duckdb\nentity_key_serialization_version: 3\n"
-    )
+    repo = make_repo(tmp_path_factory.mktemp("by_dates").resolve())
     FeatureStore(repo_path=str(repo)).apply([K1, K2])
     return repo
 

@@ -30,17 +30,18 @@ import pandas as pd
 import pytest
 from feast import Entity, FeatureService, FeatureStore, FeatureView, Field, FileSource
 from feast.data_format import ParquetFormat
+from feast.data_source import DataSource
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
 from feast.value_type import ValueType
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from offline_helpers import (
-    PROJECT,
     arrow,
     assert_same_rows,
     both_clients,
     engine_answers,
+    make_repo,
     offline_store_of,
 )
 
@@ -157,10 +158,24 @@ def feature_view(
         path=path,
         # A folder's name does not say what its files are.
         file_format=ParquetFormat() if layout == "folder" else None,
-        timestamp_field="ts",
-        created_timestamp_column="created" if view.created else "",
-        field_mapping={f"raw_f{i}": f"f_float{i}"} if view.mapped else None,
+        **source_options(view, i),
     )
+    return case_view(name, view, i, source)
+
+
+def source_options(view: ViewCase, i: int) -> dict:
+    """The source arguments a case's view sets, whatever the source type."""
+    return {
+        "timestamp_field": "ts",
+        "created_timestamp_column": "created" if view.created else "",
+        "field_mapping": {f"raw_f{i}": f"f_float{i}"} if view.mapped else None,
+    }
+
+
+def case_view(
+    name: str, view: ViewCase, i: int, source: DataSource, more: tuple[Field, ...] = ()
+) -> FeatureView:
+    """The case's view ``i`` over ``source``: f_int{i}, f_float{i}, f_str{i}, then ``more``."""
     return FeatureView(
         name=name,
         entities=[{"k1": K1, "k2": K2}[key] for key in view.entities],
@@ -169,6 +184,7 @@ def feature_view(
             Field(name=f"f_int{i}", dtype=Int64),
             Field(name=f"f_float{i}", dtype=Float64),
             Field(name=f"f_str{i}", dtype=String),
+            *more,
         ],
         source=source,
     )
@@ -270,14 +286,7 @@ def register_case(
 
 @pytest.fixture(scope="module")
 def generated_repo(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("differential").resolve()
-    (repo / "data").mkdir()
-    (repo / "feature_store.yaml").write_text(
-        f"project: {PROJECT}\nprovider: local\n"
-        "registry:\n  path: data/registry.db\n  cache_ttl_seconds: 0\n"
-        "online_store:\n  type: sqlite\n  path: data/online.db\n"
-        "offline_store:\n  type: duckdb\nentity_key_serialization_version: 3\n"
-    )
+    repo = make_repo(tmp_path_factory.mktemp("differential").resolve())
     return repo
 
 
@@ -309,6 +318,18 @@ def assert_remote_equals_local(
     stock client, flightlab's client and (for a list of references) a bare
     wire request: every answer equals the local one, and the engine gave it."""
     features = apply_case(local, case, Path(local.repo_path) / "data")
+    assert_answers_equal_local(case, features, local, remotes, server)
+
+
+def assert_answers_equal_local(
+    case: Case,
+    features: list | FeatureService,
+    local: FeatureStore,
+    remotes: dict[str, FeatureStore],
+    server: OfflineServer,
+) -> None:
+    """The retrieval of ``features`` for the case's entity rows, as
+    :func:`assert_remote_equals_local` checks it, on objects already applied."""
     entities = entity_frame(case)
     names = case.full_feature_names
     expected = local.get_historical_features(

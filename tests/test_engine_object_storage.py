@@ -29,7 +29,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from object_storage_helpers import (
     BUCKET,
-    make_repo,
     mirror_to_s3,
     s3_credentials,
     s3_view,
@@ -39,6 +38,7 @@ from offline_helpers import (
     assert_same_rows,
     both_clients,
     engine_answers,
+    make_repo,
     offline_store_of,
 )
 from test_engine_differential import (
@@ -52,6 +52,7 @@ from test_engine_differential import (
     a_case,
     a_view,
     apply_case,
+    assert_answers_equal_local,
     entity_frame,
     feature_view,
     generated_cases,
@@ -115,26 +116,11 @@ def remotes(engine_server, s3_repo, tmp_path_factory) -> dict[str, FeatureStore]
 
 def assert_s3_equals_local(case: Case, local, s3_store, remotes, server, s3, mirrored) -> None:
     """The case applied locally and mirrored to S3: each client's answer from
-    the S3 repo equals the local duckdb store's, and the engine gave it."""
+    the S3 repo (and a bare wire request's) equals the local duckdb store's,
+    and the engine gave it."""
     features = apply_case(local, case, Path(local.repo_path) / "data")
     mirror_to_s3(local, s3_store, s3, mirrored)
-    entities = entity_frame(case)
-    names = case.full_feature_names
-    expected = local.get_historical_features(
-        entity_df=entities, features=features, full_feature_names=names
-    ).to_df()
-    before = engine_answers(server)
-    for client in CLIENTS:
-        got = (
-            remotes[client]
-            .get_historical_features(
-                entity_df=entities, features=features, full_feature_names=names
-            )
-            .to_df()
-        )
-        assert list(got.columns) == list(expected.columns), client
-        assert_same_rows(expected, got, ["row_id"])
-    assert engine_answers(server) == before + len(CLIENTS)
+    assert_answers_equal_local(case, features, local, remotes, server)
 
 
 @generated_cases(25)

@@ -28,11 +28,12 @@ from feast import Entity, FeatureStore, FeatureView, Field, FileSource
 from feast.credentials import ConnectionRef
 from feast.types import Float32, Int64
 from feast.value_type import ValueType
-from object_storage_helpers import BUCKET, make_repo, s3_credentials
+from object_storage_helpers import BUCKET, s3_credentials
 from offline_helpers import (
     assert_same_rows,
     both_clients,
     make_client_store,
+    make_repo,
     offline_store_of,
     wait_until,
 )

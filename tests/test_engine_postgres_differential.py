@@ -29,7 +29,7 @@ from feast import FeatureService, FeatureStore, FeatureView, Field
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
     PostgreSQLSource,
 )
-from feast.types import Array, Float32, Float64, Int64, String
+from feast.types import Array, Float32
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from offline_helpers import CLIENTS, engine_answers, offline_store_of
@@ -49,9 +49,11 @@ from test_engine_differential import (
     ViewCase,
     a_case,
     a_view,
+    case_view,
     entity_frame,
     generated_cases,
     register_case,
+    source_options,
     view_cases,
 )
 
@@ -97,25 +99,8 @@ def pg_feature_view(pg: PostgresServer, name: str, view: ViewCase, i: int) -> Fe
     kind = ("table", "query", "naive")[(len(view.rows) + i) % 3]
     load(pg, name, source_table(view, i, naive=kind == "naive"))
     where = {"table": name} if kind != "query" else {"query": f"SELECT * FROM {name}"}
-    source = PostgreSQLSource(
-        name=f"{name}_source",
-        timestamp_field="ts",
-        created_timestamp_column="created" if view.created else "",
-        field_mapping={f"raw_f{i}": f"f_float{i}"} if view.mapped else None,
-        **where,
-    )
-    return FeatureView(
-        name=name,
-        entities=[{"k1": K1, "k2": K2}[key] for key in view.entities],
-        ttl=view.ttl,
-        schema=[
-            Field(name=f"f_int{i}", dtype=Int64),
-            Field(name=f"f_float{i}", dtype=Float64),
-            Field(name=f"f_str{i}", dtype=String),
-            Field(name=f"f_arr{i}", dtype=Array(Float32)),
-        ],
-        source=source,
-    )
+    source = PostgreSQLSource(name=f"{name}_source", **source_options(view, i), **where)
+    return case_view(name, view, i, source, (Field(name=f"f_arr{i}", dtype=Array(Float32)),))
 
 
 def apply_case(store: FeatureStore, pg: PostgresServer, case: Case) -> list | FeatureService:
