@@ -99,6 +99,22 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         help="cap on the entity rows of one request (default %(default)s)",
     )
     serve.add_argument(
+        "--max-partitions",
+        type=int,
+        default=limits.max_partitions,
+        metavar="N",
+        help="a client reading partitions gets a large retrieval in this many streams at "
+        "most (default %(default)s)",
+    )
+    serve.add_argument(
+        "--min-partition-rows",
+        type=int,
+        default=limits.min_partition_rows,
+        metavar="ROWS",
+        help="entity rows of one partition at least; a smaller request is one stream "
+        "(default %(default)s)",
+    )
+    serve.add_argument(
         "--batch-rows",
         type=int,
         default=limits.batch_rows,
@@ -188,6 +204,8 @@ def _limits(args: argparse.Namespace) -> ServerLimits:
         max_staged_bytes=args.max_staged_bytes,
         max_param_bytes=args.max_param_bytes,
         max_entity_rows=args.max_entity_rows,
+        max_partitions=args.max_partitions,
+        min_partition_rows=args.min_partition_rows,
         batch_rows=args.batch_rows,
     )
 

@@ -36,7 +36,7 @@ from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from feast.saved_dataset import SavedDatasetStorage
-from pydantic import StrictInt, StrictStr
+from pydantic import Field, StrictInt, StrictStr
 
 from flightlab.client.entities import entity_rows_reader, entity_schema_of
 from flightlab.client.parquet_parts import DEFAULT_MAX_FILE_BYTES, write_parquet_parts
@@ -62,6 +62,9 @@ class RemoteOfflineStoreConfig(FeastConfigBaseModel):
     """Seconds a call may take; None waits as long as the server needs."""
     compression: Optional[Literal["zstd", "lz4"]] = None
     """Compress data on the wire both ways (worth it on slow networks only)."""
+    partitions: StrictInt = Field(default=1, ge=1)
+    """Above 1: a large retrieval comes in up to this many partitions, fetched
+    concurrently (the server decides how many, by its entity rows)."""
 
     @property
     def location(self) -> str:
@@ -76,6 +79,7 @@ def _client(config: RepoConfig) -> OfflineFlightClient:
         store_config.location,
         timeout=store_config.timeout,
         compression=store_config.compression,
+        partitions=store_config.partitions,
         **_connection_arguments(config, store_config),
     )
 

@@ -13,11 +13,13 @@ import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from flightlab.client.partitions import PartitionedReader
 from flightlab.errors import ConnectionFailedError, FlightlabError, RemoteServerError
 from flightlab.wire import protocol, streaming
 from flightlab.wire.actions import ACTION_DROP, ACTION_STATS
@@ -27,7 +29,7 @@ from flightlab.wire.flight_errors import (
     exception_from_detail,
     flight_class,
 )
-from flightlab.wire.headers import COMPRESSION_HEADER, OWNER_HEADER
+from flightlab.wire.headers import COMPRESSION_HEADER, OWNER_HEADER, PARTITIONS_HEADER
 from flightlab.wire.manifest import params_metadata
 
 DEFAULT_UPLOAD_BATCH_ROWS = 65_536
@@ -42,7 +44,9 @@ class OfflineFlightClient:
     compress results. Uploads go in batches within the two ``upload_batch_*``
     bounds, so no single message nears gRPC's 2 GiB limit. ``owner`` is the
     secret the server binds this client's commands to (random by default);
-    clients given the same one share their commands.
+    clients given the same one share their commands. ``partitions`` above 1
+    asks the server to split a large retrieval into up to that many streams,
+    read concurrently (:mod:`flightlab.client.partitions`).
     """
 
     def __init__(
@@ -54,9 +58,13 @@ class OfflineFlightClient:
         upload_batch_rows: int = DEFAULT_UPLOAD_BATCH_ROWS,
         upload_batch_bytes: int = DEFAULT_UPLOAD_BATCH_BYTES,
         owner: str | None = None,
+        partitions: int = 1,
         **client_kwargs: Any,
     ):
+        if partitions < 1:
+            raise ValueError(f"partitions must be at least 1, not {partitions}")
         self.location = location
+        self.partitions = partitions
         self.timeout = timeout
         self.compression = compression
         self.upload_batch_rows = upload_batch_rows
@@ -106,26 +114,45 @@ class OfflineFlightClient:
 
         Closing the generator early cancels the stream on the server.
         """
-        with self.open_reader(request, timeout) as reader:
+        with self.open_reader(request, timeout, ordered=False) as reader:
             yield from _read_batches(reader, progress)
 
     @contextmanager
     def open_reader(
-        self, request: protocol.Request, timeout: float | None = None
-    ) -> Iterator[flight.FlightStreamReader]:
-        """Run an API that returns data; yield a reader over its record batches."""
+        self, request: protocol.Request, timeout: float | None = None, ordered: bool = True
+    ) -> Iterator[flight.FlightStreamReader | PartitionedReader]:
+        """Run an API that returns data; yield a reader over its record batches.
+
+        A result served in partitions is read from all of them at once: with
+        ``ordered``, partition by partition (the rows in the order of the entity
+        rows' ranges); otherwise as the batches arrive, a few held at most.
+        """
         if not request.returns_data:
             raise ValueError(f"{request.api} returns no data: use run_action")
         options = self._options(timeout)
         command_id = self.stage(request, options)
         with translated_errors():
-            info = self._client.get_flight_info(protocol.command_descriptor(command_id), options)
-            endpoint = info.endpoints[0]
-            reader = self._client_for(endpoint).do_get(endpoint.ticket, options)
+            info = self._client.get_flight_info(
+                protocol.command_descriptor(command_id), self._options(timeout, partitions=True)
+            )
+            if len(info.endpoints) > 1:
+                reader = PartitionedReader(self._streams(info.endpoints, options), ordered)
+            else:
+                endpoint = info.endpoints[0]
+                reader = self._client_for(endpoint).do_get(endpoint.ticket, options)
         try:
             yield reader
         finally:
             reader.cancel()
+
+    def _streams(
+        self, endpoints: list[flight.FlightEndpoint], options: flight.FlightCallOptions
+    ) -> list[Callable[[], flight.FlightStreamReader]]:
+        clients = [self._client_for(endpoint) for endpoint in endpoints]
+        return [
+            partial(client.do_get, endpoint.ticket, options)
+            for client, endpoint in zip(clients, endpoints, strict=True)
+        ]
 
     def _client_for(self, endpoint: flight.FlightEndpoint) -> flight.FlightClient:
         """Who serves ``endpoint``: the replica it names (behind a load balancer,
@@ -197,11 +224,13 @@ class OfflineFlightClient:
         with translated_errors():
             return [(a.type, a.description) for a in self._client.list_actions()]
 
-    def _options(self, timeout: float | None) -> flight.FlightCallOptions:
+    def _options(self, timeout: float | None, partitions: bool = False) -> flight.FlightCallOptions:
         timeout = self.timeout if timeout is None else timeout
         # Sent on every call: the server binds the commands this client stages
         # to it, so that no other client can see, run or drop them.
         headers = [(OWNER_HEADER.encode(), self._owner)]
+        if partitions and self.partitions > 1:
+            headers.append((PARTITIONS_HEADER.encode(), str(self.partitions).encode()))
         if self.compression is None:
             return flight.FlightCallOptions(timeout=timeout, headers=headers)
         return flight.FlightCallOptions(

@@ -18,6 +18,10 @@ DEFAULT_MAX_STAGED_BYTES = 4 * 1024**3
 DEFAULT_MAX_PARAM_BYTES = 4 * 1024**2
 # Entity rows of one request.
 DEFAULT_MAX_ENTITY_ROWS = 10_000_000
+# A client that reads partitions gets at most this many endpoints for a result,
+# each of at least this many entity rows (a smaller request is one stream).
+DEFAULT_MAX_PARTITIONS = 8
+DEFAULT_MIN_PARTITION_ROWS = 250_000
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class ServerLimits:
     max_staged_bytes: int = DEFAULT_MAX_STAGED_BYTES
     max_param_bytes: int = DEFAULT_MAX_PARAM_BYTES
     max_entity_rows: int = DEFAULT_MAX_ENTITY_ROWS
+    max_partitions: int = DEFAULT_MAX_PARTITIONS
+    min_partition_rows: int = DEFAULT_MIN_PARTITION_ROWS
 
     def __post_init__(self) -> None:
         for name in (
@@ -41,6 +47,8 @@ class ServerLimits:
             "max_staged_bytes",
             "max_param_bytes",
             "max_entity_rows",
+            "max_partitions",
+            "min_partition_rows",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

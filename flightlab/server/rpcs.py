@@ -23,26 +23,39 @@ from flightlab.server.auth import CALL_MIDDLEWARE, owner_of
 from flightlab.server.calls import CallRunner
 from flightlab.server.caps import check_staged_parameter
 from flightlab.server.limits import ServerLimits
+from flightlab.server.partitions import partition_count, partition_of
 from flightlab.server.staging import CommandStaging, StagedCommand
 from flightlab.wire import actions, feast_protocol, protocol, streaming
-from flightlab.wire.headers import COMPRESSION_HEADER, COMPRESSIONS
+from flightlab.wire.headers import COMPRESSION_HEADER, COMPRESSIONS, PARTITIONS_HEADER
 from flightlab.wire.manifest import check_complete
 
 # The server's own actions: name -> what to answer (JSON-able).
 ServerActions = Mapping[str, Callable[[], Any]]
 
 
-def _requested_compression(context) -> str | None:
+def _header(context, name: str) -> str | None:
     middleware = context.get_middleware(CALL_MIDDLEWARE)
-    values = middleware.headers.get(COMPRESSION_HEADER, []) if middleware else []
-    if not values:
-        return None
-    if values[0] not in COMPRESSIONS:
+    values = middleware.headers.get(name, []) if middleware else []
+    return values[0] if values else None
+
+
+def _requested_partitions(context) -> int:
+    value = _header(context, PARTITIONS_HEADER)
+    if value is None:
+        return 1
+    if not value.isdigit() or int(value) < 1:
+        raise ProtocolError(f"header {PARTITIONS_HEADER} must be a positive number, not {value!r}")
+    return int(value)
+
+
+def _requested_compression(context) -> str | None:
+    value = _header(context, COMPRESSION_HEADER)
+    if value is not None and value not in COMPRESSIONS:
         raise ProtocolError(
-            f"unknown compression {values[0]!r} in header {COMPRESSION_HEADER}; "
+            f"unknown compression {value!r} in header {COMPRESSION_HEADER}; "
             f"use one of {', '.join(COMPRESSIONS)}"
         )
-    return values[0]
+    return value
 
 
 class FlightService(flight.FlightServerBase):
@@ -108,19 +121,25 @@ class FlightService(flight.FlightServerBase):
             )
             staged = self._staging.peek(call.command_id, call.owner)
             call.api = staged.api
-            _request_of(staged)
-            if not protocol.api_type(staged.api).returns_data:
+            request = _request_of(staged)
+            if not request.returns_data:
                 raise ProtocolError(
                     f"{staged.api} returns no data: run it with do_action"
                     f"({staged.api!r}, body=<command id>), not do_get"
                 )
+            wanted = partition_count(request, _requested_partitions(context), self._limits)
+            count = self._staging.serve_in_partitions(call.command_id, call.owner, wanted)
             # Behind a load balancer, the replica holding the command names
             # itself, so the client's do_get reaches it (no location: "me").
             advertised = self._advertise_location
-            endpoint = flight.FlightEndpoint(
-                protocol.ticket_bytes(call.command_id), [advertised] if advertised else []
-            )
-            return flight.FlightInfo(pa.schema([]), descriptor, [endpoint], -1, -1)
+            endpoints = [
+                flight.FlightEndpoint(
+                    protocol.PartitionTicket(call.command_id, index, count).to_bytes(),
+                    [advertised] if advertised else [],
+                )
+                for index in range(count)
+            ]
+            return flight.FlightInfo(pa.schema([]), descriptor, endpoints, -1, -1)
 
     def list_flights(self, context, criteria):
         # Each caller sees only the commands it staged.
@@ -137,12 +156,14 @@ class FlightService(flight.FlightServerBase):
 
     def do_get(self, context, ticket):
         with self._runner.handling("do_get", context) as call:
-            call.command_id = protocol.command_id_from_ticket(ticket.ticket)
-            staged = self._staging.take(call.command_id, call.owner)
+            part = protocol.PartitionTicket.parse(ticket.ticket)
+            call.command_id = part.command_id
+            staged = self._staging.take_part(part.command_id, call.owner, part.index, part.count)
             call.api = staged.api
             request = _request_of(staged)
             if not request.returns_data:
                 raise ProtocolError(f"{staged.api} returns no data: run it with do_action")
+            request = partition_of(request, part.index, part.count)
             compression = _requested_compression(context)
             schema, batches = self._runner.stream(call, request, context)
             return flight.GeneratorStream(

@@ -29,6 +29,10 @@ class StagedCommand:
     owner: str | None = None  # who staged it; None when the server has no auth
     params: dict[str, pa.Table] = field(default_factory=dict)
     staged_at: float = field(default_factory=time.monotonic)
+    # Served in this many partitions (see flightlab.server.partitions); the
+    # ones already handed out. The command stays staged until all are.
+    partitions: int = 1
+    taken: set[int] = field(default_factory=set)
 
     @property
     def nbytes(self) -> int:
@@ -103,9 +107,31 @@ class CommandStaging:
 
     def take(self, command_id: str, owner: str | None = None) -> StagedCommand:
         """Remove and return a command: the one call that may run it."""
+        return self.take_part(command_id, owner)
+
+    def serve_in_partitions(self, command_id: str, owner: str | None, count: int) -> int:
+        """Serve the command in ``count`` partitions; once one is handed out the
+        count stays: what the command is now served in is returned."""
         with self._lock:
             self._expire_locked()
             command = self._get(command_id, owner)
+            if not command.taken:
+                command.partitions = count
+            return command.partitions
+
+    def take_part(
+        self, command_id: str, owner: str | None = None, index: int = 0, count: int = 1
+    ) -> StagedCommand:
+        """Hand out part ``index`` of ``count`` of a command (1: the whole of
+        it), each part once; the command is removed with its last part."""
+        with self._lock:
+            self._expire_locked()
+            command = self._get(command_id, owner)
+            if count != 1 or command.taken:
+                _check_part(command, index, count)
+                command.taken.add(index)
+                if len(command.taken) < command.partitions:
+                    return command
             self._remove_locked(command_id)
             return command
 
@@ -168,4 +194,16 @@ class CommandStaging:
         raise UnknownCommandError(
             f"no staged command {quoted(command_id)}: it was never staged, "
             "has already run, or was dropped"
+        )
+
+
+def _check_part(command: StagedCommand, index: int, count: int) -> None:
+    if count != command.partitions:
+        raise UnknownCommandError(
+            f"command {quoted(command.command_id)} is served in {command.partitions} "
+            f"partition(s), not {count}"
+        )
+    if index in command.taken:
+        raise UnknownCommandError(
+            f"partition {index} of command {quoted(command.command_id)} has already been read"
         )

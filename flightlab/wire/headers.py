@@ -14,3 +14,6 @@ COMPRESSIONS = ("zstd", "lz4")
 # The caller's credentials: "Bearer <token>", as Feast's clients send them.
 AUTHORIZATION_HEADER = "authorization"
 BEARER_PREFIX = "bearer "
+# How many partitions flightlab's client reads a large result in, at most
+# (see flightlab.server.partitions); without it a result is one stream.
+PARTITIONS_HEADER = "x-flightlab-partitions"

@@ -38,6 +38,7 @@ from flightlab.wire.flight_errors import (
     UnknownParameterError,
 )
 from flightlab.wire.params import Kind, decode_text, decode_value, encode_value, param
+from flightlab.wire.tickets import PartitionTicket  # noqa: F401  (part of the protocol)
 
 # Schema metadata keys of every do_put.
 META_COMMAND = b"command"
