@@ -10,6 +10,7 @@ the whole answer on one stream; a partition's ticket serves once.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,6 +29,7 @@ from offline_helpers import (
     wait_until,
 )
 
+from flightlab.client.partitions import PartitionedReader
 from flightlab.client.transport import OfflineFlightClient, Progress
 from flightlab.server import OfflineServer
 from flightlab.server.limits import ServerLimits
@@ -221,3 +223,34 @@ def test_a_malformed_partition_header_is_refused(partitioning_server):
     finally:
         raw.close()
     assert len(partitioning_server.staging) == 0  # the failed call dropped the command
+
+
+class _PartsServer(flight.FlightServerBase):
+    """Serves a fixed table per ticket: partitions whose schemas differ as
+    Feast's stores type them from values (an int column with a miss is float)."""
+
+    def __init__(self, parts: dict[bytes, pa.Table]):
+        super().__init__("grpc://127.0.0.1:0")
+        self._parts = parts
+
+    def do_get(self, context, ticket):
+        return flight.RecordBatchStream(self._parts[ticket.ticket])
+
+
+def test_partitions_typed_differently_are_read_in_one_schema():
+    parts = {
+        b"0": pa.table({"id": [1, 2], "trips": pa.array([5, 6], pa.int64()), "name": ["a", "b"]}),
+        b"1": pa.table({"id": [3], "trips": pa.array([None], pa.float64()), "name": [None]}),
+    }
+    with _PartsServer(parts) as server:
+        client = flight.FlightClient(f"grpc://127.0.0.1:{server.port}")
+        streams = [partial(client.do_get, flight.Ticket(t)) for t in parts]
+        for ordered in (True, False):
+            reader = PartitionedReader(streams, ordered=ordered)
+            table = reader.read_all()
+            assert table.schema.field("trips").type == pa.float64()
+            assert table.schema.field("name").type == pa.string()
+            assert sorted(table.column("id").to_pylist()) == [1, 2, 3]
+            if ordered:
+                assert table.column("id").to_pylist() == [1, 2, 3]
+        client.close()
