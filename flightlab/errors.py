@@ -113,6 +113,11 @@ class UnknownParameterError(ProtocolError):
     pass
 
 
+class ProtocolVersionError(ProtocolError):
+    """Client and server speak protocol versions that do not work together;
+    the message says which side to upgrade."""
+
+
 class UnknownCommandError(ProtocolError):
     """A command id or ticket the server does not hold (never staged, already
     run, dropped or expired)."""

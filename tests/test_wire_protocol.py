@@ -17,7 +17,12 @@ from offline_helpers import ENTITY_KEYS, FEATURES, assert_same_rows
 
 from flightlab.testing.sample_repo import entity_frame
 from flightlab.wire import protocol
-from flightlab.wire.actions import ACTION_DROP, ACTION_HEALTHCHECK, ACTION_STATS
+from flightlab.wire.actions import (
+    ACTION_DROP,
+    ACTION_HEALTHCHECK,
+    ACTION_PROTOCOL_VERSION,
+    ACTION_STATS,
+)
 
 
 def test_a_client_written_from_the_seed_document_works_unchanged(raw_flight, local_store):
@@ -63,7 +68,12 @@ def test_list_actions_lists_every_action_with_a_description(flight_client):
         "persist",
         "validate_data_source",
     }
-    assert set(actions) == runnable | {ACTION_DROP, ACTION_STATS, ACTION_HEALTHCHECK}
+    assert set(actions) == runnable | {
+        ACTION_DROP,
+        ACTION_STATS,
+        ACTION_HEALTHCHECK,
+        ACTION_PROTOCOL_VERSION,
+    }
     for name, description in actions.items():
         assert len(description) > 20, name
     for api in runnable:

@@ -38,8 +38,10 @@ from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from feast.saved_dataset import SavedDatasetStorage
 from pydantic import Field, StrictInt, StrictStr
 
+from flightlab.client.connections import connection
 from flightlab.client.entities import entity_rows_reader, entity_schema_of
 from flightlab.client.parquet_parts import DEFAULT_MAX_FILE_BYTES, write_parquet_parts
+from flightlab.client.retries import RetryPolicy
 from flightlab.client.transport import OfflineFlightClient, ProgressCallback
 from flightlab.wire import protocol
 
@@ -62,6 +64,11 @@ class RemoteOfflineStoreConfig(FeastConfigBaseModel):
     """Seconds a call may take; None waits as long as the server needs."""
     compression: Optional[Literal["zstd", "lz4"]] = None
     """Compress data on the wire both ways (worth it on slow networks only)."""
+    retries: StrictInt = Field(default=3, ge=0)
+    """Reads (never writes) are tried this many more times when the server
+    cannot be reached or is busy, after a pause that doubles each time."""
+    retry_backoff: float = Field(default=0.25, ge=0)
+    """Seconds before the first retry."""
     partitions: StrictInt = Field(default=1, ge=1)
     """Above 1: a large retrieval comes in up to this many partitions, fetched
     concurrently (the server decides how many, by its entity rows)."""
@@ -73,36 +80,13 @@ class RemoteOfflineStoreConfig(FeastConfigBaseModel):
 
 
 def _client(config: RepoConfig) -> OfflineFlightClient:
+    assert isinstance(config.offline_store, RemoteOfflineStoreConfig)
+    return connection(config)
+
+
+def _retries(config: RepoConfig) -> RetryPolicy:
     store_config = config.offline_store
-    assert isinstance(store_config, RemoteOfflineStoreConfig)
-    return OfflineFlightClient(
-        store_config.location,
-        timeout=store_config.timeout,
-        compression=store_config.compression,
-        partitions=store_config.partitions,
-        **_connection_arguments(config, store_config),
-    )
-
-
-def _connection_arguments(config: RepoConfig, store_config: RemoteOfflineStoreConfig) -> dict:
-    arguments: dict[str, Any] = {}
-    if config.auth_config.type != "no_auth":
-        # Feast's own interceptor: the token comes from the repo's `auth`
-        # config exactly as Feast's clients get it (static token, env var,
-        # client credentials...).
-        from feast.permissions.client.arrow_flight_auth_interceptor import (
-            FlightAuthInterceptorFactory,
-        )
-
-        arguments["middleware"] = [FlightAuthInterceptorFactory(config.auth_config)]
-    if store_config.cert:
-        arguments["tls_root_certs"] = Path(store_config.cert).read_bytes()
-    if store_config.client_cert or store_config.client_key:
-        if not (store_config.client_cert and store_config.client_key):
-            raise ValueError("mTLS needs both client_cert and client_key")
-        arguments["cert_chain"] = Path(store_config.client_cert).read_bytes()
-        arguments["private_key"] = Path(store_config.client_key).read_bytes()
-    return arguments
+    return RetryPolicy(store_config.retries, store_config.retry_backoff)
 
 
 class RemoteRetrievalJob(RetrievalJob):
@@ -130,8 +114,10 @@ class RemoteRetrievalJob(RetrievalJob):
         return dataclasses.replace(self.request, entity_df=rows)
 
     def _to_arrow_internal(self, timeout: Optional[int] = None) -> pa.Table:
-        with _client(self._config) as client:
-            return client.fetch(self._request(), timeout=timeout)
+        client = _client(self._config)
+        return _retries(self._config).run(
+            lambda: client.fetch(self._request(), timeout=timeout), self.request.api
+        )
 
     def _to_df_internal(self, timeout: Optional[int] = None) -> pd.DataFrame:
         return self._to_arrow_internal(timeout).to_pandas()
@@ -141,8 +127,11 @@ class RemoteRetrievalJob(RetrievalJob):
     ) -> Iterator[pa.RecordBatch]:
         """The result's record batches as they arrive, calling ``progress``
         after each. Stopping early cancels the server's stream."""
-        with _client(self._config) as client:
-            yield from client.iter_batches(self._request(), timeout=timeout, progress=progress)
+        client = _client(self._config)
+        yield from _retries(self._config).batches(
+            lambda: client.iter_batches(self._request(), timeout=timeout, progress=progress),
+            self.request.api,
+        )
 
     def to_parquet(
         self,
@@ -161,8 +150,11 @@ class RemoteRetrievalJob(RetrievalJob):
         self, progress: ProgressCallback, timeout: Optional[float] = None
     ) -> pa.Table:
         """Like ``to_arrow``, calling ``progress`` as batches arrive."""
-        with _client(self._config) as client:
-            return client.fetch(self._request(), timeout=timeout, progress=progress)
+        client = _client(self._config)
+        return _retries(self._config).run(
+            lambda: client.fetch(self._request(), timeout=timeout, progress=progress),
+            self.request.api,
+        )
 
     @property
     def full_feature_names(self) -> bool:
@@ -189,8 +181,7 @@ class RemoteRetrievalJob(RetrievalJob):
             storage=storage.to_proto().SerializeToString(),
             allow_overwrite=allow_overwrite,
         )
-        with _client(self._config) as client:
-            client.run_action(request, timeout=timeout)
+        _client(self._config).run_action(request, timeout=timeout)  # a write: never retried
 
 
 class RemoteOfflineStore(OfflineStore):
@@ -279,8 +270,7 @@ class RemoteOfflineStore(OfflineStore):
         progress: Optional[Callable[[int], Any]],
     ) -> None:
         request = protocol.OfflineWriteBatch(feature_view_name=feature_view.name, table=table)
-        with _client(config) as client:
-            client.run_action(request)
+        _client(config).run_action(request)  # a write: never retried
         if progress:
             progress(table.num_rows)
 
@@ -299,15 +289,14 @@ class RemoteOfflineStore(OfflineStore):
         request = protocol.WriteLoggedFeatures(
             feature_service_name=source._feature_service.name, data=data
         )
-        with _client(config) as client:
-            client.run_action(request)
+        _client(config).run_action(request)  # a write: never retried
 
     def validate_data_source(self, config: RepoConfig, data_source: DataSource) -> None:
         request = protocol.ValidateDataSource(
             data_source=data_source.to_proto().SerializeToString()
         )
-        with _client(config) as client:
-            client.run_action(request)
+        client = _client(config)
+        _retries(config).run(lambda: client.run_action(request), request.api)
 
     def get_table_column_names_and_types_from_data_source(
         self, config: RepoConfig, data_source: DataSource
@@ -315,8 +304,8 @@ class RemoteOfflineStore(OfflineStore):
         request = protocol.GetTableColumnNamesAndTypes(
             data_source=data_source.to_proto().SerializeToString()
         )
-        with _client(config) as client:
-            table = client.fetch(request)
+        client = _client(config)
+        table = _retries(config).run(lambda: client.fetch(request), request.api)
         return list(
             zip(table.column("name").to_pylist(), table.column("type").to_pylist(), strict=True)
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,16 +21,26 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from flightlab.client.partitions import PartitionedReader
-from flightlab.errors import ConnectionFailedError, FlightlabError, RemoteServerError
-from flightlab.wire import protocol, streaming
-from flightlab.wire.actions import ACTION_DROP, ACTION_STATS
+from flightlab.errors import (
+    ConnectionFailedError,
+    FlightlabError,
+    RemoteServerError,
+    UnknownApiError,
+)
+from flightlab.wire import protocol, streaming, version
+from flightlab.wire.actions import ACTION_DROP, ACTION_PROTOCOL_VERSION, ACTION_STATS
 from flightlab.wire.flight_errors import (
     as_flight_error,
     decode_detail,
     exception_from_detail,
     flight_class,
 )
-from flightlab.wire.headers import COMPRESSION_HEADER, OWNER_HEADER, PARTITIONS_HEADER
+from flightlab.wire.headers import (
+    COMPRESSION_HEADER,
+    OWNER_HEADER,
+    PARTITIONS_HEADER,
+    PROTOCOL_HEADER,
+)
 from flightlab.wire.manifest import params_metadata
 
 DEFAULT_UPLOAD_BATCH_ROWS = 65_536
@@ -38,6 +49,10 @@ DEFAULT_UPLOAD_BATCH_BYTES = 8 * 1024**2
 
 class OfflineFlightClient:
     """A connection to a flightlab server.
+
+    ``protocol`` is the protocol version this client speaks and
+    ``min_server_protocol`` the oldest server version it works with (see
+    :mod:`flightlab.wire.version`).
 
     ``timeout`` (seconds) bounds every call; ``None`` waits as long as it takes.
     ``compression`` ("zstd" or "lz4") compresses uploads and asks the server to
@@ -48,6 +63,9 @@ class OfflineFlightClient:
     asks the server to split a large retrieval into up to that many streams,
     read concurrently (:mod:`flightlab.client.partitions`).
     """
+
+    protocol = version.PROTOCOL_VERSION
+    min_server_protocol = version.MIN_SERVER_PROTOCOL
 
     def __init__(
         self,
@@ -73,14 +91,17 @@ class OfflineFlightClient:
         self._client = flight.FlightClient(location, **client_kwargs)
         # Clients of the replicas that FlightInfo endpoints named, by location.
         self._replicas: dict[str, flight.FlightClient] = {}
+        self._lock = threading.Lock()  # one client serves many threads
+        self.server_protocol: int | None = None  # known after the first call
         # The secret this client's commands are bound to: random unless given.
         self._owner = (owner or secrets.token_urlsafe(24)).encode()
 
     def close(self) -> None:
         self._client.close()
-        for client in self._replicas.values():
+        with self._lock:
+            replicas, self._replicas = list(self._replicas.values()), {}
+        for client in replicas:
             client.close()
-        self._replicas.clear()
 
     def __enter__(self) -> OfflineFlightClient:
         return self
@@ -162,9 +183,10 @@ class OfflineFlightClient:
         uri = endpoint.locations[0].uri.decode()
         if uri == self.location or uri.startswith("arrow-flight-reuse-connection:"):
             return self._client
-        if uri not in self._replicas:
-            self._replicas[uri] = flight.FlightClient(uri, **self._client_kwargs)
-        return self._replicas[uri]
+        with self._lock:
+            if uri not in self._replicas:
+                self._replicas[uri] = flight.FlightClient(uri, **self._client_kwargs)
+            return self._replicas[uri]
 
     def run_action(self, request: protocol.Request, timeout: float | None = None) -> dict[str, Any]:
         """Run an API that returns no data; return the server's summary."""
@@ -181,6 +203,7 @@ class OfflineFlightClient:
         self, request: protocol.Request, options: flight.FlightCallOptions | None = None
     ) -> str:
         """Send every parameter of ``request``; return the new command id."""
+        self.check_protocol()
         command_id = protocol.new_command_id()
         descriptor = protocol.command_descriptor(command_id)
         params = protocol.encode_request(request)
@@ -214,6 +237,32 @@ class OfflineFlightClient:
             results = list(self._client.do_action(action, self._options(timeout)))
         return bool(json.loads(results[0].body.to_pybytes())["dropped"])
 
+    def check_protocol(self) -> int:
+        """The server's protocol version, asked once per client: a
+        ProtocolVersionError saying which side to upgrade where the two do
+        not work together (see :mod:`flightlab.wire.version`)."""
+        with self._lock:
+            if self.server_protocol is None:
+                answer = self._server_versions()
+                self.server_protocol = version.check_server(
+                    answer, self.protocol, self.min_server_protocol
+                )
+            return self.server_protocol
+
+    def _server_versions(self) -> dict[str, Any]:
+        # A body, though the server reads none: a server from before the
+        # exchange reads it as a command id, and then names the action unknown.
+        body = json.dumps({"client_protocol": self.protocol}).encode()
+        action = flight.Action(ACTION_PROTOCOL_VERSION, body)
+        with translated_errors():
+            try:
+                results = list(self._client.do_action(action, self._options(None)))
+            except flight.FlightError as exc:
+                if isinstance(exception_for_flight_error(exc), UnknownApiError):
+                    return {}  # a server from before the exchange: version 1
+                raise
+        return json.loads(results[0].body.to_pybytes())
+
     def stats(self, timeout: float | None = None) -> dict[str, Any]:
         with translated_errors():
             action = flight.Action(ACTION_STATS, b"")
@@ -228,7 +277,10 @@ class OfflineFlightClient:
         timeout = self.timeout if timeout is None else timeout
         # Sent on every call: the server binds the commands this client stages
         # to it, so that no other client can see, run or drop them.
-        headers = [(OWNER_HEADER.encode(), self._owner)]
+        headers = [
+            (OWNER_HEADER.encode(), self._owner),
+            (PROTOCOL_HEADER.encode(), str(self.protocol).encode()),
+        ]
         if partitions and self.partitions > 1:
             headers.append((PARTITIONS_HEADER.encode(), str(self.partitions).encode()))
         if self.compression is None:

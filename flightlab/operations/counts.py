@@ -22,6 +22,8 @@ NO_ENGINE = "none"
 OK = "ok"
 ERROR = "error"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# Client connections told apart in the stats (a long-lived server sees more).
+_MAX_PEERS = 100_000
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,14 @@ class RequestCounts:
         # (api, engine) -> the count in each latency bucket, then the count, then the sum
         self.latency: dict[tuple[str, str], list[float]] = {}
         self.last_error: ErrorRecord | None = None
+        # The client connections (gRPC peers: address and port) calls came on.
+        self.peers: set[str] = set()
+
+    def connection(self, peer: str) -> None:
+        """Note the connection a call came on (the first _MAX_PEERS are told apart)."""
+        with self._lock:
+            if len(self.peers) < _MAX_PEERS:
+                self.peers.add(peer)
 
     def count(self, call: FinishedCall) -> None:
         engine = call.engine or NO_ENGINE
@@ -108,6 +118,7 @@ class RequestCounts:
             copy.staged_params = Counter(self.staged_params)
             copy.latency = {k: list(v) for k, v in self.latency.items()}
             copy.last_error = self.last_error
+            copy.peers = set(self.peers)
         return copy
 
     def stats(self) -> dict[str, Any]:
@@ -132,6 +143,7 @@ class RequestCounts:
             "rows_in": sum(counts.rows_in.values()),
             "rows_out": sum(counts.rows_out.values()),
             "bytes_out": sum(counts.bytes_out.values()),
+            "client_connections": len(counts.peers),
             "last_error": None
             if last is None
             else {"api": last.api, "class": last.error_class, "message": last.message},

@@ -18,10 +18,11 @@ from typing import Any
 
 import pyarrow.flight as flight
 
-from flightlab.errors import AuthenticationFailedError
+from flightlab.errors import AuthenticationFailedError, ProtocolVersionError
 from flightlab.server.ownership import owner_key
 from flightlab.wire.flight_errors import to_flight_error
-from flightlab.wire.headers import AUTHORIZATION_HEADER, BEARER_PREFIX
+from flightlab.wire.headers import AUTHORIZATION_HEADER, BEARER_PREFIX, PROTOCOL_HEADER
+from flightlab.wire.version import check_client
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,9 @@ class CallMiddlewareFactory(flight.ServerMiddlewareFactory):
     def start_call(self, info, headers):
         try:
             caller = self._authenticator.authenticate(headers)
-        except AuthenticationFailedError as exc:
+            versions = headers.get(PROTOCOL_HEADER) or [None]
+            check_client(versions[0])
+        except (AuthenticationFailedError, ProtocolVersionError) as exc:
             raise to_flight_error(exc) from None
         return CallMiddleware(caller, headers)
 

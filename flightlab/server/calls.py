@@ -104,6 +104,7 @@ class CallRunner:
     def handling(self, rpc: str, context: Any, api: str | None = None) -> Iterator[Call]:
         """Around an RPC handler: admit, count, log, and raise Flight errors."""
         call = Call(rpc, caller_of(context), api, owner_of(context))
+        self._counts.connection(context.peer())
         with self._drain.active():
             try:
                 self._drain.admit(rpc)

@@ -32,7 +32,8 @@ from flightlab.server.limits import ServerLimits
 from flightlab.server.rpcs import FlightService
 from flightlab.server.staging import CommandStaging
 from flightlab.server.workers import WorkerPool
-from flightlab.wire.actions import ACTION_HEALTHCHECK, ACTION_STATS
+from flightlab.wire.actions import ACTION_HEALTHCHECK, ACTION_PROTOCOL_VERSION, ACTION_STATS
+from flightlab.wire.version import server_versions
 
 logger = logging.getLogger("flightlab.server")
 
@@ -145,6 +146,7 @@ class OfflineServer:
             server_actions={
                 ACTION_STATS: lambda: self.stats_json(for_caller=True),
                 ACTION_HEALTHCHECK: self.health_json,
+                ACTION_PROTOCOL_VERSION: server_versions,
             },
             advertise_location=self.service_options.advertise_location,
             middleware={CALL_MIDDLEWARE: CallMiddlewareFactory(self.authenticator)},

@@ -17,3 +17,6 @@ BEARER_PREFIX = "bearer "
 # How many partitions flightlab's client reads a large result in, at most
 # (see flightlab.server.partitions); without it a result is one stream.
 PARTITIONS_HEADER = "x-flightlab-partitions"
+# The protocol version flightlab's client speaks (see flightlab.wire.version);
+# a call without it comes from a client older than the exchange: version 1.
+PROTOCOL_HEADER = "x-flightlab-protocol"
