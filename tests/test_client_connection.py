@@ -121,14 +121,19 @@ def test_a_read_rides_out_a_server_restart(remote, local, served, caplog):
     assert any(RETRY_LOG in r.getMessage() for r in caplog.records)
 
 
-def test_a_streamed_read_rides_out_a_server_restart_before_its_first_batch(remote, local, served):
+def test_a_streamed_read_rides_out_a_server_restart_before_its_first_batch(
+    remote, local, served, caplog
+):
     entities = entity_frame(20, seed=7)
     served.stop()
     restarted = served.start_later(0.5)
 
     job = remote.get_historical_features(entities, FEATURES)
-    got = pa.Table.from_batches(list(job.to_arrow_batches())).to_pandas()
+    with caplog.at_level(logging.WARNING, logger="flightlab.client"):
+        got = pa.Table.from_batches(list(job.to_arrow_batches())).to_pandas()
     restarted.join()
+
+    assert any(RETRY_LOG in r.getMessage() for r in caplog.records)
 
     assert_same_rows(local.get_historical_features(entities, FEATURES).to_df(), got, ENTITY_KEYS)
 
