@@ -36,6 +36,7 @@ from offline_helpers import (
 )
 from service_helpers import RoundRobinProxy, server_process
 
+from flightlab.client import connections
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.errors import UnknownCommandError
 from flightlab.testing.processes import ServerProcess, free_port
@@ -136,7 +137,10 @@ def test_every_api_through_the_balancer_with_flightlabs_client_is_the_local_answ
     local = FeatureStore(repo_path=str(replicas.repo))
     connections_before = dict(replicas.proxy.connections_to)
     remote = make_client_store(tmp_path / "client", replicas.proxy.port, replicas.repo)
-    for seed in (1, 2):  # several connections: both replicas take some
+    for seed in (1, 2):
+        # A process keeps one connection per server, and a TCP balancer picks a
+        # replica per connection: a new one each time stands for another process.
+        connections.close_all()
         _reads_match(remote, local, seed)
     _writes_land(remote, local, hours=3, tmp=tmp_path)
     opened = {k: v - connections_before[k] for k, v in replicas.proxy.connections_to.items()}
