@@ -250,6 +250,12 @@ def _add_service_options(serve: argparse.ArgumentParser) -> None:
         "replica behind a load balancer; default: the server a client asked",
     )
     serve.add_argument(
+        "--export-location",
+        metavar="FOLDER_OR_URI",
+        help="where to_remote_storage() writes results as parquet: a folder, or "
+        "s3://BUCKET/PREFIX; default: none (exports refused)",
+    )
+    serve.add_argument(
         "--drain-seconds",
         type=float,
         default=DEFAULT_DRAIN_SECONDS,
@@ -276,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             health_port=args.health_port,
             metrics_port=args.metrics_port,
             advertise_location=args.advertise_location,
+            export_location=args.export_location,
             drain_seconds=args.drain_seconds,
         )
         try:

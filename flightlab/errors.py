@@ -113,6 +113,12 @@ class UnknownParameterError(ProtocolError):
     pass
 
 
+class ExportNotConfiguredError(FlightlabError):
+    """An export asked of a server started without an export location."""
+
+    status = UNIMPLEMENTED
+
+
 class ProtocolVersionError(ProtocolError):
     """Client and server speak protocol versions that do not work together;
     the message says which side to upgrade."""

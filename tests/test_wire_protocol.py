@@ -67,6 +67,7 @@ def test_list_actions_lists_every_action_with_a_description(flight_client):
         "write_logged_features",
         "persist",
         "validate_data_source",
+        "export_retrieval",
     }
     assert set(actions) == runnable | {
         ACTION_DROP,

@@ -156,6 +156,18 @@ class RemoteRetrievalJob(RetrievalJob):
             self.request.api,
         )
 
+    def supports_remote_storage_export(self) -> bool:
+        """True where the server was given an export location."""
+        return _client(self._config).server_offers("export")
+
+    def to_remote_storage(self) -> list[str]:
+        """Run the retrieval on the server, which writes the result as parquet
+        files under its export location as it streams; their URIs, in row
+        order (local paths, or ``s3://`` URIs). Not retried: a lost answer
+        may have left files behind."""
+        request = protocol.ExportRetrieval(retrieval=self._request())
+        return _client(self._config).run_action(request)["files"]
+
     @property
     def full_feature_names(self) -> bool:
         return getattr(self.request, "full_feature_names", False)

@@ -93,6 +93,7 @@ class OfflineFlightClient:
         self._replicas: dict[str, flight.FlightClient] = {}
         self._lock = threading.Lock()  # one client serves many threads
         self.server_protocol: int | None = None  # known after the first call
+        self._server_answer: dict[str, Any] = {}
         # The secret this client's commands are bound to: random unless given.
         self._owner = (owner or secrets.token_urlsafe(24)).encode()
 
@@ -247,7 +248,13 @@ class OfflineFlightClient:
                 self.server_protocol = version.check_server(
                     answer, self.protocol, self.min_server_protocol
                 )
+                self._server_answer = answer
             return self.server_protocol
+
+    def server_offers(self, feature: str) -> bool:
+        """Whether the server says it offers ``feature`` (e.g. "export")."""
+        self.check_protocol()
+        return bool(self._server_answer.get(feature))
 
     def _server_versions(self) -> dict[str, Any]:
         # A body, though the server reads none: a server from before the

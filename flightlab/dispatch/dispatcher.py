@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from feast.permissions.action import AuthzedAction
 
 from flightlab.dispatch.backends import StoreBackend
 from flightlab.dispatch.checks import check_entity_query_supported, named_feature_errors
+from flightlab.dispatch.exports import ExportLocation
 from flightlab.dispatch.feast_objects import data_source_from_bytes, entity_frame
 from flightlab.dispatch.permissions import Permissions
 from flightlab.dispatch.persisting import persist_destination, sources_besides_destination
@@ -38,7 +40,7 @@ from flightlab.dispatch.writes import ParquetWrites
 from flightlab.engine.results import ResultStream
 from flightlab.engine.runner import Engine
 from flightlab.engine.settings import EngineMode, EngineSettings
-from flightlab.errors import MalformedParameterError
+from flightlab.errors import ExportNotConfiguredError, MalformedParameterError
 from flightlab.wire import protocol
 
 logger = logging.getLogger(__name__)
@@ -58,8 +60,10 @@ class OfflineDispatcher:
         store: FeatureStore,
         enforce_permissions: bool = False,
         engine: Engine | None = None,
+        exports: ExportLocation | None = None,
     ):
         self.store = store
+        self._exports = exports
         self.enforce_permissions = enforce_permissions
         self._permissions = Permissions(store, enforce_permissions)
         self.engine = engine or Engine(EngineSettings(mode=EngineMode.FEAST))
@@ -95,6 +99,8 @@ class OfflineDispatcher:
             self._refresh_registry()
             if isinstance(request, protocol.RETRIEVAL_REQUESTS):
                 return self._retrieve(request, user)
+            if isinstance(request, protocol.ExportRetrieval):
+                return self._export(request, user)
             # A request that reads holds off renames of the sources meanwhile
             # (a persist locks the ones it reads itself: not its destination).
             reads = self.store.list_data_sources() if request.returns_data else []
@@ -132,6 +138,21 @@ class OfflineDispatcher:
             # A database error midway (a stream read from PostgreSQL) named as before it.
             stream.batches = self._backend.translated(stream.batches)
             return stream
+
+    def _export(self, request: protocol.ExportRetrieval, user: Any) -> dict[str, Any]:
+        """The retrieval written under the export location as it streams; the
+        same permission as reading it."""
+        if self._exports is None:
+            raise ExportNotConfiguredError(
+                "this server has no export location: start it with "
+                "--export-location FOLDER (or s3://BUCKET/PREFIX)"
+            )
+        stream = self._retrieve(request.retrieval, user)
+        try:
+            files, rows = self._exports.write(stream, uuid.uuid4().hex)
+        finally:
+            stream.close()
+        return {"files": files, "rows": rows}
 
     def _retrieval_job(
         self, request: protocol.RetrievalRequest, user: Any

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flightlab.dispatch.exports import ExportLocation
 from flightlab.engine.settings import EngineSettings
 from flightlab.operations.counts import RequestCounts
 from flightlab.operations.drain import DrainGate
@@ -108,6 +109,7 @@ class OfflineServer:
             store,
             enforce_permissions=self.authenticator.enforces_permissions,
             engine=Engine(self.engine_settings),
+            exports=_export_location(self.service_options.export_location),
         )
         self.staging = CommandStaging(self.limits.staged_ttl, self.limits.max_staged_bytes)
         self.counts = RequestCounts()
@@ -146,7 +148,10 @@ class OfflineServer:
             server_actions={
                 ACTION_STATS: lambda: self.stats_json(for_caller=True),
                 ACTION_HEALTHCHECK: self.health_json,
-                ACTION_PROTOCOL_VERSION: server_versions,
+                ACTION_PROTOCOL_VERSION: lambda: {
+                    **server_versions(),
+                    "export": self.service_options.export_location is not None,
+                },
             },
             advertise_location=self.service_options.advertise_location,
             middleware={CALL_MIDDLEWARE: CallMiddlewareFactory(self.authenticator)},
@@ -303,3 +308,7 @@ class OfflineServer:
             expired = self.staging.expire()
             if expired:
                 logger.info("expired %d staged command(s) never run", expired)
+
+
+def _export_location(uri: str | None) -> ExportLocation | None:
+    return None if uri is None else ExportLocation(uri)

@@ -22,6 +22,9 @@ DESCRIPTIONS = {
     "'data' to the logging destination of feature service 'feature_service_name'.",
     "persist": "Run a staged persist: execute the staged retrieval and save its "
     "result to the staged 'storage' or 'destination_name'.",
+    "export_retrieval": "Run a staged export_retrieval: execute the staged retrieval and "
+    "write its result as parquet files under the server's export location; answers the "
+    "files' URIs.",
     "validate_data_source": "Run a staged validate_data_source: check that the "
     "staged 'data_source' exists and can be read by the offline store.",
     ACTION_DROP: "Drop a staged command without running it (body: the command id).",

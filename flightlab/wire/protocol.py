@@ -18,7 +18,6 @@ A call is a *command*, named by a UUID the client makes:
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,11 +33,19 @@ from flightlab.wire.flight_errors import (
     MalformedParameterError,
     MissingParameterError,
     UnknownApiError,
-    UnknownCommandError,
     UnknownParameterError,
 )
 from flightlab.wire.params import Kind, decode_text, decode_value, encode_value, param
-from flightlab.wire.tickets import PartitionTicket  # noqa: F401  (part of the protocol)
+
+# Commands and tickets are part of the protocol: protocol.command_descriptor(...) etc.
+from flightlab.wire.tickets import (  # noqa: F401
+    PartitionTicket,
+    command_descriptor,
+    command_id_from_descriptor,
+    command_id_from_ticket,
+    new_command_id,
+    ticket_bytes,
+)
 
 # Schema metadata keys of every do_put.
 META_COMMAND = b"command"
@@ -199,6 +206,23 @@ class Persist(Request):
         return self.retrieval.table_params()
 
 
+@dataclass(frozen=True)
+class ExportRetrieval(Request):
+    """Run a retrieval and write its result as parquet files under the
+    server's export location; the summary names the files.
+
+    On the wire: the retrieval's own parameters, plus ``retrieval_api``.
+    """
+
+    api: ClassVar[str] = "export_retrieval"
+    returns_data: ClassVar[bool] = False
+
+    retrieval: RetrievalRequest = field(metadata={"kind": None})
+
+    def table_params(self) -> dict[str, pa.Table]:
+        return self.retrieval.table_params()
+
+
 READ_REQUESTS: tuple[type[Request], ...] = (
     GetHistoricalFeatures,
     PullLatestFromTableOrQuery,
@@ -210,6 +234,7 @@ ACTION_REQUESTS: tuple[type[Request], ...] = (
     WriteLoggedFeatures,
     Persist,
     ValidateDataSource,
+    ExportRetrieval,
 )
 REQUEST_TYPES: dict[str, type[Request]] = {cls.api: cls for cls in READ_REQUESTS + ACTION_REQUESTS}
 RETRIEVAL_REQUESTS: tuple[type[Request], ...] = (
@@ -218,39 +243,9 @@ RETRIEVAL_REQUESTS: tuple[type[Request], ...] = (
     PullAllFromTableOrQuery,
 )
 RETRIEVAL_TYPES: dict[str, type[Request]] = {cls.api: cls for cls in RETRIEVAL_REQUESTS}
-PERSIST_OWN_PARAMS = ("retrieval_api", "storage", "destination_name", "allow_overwrite")
-
-
-# --- commands, descriptors and tickets -------------------------------------
-
-
-def new_command_id() -> str:
-    return str(uuid.uuid4())
-
-
-def command_descriptor(command_id: str):
-    import pyarrow.flight as flight
-
-    return flight.FlightDescriptor.for_command(command_id.encode())
-
-
-def command_id_from_descriptor(descriptor) -> str:
-    """The command id a FlightDescriptor names (by command or by path)."""
-    if descriptor.command:
-        raw = descriptor.command
-    elif descriptor.path:
-        raw = b"/".join(p if isinstance(p, bytes) else p.encode() for p in descriptor.path)
-    else:
-        raise UnknownCommandError("the flight descriptor names no command")
-    return decode_text(raw, "flight descriptor")
-
-
-def ticket_bytes(command_id: str) -> bytes:
-    return command_id.encode()
-
-
-def command_id_from_ticket(ticket: bytes) -> str:
-    return decode_text(ticket, "ticket")
+# Requests that carry a retrieval (Persist, ExportRetrieval) send its parameters
+# beside their own, and this one naming its API.
+RETRIEVAL_API_PARAM = "retrieval_api"
 
 
 def api_type(api: str) -> type[Request]:
@@ -322,25 +317,25 @@ def _wire_fields(cls: type[Request]) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.metadata.get("kind") is not None]
 
 
+def _wraps_retrieval(cls: type[Request]) -> bool:
+    return any(f.name == "retrieval" for f in dataclasses.fields(cls))
+
+
 def wire_param_names(cls: type[Request]) -> tuple[str, ...]:
     names = [f.name for f in _wire_fields(cls)]
-    if cls is Persist:
+    if _wraps_retrieval(cls):
         retrieval_names = {n for r in RETRIEVAL_TYPES.values() for n in wire_param_names(r)}
-        names = list(PERSIST_OWN_PARAMS) + sorted(retrieval_names)
+        names = [RETRIEVAL_API_PARAM, *names, *sorted(retrieval_names)]
     return tuple(names)
 
 
 def encode_request(request: Request) -> dict[str, pa.Table | pa.RecordBatchReader]:
     """The parameter tables, by name, that carry ``request``."""
-    if isinstance(request, Persist):
-        params = encode_request(request.retrieval)
-        params["retrieval_api"] = encode_value("retrieval_api", Kind.STRING, request.retrieval.api)
-        for f in _wire_fields(Persist):
-            value = getattr(request, f.name)
-            if value is not None:
-                params[f.name] = encode_value(f.name, f.metadata["kind"], value)
-        return params
     params = {}
+    if _wraps_retrieval(type(request)):
+        params = encode_request(request.retrieval)
+        api = request.retrieval.api
+        params[RETRIEVAL_API_PARAM] = encode_value(RETRIEVAL_API_PARAM, Kind.STRING, api)
     for f in _wire_fields(type(request)):
         value = getattr(request, f.name)
         if value is None:
@@ -352,12 +347,13 @@ def encode_request(request: Request) -> dict[str, pa.Table | pa.RecordBatchReade
 def decode_request(api: str, params: Mapping[str, pa.Table]) -> Request:
     """The request that staged parameter tables describe, validated."""
     cls = api_type(api)
-    if cls is Persist:
-        return _decode_persist(params)
+    retrieval = _decode_retrieval(cls, params) if _wraps_retrieval(cls) else None
+    if retrieval is not None:
+        params = {k: v for k, v in params.items() if k in {f.name for f in _wire_fields(cls)}}
     unknown = set(params) - set(wire_param_names(cls))
     if unknown:
         raise UnknownParameterError(f"{api} has no parameter(s) {sorted(unknown)}")
-    values = {}
+    values = {} if retrieval is None else {"retrieval": retrieval}
     for f in _wire_fields(cls):
         if f.name in params:
             values[f.name] = decode_value(f.name, f.metadata["kind"], params[f.name])
@@ -369,19 +365,17 @@ def decode_request(api: str, params: Mapping[str, pa.Table]) -> Request:
         raise MalformedParameterError(f"{api}: {exc}") from None
 
 
-def _decode_persist(params: Mapping[str, pa.Table]) -> Persist:
-    if "retrieval_api" not in params:
-        raise MissingParameterError("persist needs the parameter 'retrieval_api'")
-    retrieval_api = decode_value("retrieval_api", Kind.STRING, params["retrieval_api"])
+def _decode_retrieval(cls: type[Request], params: Mapping[str, pa.Table]) -> Request:
+    """The retrieval a Persist or ExportRetrieval carries."""
+    if RETRIEVAL_API_PARAM not in params:
+        raise MissingParameterError(f"{cls.api} needs the parameter {RETRIEVAL_API_PARAM!r}")
+    retrieval_api = decode_value(RETRIEVAL_API_PARAM, Kind.STRING, params[RETRIEVAL_API_PARAM])
     if retrieval_api not in RETRIEVAL_TYPES:
+        verb = "save" if cls is Persist else "export"
         raise MalformedParameterError(
-            f"persist cannot save the result of {quoted(retrieval_api)}; "
-            f"it saves one of: {', '.join(RETRIEVAL_TYPES)}"
+            f"{cls.api} cannot {verb} the result of {quoted(retrieval_api)}; "
+            f"it takes one of: {', '.join(RETRIEVAL_TYPES)}"
         )
-    retrieval_params = {k: v for k, v in params.items() if k not in PERSIST_OWN_PARAMS}
-    own = {
-        f.name: decode_value(f.name, f.metadata["kind"], params[f.name])
-        for f in _wire_fields(Persist)
-        if f.name in params
-    }
-    return Persist(retrieval=decode_request(retrieval_api, retrieval_params), **own)
+    own = {RETRIEVAL_API_PARAM, *(f.name for f in _wire_fields(cls))}
+    retrieval_params = {k: v for k, v in params.items() if k not in own}
+    return decode_request(retrieval_api, retrieval_params)

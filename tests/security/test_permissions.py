@@ -34,6 +34,8 @@ from security_helpers import (
 )
 
 from flightlab.client.transport import OfflineFlightClient
+from flightlab.operations.options import ServiceOptions
+from flightlab.server import OfflineServer
 from flightlab.testing.sample_repo import DAYS, entity_frame
 from flightlab.wire import protocol
 
@@ -277,3 +279,23 @@ def test_an_on_demand_view_needs_read_permission_on_its_source_views(server, tok
     assert table.num_rows == 6
     assert table.column("conv_rate_plus_val").null_count < 6
     assert_clean_and_serving(server, tokens)
+
+
+def test_an_export_needs_read_permission_on_what_it_retrieves(repo, tokens, api_requests, tmp_path):
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    service = ServiceOptions(export_location=str(exports))
+    retrieval = api_requests["get_historical_features"]()
+    with OfflineServer(repo, port=0, service=service) as exporting:
+        # walt may write driver_stats, but not read it: no file is written.
+        with client(exporting, tokens["walt"]) as c, pytest.raises(FeastPermissionError) as denied:
+            c.run_action(protocol.ExportRetrieval(retrieval=retrieval))
+        assert_denied(denied.value, "READ_OFFLINE", "FeatureView:driver_stats")
+        assert list(exports.iterdir()) == []
+        with client(exporting, tokens["rita"]) as c:
+            files = c.run_action(protocol.ExportRetrieval(retrieval=retrieval))["files"]
+            expected = c.fetch(retrieval)
+        exported = pa.concat_tables(pq.read_table(f) for f in files)
+        keys = [("driver_id", "ascending"), ("event_timestamp", "ascending")]
+        assert exported.sort_by(keys).equals(expected.sort_by(keys))
+        assert_clean_and_serving(exporting, tokens)
