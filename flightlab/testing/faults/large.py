@@ -61,7 +61,7 @@ user_stats = FeatureView(
     ],
     source=FileSource(
         name="user_stats_source",
-        path="data/user_stats.parquet",
+        path={path!r},
         timestamp_field="event_timestamp",
     ),
 )
@@ -78,7 +78,10 @@ def create_large_repo(path: Path, source_rows: int, users: int | None = None) ->
         user_stats_table(source_rows, users), data / "user_stats.parquet", row_group_size=250_000
     )
     (path / "feature_store.yaml").write_text(_YAML)
-    (path / "definitions.py").write_text(_DEFINITIONS.format(days=DAYS + 1))
+    # An absolute path: Feast's duckdb store reads a relative one from the
+    # working directory, the engine from the repo.
+    source = str((data / "user_stats.parquet").resolve())
+    (path / "definitions.py").write_text(_DEFINITIONS.format(days=DAYS + 1, path=source))
     (path / "users.txt").write_text(str(users))  # what entity_rows draws from
     feast_apply(path)
     return path
