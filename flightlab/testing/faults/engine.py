@@ -94,9 +94,8 @@ def client_gone_midstream(
     said = process.stdout.readline().strip()
     if how == "kill":
         process.kill()
-    else:
-        said += " " + process.stdout.readline().strip()
-    _, stderr = process.communicate(timeout=60)
+    rest, stderr = process.communicate(timeout=60)
+    said = " ".join([said, *rest.split()]).strip()
     gone_at = time.monotonic()
     peak_mb = (peak_rss(server.pid) or 0) / 1024**2
     spill_s = seconds_until(lambda: not request_folders(spill_root), gone_at, timeout)
@@ -106,7 +105,7 @@ def client_gone_midstream(
     rss_s = seconds_until(lambda: server.rss_mb() <= back_to, gone_at, timeout, every=0.2)
     watcher.set()
     return {
-        "client": said or stderr[-1500:],
+        "client": said if process.returncode in (0, -9) else f"{said} {stderr[-1500:]}",
         "client_exit_code": process.returncode,
         "spilled_folders": len(spilled),
         "rss_before_mb": rss_before,
