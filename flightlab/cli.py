@@ -147,7 +147,7 @@ def _add_engine_arguments(serve: argparse.ArgumentParser) -> None:
         "--spill-max-size",
         metavar="SIZE",
         help="spill space one engine request may use at most, e.g. 20GB; a request over "
-        "it fails, naming the spill folder (default: the free space of its disk)",
+        "it fails, naming the spill folder (default: 90%% of its disk's free space)",
     )
     postgres = PostgresSettings()
     serve.add_argument(

@@ -129,8 +129,8 @@ class RequestDatabases:
         )
         if _SPILL_CAP in text:
             # DuckDB's cap on a database's spill files: --spill-max-size, or by
-            # default the free space of the folder's disk when the request began.
-            cap = self.settings.spill_max_size or "the disk's free space"
+            # default 90% of its disk's free space when the request began.
+            cap = self.settings.spill_max_size or "90% of the disk's free space"
             return ResourceExhaustedError(
                 f"the engine's spill folder {self.spill_root} is full: this request's "
                 f"spill files reached their cap ({cap}; --spill-max-size); {remedies} "

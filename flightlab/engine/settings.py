@@ -40,8 +40,9 @@ class EngineSettings:
     DuckDB's default, 80 % of RAM). ``spill_dir``: where a join over the limit
     spills (None: a folder under the system's temporary directory).
     ``spill_max_size``: how much one request may spill, e.g. ``"20GB"``
-    (None: DuckDB's default, the free space of the spill folder's disk); a
-    request over it fails with a resource-exhausted error naming the folder.
+    (None: DuckDB's default, 90 % of the free space of the spill folder's
+    disk); a request over it fails with a resource-exhausted error naming
+    the folder.
     ``postgres``: how it reads PostgreSQL sources (pool, timeout, plans).
     """
 
