@@ -159,6 +159,12 @@ def _add_engine_arguments(serve: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where engine joins over the memory limit spill (default: a temp folder)",
     )
+    serve.add_argument(
+        "--spill-max-size",
+        metavar="SIZE",
+        help="spill space one engine request may use at most, e.g. 20GB; a request over "
+        "it fails, naming the spill folder (default: 90%% of its disk's free space)",
+    )
     postgres = PostgresSettings()
     serve.add_argument(
         "--postgres-pool-size",
@@ -216,6 +222,7 @@ def _engine_settings(args: argparse.Namespace) -> EngineSettings:
         threads=args.engine_threads,
         memory_limit=args.engine_memory_limit,
         spill_dir=args.spill_dir,
+        spill_max_size=args.spill_max_size,
         postgres=PostgresSettings(
             pool_size=args.postgres_pool_size,
             statement_timeout=args.postgres_statement_timeout,

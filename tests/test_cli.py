@@ -153,6 +153,7 @@ def test_serving_a_folder_without_a_repo_fails_with_a_message(tmp_path):
     [
         (["--engine-threads", "0"], "engine threads must be at least 1"),
         (["--engine-memory-limit", "lots"], "memory_limit"),
+        (["--spill-max-size", "lots"], "spill_max_size"),
         (["--workers", "0"], "workers must be at least 1"),
     ],
 )
@@ -178,9 +179,13 @@ def test_engine_options_parse_into_the_engine_settings(tmp_path):
             "1GB",
             "--spill-dir",
             str(tmp_path),
+            "--spill-max-size",
+            "20GB",
         ]
     )
-    assert _engine_settings(args) == EngineSettings(EngineMode.FLIGHTLAB, 3, "1GB", tmp_path)
+    assert _engine_settings(args) == EngineSettings(
+        EngineMode.FLIGHTLAB, 3, "1GB", tmp_path, spill_max_size="20GB"
+    )
     assert _engine_settings(build_parser({}).parse_args(["serve_offline"])) == EngineSettings()
 
 

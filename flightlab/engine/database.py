@@ -7,6 +7,8 @@ request's database is closed exactly once however the request ends.
 
 from __future__ import annotations
 
+import errno
+import os
 import tempfile
 import threading
 import uuid
@@ -36,7 +38,7 @@ class RequestDatabases:
     def open(self) -> tuple[duckdb.DuckDBPyConnection, Callable[[], None]]:
         """A new in-memory database, and the function that closes it (once,
         however often it is called)."""
-        spill_root = self.settings.spill_dir or Path(tempfile.gettempdir()) / "flightlab-spill"
+        spill_root = self.spill_root
         spill_root.mkdir(parents=True, exist_ok=True)
         # DuckDB names its spill files the same in every database and deletes its
         # temp directory when the database closes: requests (and replicas) sharing
@@ -59,10 +61,17 @@ class RequestDatabases:
             # A server inside a notebook kernel would otherwise draw DuckDB's progress
             # bar under whichever cell ran last, for every query slower than 2 s.
             database.execute("SET enable_progress_bar = false")
+            if self.settings.spill_max_size is not None:
+                _cap_spill(database, self.settings.spill_max_size)
         except BaseException:
             close()
             raise
         return database, close
+
+    @property
+    def spill_root(self) -> Path:
+        """The folder the requests' spill folders are made in."""
+        return self.settings.spill_dir or Path(tempfile.gettempdir()) / "flightlab-spill"
 
     def _closer(self, database: duckdb.DuckDBPyConnection) -> Callable[[], None]:
         once = threading.Lock()
@@ -98,17 +107,64 @@ class RequestDatabases:
 
     @contextmanager
     def memory_errors_named(self) -> Iterator[None]:
-        """DuckDB's out-of-memory error (a join that could not spill enough)
-        as the server's resource error, naming the setting to change."""
+        """DuckDB's errors of running out of memory or of spill space (a join
+        that could not spill enough) as the server's resource error, naming
+        the folder and the settings to change."""
         try:
             yield
-        except duckdb.OutOfMemoryException as exc:
-            limit = self.settings.memory_limit or "DuckDB's default, 80% of RAM"
-            raise ResourceExhaustedError(
+        # Mid-stream, DuckDB's errors reach us through Arrow's stream reader as
+        # OSErrors with DuckDB's text: the text, not the class, tells them apart.
+        except (duckdb.OutOfMemoryException, duckdb.IOException, OSError) as exc:
+            error = self._resource_error(exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    def _resource_error(self, exc: Exception) -> ResourceExhaustedError | None:
+        text = str(exc)
+        said = shortened(text.strip().splitlines()[0] if text.strip() else text, 300)
+        remedies = (
+            f"free space there, point --spill-dir at a larger disk, or raise "
+            f"--engine-memory-limit (now {self._memory_limit()}) so less spills"
+        )
+        if _SPILL_CAP in text:
+            # DuckDB's cap on a database's spill files: --spill-max-size, or by
+            # default 90% of its disk's free space when the request began.
+            cap = self.settings.spill_max_size or "90% of the disk's free space"
+            return ResourceExhaustedError(
+                f"the engine's spill folder {self.spill_root} is full: this request's "
+                f"spill files reached their cap ({cap}; --spill-max-size); {remedies} "
+                f"({said})"
+            )
+        if _NO_SPACE in text:
+            return ResourceExhaustedError(
+                f"the disk of the engine's spill folder {self.spill_root} is full "
+                f"(no space left on device); {remedies} ({said})"
+            )
+        if isinstance(exc, duckdb.OutOfMemoryException) or text.startswith(_OUT_OF_MEMORY):
+            return ResourceExhaustedError(
                 f"the engine ran out of memory for this request (memory limit per "
-                f"request: {limit}); raise --engine-memory-limit, or make room in the "
-                f"spill folder: {shortened(str(exc), 300)}"
-            ) from exc
+                f"request: {self._memory_limit()}); raise --engine-memory-limit, or make "
+                f"room in the spill folder {self.spill_root}: {said}"
+            )
+        return None  # another I/O error (a source file unreadable): not a resource's
+
+    def _memory_limit(self) -> str:
+        return self.settings.memory_limit or "DuckDB's default, 80% of RAM"
+
+
+# How DuckDB says a request ran out: of memory (its "Out of Memory Error"), of
+# spill space under its cap on spill files (an out-of-memory error naming the
+# setting), or of disk (an I/O error with the system's ENOSPC text).
+_SPILL_CAP = "max_temp_directory_size"
+_OUT_OF_MEMORY = "Out of Memory Error"
+_NO_SPACE = os.strerror(errno.ENOSPC)
+
+
+def _cap_spill(database: duckdb.DuckDBPyConnection, size: str) -> None:
+    # Set after connecting: given at connect, the cap is replaced by the disk's
+    # free space when DuckDB takes the temp_directory setting (DuckDB 1.5).
+    database.execute(f"SET max_temp_directory_size = '{size.replace(chr(39), chr(39) * 2)}'")
 
 
 def _resource_config(settings: EngineSettings) -> dict[str, str | int]:
@@ -121,14 +177,20 @@ def _resource_config(settings: EngineSettings) -> dict[str, str | int]:
 
 
 def check_resources(settings: EngineSettings) -> None:
-    """A memory limit DuckDB cannot read fails when the server is set up,
-    not on every request."""
+    """A memory limit or spill cap DuckDB cannot read fails when the server
+    is set up, not on every request."""
     config = _resource_config(settings)
-    if not config:
+    if not config and settings.spill_max_size is None:
         return
     try:
-        duckdb.connect(":memory:", config=config).close()
+        database = duckdb.connect(":memory:", config=config)
+        try:
+            if settings.spill_max_size is not None:
+                _cap_spill(database, settings.spill_max_size)
+        finally:
+            database.close()
     except duckdb.Error as exc:
+        shown = {**config, "spill_max_size": settings.spill_max_size}
         raise ValueError(
-            f"the engine's resources are not valid for DuckDB ({config}): {exc}"
+            f"the engine's resources are not valid for DuckDB ({shown}): {exc}"
         ) from None

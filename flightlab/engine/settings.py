@@ -39,6 +39,10 @@ class EngineSettings:
     ``memory_limit``: DuckDB's limit per request, e.g. ``"2GB"`` (None:
     DuckDB's default, 80 % of RAM). ``spill_dir``: where a join over the limit
     spills (None: a folder under the system's temporary directory).
+    ``spill_max_size``: how much one request may spill, e.g. ``"20GB"``
+    (None: DuckDB's default, 90 % of the free space of the spill folder's
+    disk); a request over it fails with a resource-exhausted error naming
+    the folder.
     ``postgres``: how it reads PostgreSQL sources (pool, timeout, plans).
     """
 
@@ -46,6 +50,7 @@ class EngineSettings:
     threads: int | None = None
     memory_limit: str | None = None
     spill_dir: Path | None = None
+    spill_max_size: str | None = None
     postgres: PostgresSettings = field(default_factory=PostgresSettings)
 
     def __post_init__(self) -> None:

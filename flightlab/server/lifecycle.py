@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -277,6 +277,9 @@ class OfflineServer:
             "staged_commands": len(staged),
             "staged_bytes": sum(s.nbytes for s in staged),
             "workers": self._pool.load() if self._pool else None,
+            # Databases open for requests (0 on an idle server: a client gone
+            # mid-stream has freed its request's), rows the engine has read.
+            "engine": asdict(self.dispatcher.engine.usage()),
             **self.counts.stats(),
         }
         if for_caller and self.authenticator.enforces_permissions:

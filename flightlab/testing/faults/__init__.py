@@ -11,8 +11,11 @@ accounting), :mod:`~flightlab.testing.faults.servers` (the servers the drills
 run against and the calls they make), :mod:`~flightlab.testing.faults.writes`
 (SIGKILL during writes, several servers on one source),
 :mod:`~flightlab.testing.faults.clients` (dying clients, the soak) and
-:mod:`~flightlab.testing.faults.hostile` (hostile inputs). The drills and
-what their callers use are exported here.
+:mod:`~flightlab.testing.faults.hostile` (hostile inputs),
+:mod:`~flightlab.testing.faults.engine` (the engine's: a client gone
+mid-stream, requests at once, a spill over its cap) on the generated repo of
+:mod:`~flightlab.testing.faults.large`. The classic drills and what their
+callers use are exported here; the engine's from their module.
 """
 
 from __future__ import annotations
