@@ -95,10 +95,15 @@ ENTITY_FRAME_VARIANTS = {
 )
 def test_entity_frames_as_users_write_them_get_the_local_answer(variant, client_store, local_store):
     entities = variant(entity_frame(24, seed=9))
-    expected = local_store.get_historical_features(entities, FEATURES).to_df()
-    got = client_store.get_historical_features(entities, FEATURES).to_df()
+    local_job = local_store.get_historical_features(entities, FEATURES)
+    remote_job = client_store.get_historical_features(entities, FEATURES)
+    got = remote_job.to_df()
     assert len(got) == len(entities)
-    assert_same_rows(expected, got, ENTITY_KEYS)
+    assert_same_rows(local_job.to_df(), got, ENTITY_KEYS)
+    # The job's metadata (the entity rows' time bounds, in UTC) is local's too.
+    for bound in ("min_event_timestamp", "max_event_timestamp"):
+        ours, theirs = (getattr(j.metadata, bound) for j in (remote_job, local_job))
+        assert (pd.isna(ours) and pd.isna(theirs)) or pd.Timestamp(ours) == pd.Timestamp(theirs)
 
 
 @pytest.mark.filterwarnings("ignore:Discarding nonzero nanoseconds")

@@ -366,10 +366,20 @@ def _retrieval_metadata(
         return RetrievalMetadata(features=feature_refs, keys=[])
     schema = dict(zip(entity_df.columns, entity_df.dtypes, strict=True))
     timestamp_col = offline_utils.infer_event_timestamp_from_entity_df(schema)
-    timestamps = pd.to_datetime(entity_df[timestamp_col], utc=True)
+    earliest, latest = _time_bounds(entity_df[timestamp_col])
     return RetrievalMetadata(
         features=feature_refs,
         keys=[c for c in entity_df.columns if c != timestamp_col],
-        min_event_timestamp=timestamps.min().to_pydatetime(),
-        max_event_timestamp=timestamps.max().to_pydatetime(),
+        min_event_timestamp=earliest,
+        max_event_timestamp=latest,
     )
+
+
+def _time_bounds(column: pd.Series) -> tuple[datetime, datetime]:
+    """The earliest and latest timestamps in UTC. A datetime column's bounds
+    are taken as it is: converting it first would copy it (80 MB at 10M rows)."""
+    if not pd.api.types.is_datetime64_any_dtype(column):
+        column = pd.to_datetime(column, utc=True)
+    bounds = [pd.Timestamp(column.min()), pd.Timestamp(column.max())]
+    utc = [b.tz_localize("UTC") if b.tzinfo is None else b.tz_convert("UTC") for b in bounds]
+    return utc[0].to_pydatetime(), utc[1].to_pydatetime()
