@@ -151,7 +151,8 @@ def _add_engine_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--engine-memory-limit",
         metavar="SIZE",
-        help="DuckDB memory limit per engine request, e.g. 2GB; beyond it joins spill",
+        help="DuckDB memory limit per engine request, e.g. 2GB; beyond it joins spill "
+        "(default: 80%% of RAM split among --workers)",
     )
     serve.add_argument(
         "--spill-dir",

@@ -14,6 +14,7 @@ fails gets a named error and frees its database. A repo on the dask
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,7 @@ from flightlab.client.transport import OfflineFlightClient
 from flightlab.dispatch.planning import plan_historical
 from flightlab.engine import Engine, EngineMode, EngineSettings, EngineUsage, OnDemandFeatureError
 from flightlab.engine.on_demand import with_on_demand_features
+from flightlab.engine.settings import size_in_bytes
 from flightlab.errors import MalformedEntityDataError, ResourceExhaustedError
 from flightlab.server import OfflineServer
 from flightlab.server.limits import ServerLimits
@@ -185,6 +187,18 @@ def test_a_join_that_cannot_fit_its_memory_limit_gets_a_resource_error_naming_it
                 client.fetch(historical(40_000))
             assert client.fetch(historical(5)).num_rows == 5  # still serving
         assert wait_until(lambda: engine_usage(server).open_databases == 0)
+
+
+def test_a_server_without_a_memory_limit_shares_the_machine_s_among_its_workers(repo):
+    share = 0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limits = {}
+    for workers in (1, 4):
+        server = OfflineServer(repo, port=0, limits=ServerLimits(workers=workers))
+        limits[workers] = size_in_bytes(server.engine_settings.memory_limit)
+    assert 0 < limits[1] <= share  # a container's cgroup may cap it lower
+    assert abs(limits[4] * 4 - limits[1]) <= 4
+    given = OfflineServer(repo, port=0, engine=EngineSettings(memory_limit="2GB"))
+    assert given.engine_settings.memory_limit == "2GB"
 
 
 def test_a_memory_limit_duckdb_cannot_read_is_refused_when_the_engine_is_set_up():

@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from flightlab.dispatch.exports import ExportLocation
-from flightlab.engine.settings import EngineSettings
+from flightlab.engine.settings import EngineSettings, default_memory_limit
 from flightlab.operations.counts import RequestCounts
 from flightlab.operations.drain import DrainGate
 from flightlab.operations.health import HealthState
@@ -104,7 +104,7 @@ class OfflineServer:
         self.tls = tls
         self.service_options = service or ServiceOptions()
         self.authenticator = authenticator_for(store.config.auth_config)
-        self.engine_settings = engine or EngineSettings()
+        self.engine_settings = _with_memory_limit(engine or EngineSettings(), self.limits.workers)
         self.dispatcher = OfflineDispatcher(
             store,
             enforce_permissions=self.authenticator.enforces_permissions,
@@ -315,3 +315,12 @@ class OfflineServer:
 
 def _export_location(uri: str | None) -> ExportLocation | None:
     return None if uri is None else ExportLocation(uri)
+
+
+def _with_memory_limit(settings: EngineSettings, workers: int) -> EngineSettings:
+    """``settings`` with a memory limit per request: the one given, else the
+    machine's share for each of the ``workers`` (DuckDB's own default would
+    let each request take 80 % of RAM, and a few at once outgrow it)."""
+    if settings.memory_limit is not None:
+        return settings
+    return replace(settings, memory_limit=default_memory_limit(workers))
