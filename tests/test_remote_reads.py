@@ -14,13 +14,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from feast import FileSource
+from feast import FeatureStore, FileSource
 from offline_helpers import (
     DRIVER_KEYS,
     ENTITY_KEYS,
     FEATURES,
     SHARED_SERVER_BATCH_ROWS,
     assert_same_rows,
+    make_client_store,
     offline_store_of,
     pull,
     requests_served,
@@ -104,6 +105,31 @@ def test_entity_frames_as_users_write_them_get_the_local_answer(variant, client_
     for bound in ("min_event_timestamp", "max_event_timestamp"):
         ours, theirs = (getattr(j.metadata, bound) for j in (remote_job, local_job))
         assert (pd.isna(ours) and pd.isna(theirs)) or pd.Timestamp(ours) == pd.Timestamp(theirs)
+
+
+@pytest.fixture(scope="module")
+def uncoerced_client(offline_server, server_repo, tmp_path_factory) -> FeatureStore:
+    """A client repo with ``coerce_tz_aware: false``: Feast then hands the
+    entity frame to the client as it is, without the full copy it makes to
+    put its timestamps in UTC (the server applies the same rule)."""
+    client_repo = tmp_path_factory.mktemp("uncoerced").resolve() / "client"
+    make_client_store(client_repo, offline_server.port, server_repo)
+    yaml = client_repo / "feature_store.yaml"
+    yaml.write_text(yaml.read_text() + "coerce_tz_aware: false\n")
+    store = FeatureStore(repo_path=str(client_repo))
+    assert store.config.coerce_tz_aware is False
+    return store
+
+
+@pytest.mark.parametrize("variant", [_naive_nanoseconds, _in_paris, _timestamps_as_text])
+def test_a_client_that_does_not_coerce_timestamps_gets_the_local_answer(
+    variant, uncoerced_client, local_store
+):
+    entities = variant(entity_frame(24, seed=10))
+    expected = local_store.get_historical_features(entities, FEATURES).to_df()
+    job = uncoerced_client.get_historical_features(entities, FEATURES)
+    assert_same_rows(expected, job.to_df(), ENTITY_KEYS)
+    assert job.metadata.min_event_timestamp.utcoffset() == timedelta(0)
 
 
 @pytest.mark.filterwarnings("ignore:Discarding nonzero nanoseconds")
