@@ -40,6 +40,9 @@ USERS = 100_000
 ROWS_PER_USER = 10
 FEATURES = ("clicks", "purchases", "spend", "ctr", "score", "rating")
 FEATURE_REFS = tuple(f"user_stats:{name}" for name in FEATURES)
+# The large data set (``--large``): the same view over 10M feature rows.
+LARGE_USERS = 1_000_000
+LARGE_VARIANT = "src10m"  # its cases: rows:N:src10m
 # Bump when the generated data or definitions change: stale repos are rebuilt.
 DATA_VERSION = 3
 
@@ -88,21 +91,21 @@ user_stats = FeatureView(
 '''
 
 
-def user_stats_table(seed: int = 7) -> pa.Table:
+def user_stats_table(seed: int = 7, users: int = USERS) -> pa.Table:
     """The feature rows: ``ROWS_PER_USER`` per user, microsecond timestamps
     (the duckdb store reads no finer ones)."""
     rng = np.random.default_rng(seed)
-    n = USERS * ROWS_PER_USER
+    n = users * ROWS_PER_USER
     day_us = 86_400 * 1_000_000
     start_us = int(START.timestamp() * 1_000_000)
     stamps = start_us + rng.integers(0, DAYS * day_us, n)
     # Every user has a row on the first day and the TTL covers the range, so
     # every entity row (from day 1 on) finds features in both stores, which
     # then return the same rows.
-    stamps[::ROWS_PER_USER] = start_us + rng.integers(0, day_us, USERS)
+    stamps[::ROWS_PER_USER] = start_us + rng.integers(0, day_us, users)
     return pa.table(
         {
-            "user_id": pa.array(np.repeat(np.arange(USERS, dtype="int64"), ROWS_PER_USER)),
+            "user_id": pa.array(np.repeat(np.arange(users, dtype="int64"), ROWS_PER_USER)),
             "event_timestamp": pa.array(stamps, pa.timestamp("us", tz="UTC")),
             "clicks": pa.array(rng.integers(0, 500, n, dtype="int64")),
             "purchases": pa.array(rng.integers(0, 20, n, dtype="int64")),
@@ -114,16 +117,16 @@ def user_stats_table(seed: int = 7) -> pa.Table:
     )
 
 
-def entity_frame(rows: int, seed: int = 3) -> pd.DataFrame:
-    """``rows`` entity rows: random users at random times (microseconds, UTC)
-    from a day into the data range to its end."""
+def entity_frame(rows: int, seed: int = 3, users: int = USERS) -> pd.DataFrame:
+    """``rows`` entity rows: random users (of ``users``) at random times
+    (microseconds, UTC) from a day into the data range to its end."""
     rng = np.random.default_rng(seed + rows)
     lo = int((START + timedelta(days=1)).timestamp() * 1_000_000)
     hi = int((START + timedelta(days=DAYS)).timestamp() * 1_000_000)
     stamps = rng.integers(lo, hi, rows).astype("datetime64[us]")
     return pd.DataFrame(
         {
-            "user_id": rng.integers(0, USERS, rows, dtype="int64"),
+            "user_id": rng.integers(0, users, rows, dtype="int64"),
             "event_timestamp": pd.Series(stamps).dt.tz_localize("UTC"),
         }
     )
@@ -138,10 +141,10 @@ def _definitions(data: Path) -> str:
     return DEFINITIONS.format(ttl_days=DAYS + 1, user_stats_path=str(data / "user_stats.parquet"))
 
 
-def _fingerprint() -> str:
+def _fingerprint(users: int) -> str:
     spec = {
         "version": DATA_VERSION,
-        "users": USERS,
+        "users": users,
         "rows_per_user": ROWS_PER_USER,
         "days": DAYS,
         "definitions": hashlib.sha256(DEFINITIONS.encode()).hexdigest(),
@@ -160,19 +163,25 @@ def _use_store(repo: Path, store: str) -> None:
 
 
 def build_repos(
-    root: Path, stores: tuple[str, ...] = STORES, with_mnist: bool = True, log=print
+    root: Path,
+    stores: tuple[str, ...] = STORES,
+    with_mnist: bool = True,
+    log=print,
+    users: int = USERS,
 ) -> dict[tuple[str, str], Path]:
-    """Write the data and the applied repos under ``root``, reusing what an
-    earlier run with the same spec left there. Returns {(store, "rows" or
-    "mnist"): repo}."""
+    """Write the data (``users`` x ``ROWS_PER_USER`` feature rows) and the
+    applied repos under ``root``, reusing what an earlier run with the same
+    spec left there. Returns {(store, "rows" or "mnist"): repo}."""
     root = root.resolve()
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
     stamp = root / "spec.json"
-    fresh = stamp.is_file() and stamp.read_text() == _fingerprint()
+    fresh = stamp.is_file() and stamp.read_text() == _fingerprint(users)
     if not fresh:
-        log(f"data: writing {USERS * ROWS_PER_USER:,} user_stats rows")
-        pq.write_table(user_stats_table(), data / "user_stats.parquet", row_group_size=250_000)
+        log(f"data: writing {users * ROWS_PER_USER:,} user_stats rows")
+        table = user_stats_table(users=users)
+        pq.write_table(table, data / "user_stats.parquet", row_group_size=250_000)
+        del table
         stamp.unlink(missing_ok=True)
     repos: dict[tuple[str, str], Path] = {}
     for store in stores:
@@ -201,8 +210,20 @@ def build_repos(
         mnist.create_feature_repo(repo, MNIST_REPO, mnist.load_mnist(MNIST_NPZ), apply_it=False)
         _use_store(repo, store)
         feast_apply(repo)
-    stamp.write_text(_fingerprint())
+    stamp.write_text(_fingerprint(users))
     return repos
+
+
+def build_large_repo(root: Path, log=print) -> Path:
+    """The duckdb repo over ``LARGE_USERS`` x ``ROWS_PER_USER`` (10M) feature
+    rows, under ``root/large`` (its cases: ``rows:N:src10m``)."""
+    repos = build_repos(root / "large", ("duckdb",), with_mnist=False, log=log, users=LARGE_USERS)
+    return repos["duckdb", "rows"]
+
+
+def users_of(case: str) -> int:
+    """How many users the data set of a rows case has."""
+    return LARGE_USERS if case.endswith(":" + LARGE_VARIANT) else USERS
 
 
 def user_stats_path(repo: Path) -> Path:

@@ -63,11 +63,13 @@ def limit_query(repo: Path, refs: list[str], entity_columns: list[str]) -> str:
     )
 
 
-def run_limit(query: str, entity_df: pd.DataFrame) -> pa.Table:
-    """One retrieval: a fresh database (as the engine opens one per request),
-    the entity frame as an Arrow table, the query, the result in Arrow."""
+def run_limit(query: str, entity_df: pd.DataFrame, memory_limit: str | None = None) -> pa.Table:
+    """One retrieval: a fresh database (as the engine opens one per request,
+    with the server's ``memory_limit`` if given), the entity frame as an Arrow
+    table, the query, the result in Arrow."""
     entity_rows = pa.Table.from_pandas(entity_df, preserve_index=False)
-    database = duckdb.connect()
+    config = {"memory_limit": memory_limit} if memory_limit else {}
+    database = duckdb.connect(config=config)
     try:
         # The ASOF join against a registered Arrow table may otherwise be
         # planned as a nested-loop join (minutes at 100k rows); the entity

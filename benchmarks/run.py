@@ -42,6 +42,7 @@ from typing import Any, NamedTuple
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import datagen  # noqa: E402
+import large as largebench  # noqa: E402
 import postgres as pgbench  # noqa: E402
 import report  # noqa: E402
 from paths import ROOT  # noqa: E402
@@ -49,12 +50,14 @@ from procs import Server  # noqa: E402
 from targets import case_key, case_label, evaluate_targets, load_targets, size_label  # noqa: E402
 
 from flightlab import mnist  # noqa: E402
+from flightlab.engine.settings import size_in_bytes  # noqa: E402
 
 WORKER = Path(__file__).resolve().with_name("worker.py")
 OBJECT_STORAGE = Path(__file__).resolve().with_name("object_storage.py")
 # The stores, in the order they run: the parquet ones (datagen.py), PostgreSQL
-# (postgres.py), parquet in S3 (object_storage.py).
-STORES = (*datagen.STORES, pgbench.STORE, "s3")
+# (postgres.py), parquet in S3 (object_storage.py), 10M entity rows on a 10M-row
+# source (large.py).
+STORES = (*datagen.STORES, pgbench.STORE, "s3", largebench.STORE)
 
 
 class Mode(NamedTuple):
@@ -62,6 +65,7 @@ class Mode(NamedTuple):
     server: str | None  # "flightlab", "feast", or None: in-process
     engine: str | None  # flightlab serve_offline --engine
     client: str  # the worker's client mode
+    settings: tuple[tuple[str, object], ...] = ()  # more keys of the client's offline_store
 
 
 AUTO = "flightlab server (--engine auto) + "
@@ -107,13 +111,23 @@ MODES: dict[str, Mode] = {
         AUTO + "Feast's stock remote client", "flightlab", "auto", "feast-client"
     ),
 }
+for _n in largebench.PARTITIONS:
+    MODES[largebench.partitioned_mode(_n)] = Mode(
+        AUTO + f"flightlab client, {_n} partitions fetched at once (to_arrow)",
+        *("flightlab", "auto", "flightlab", (("partitions", _n),)),
+    )
 # Modes run on some stores only: on duckdb, --engine flightlab is what auto does.
 MODE_STORES = {"flightlab-engine": ("file",), "engine": (pgbench.STORE,)}
+MODE_STORES |= {largebench.partitioned_mode(n): (largebench.STORE,) for n in largebench.PARTITIONS}
 # Stores that run some modes only: on postgres, Feast's local store and its
-# server, flightlab's server and engine, and the limit.
-STORE_MODES = {pgbench.STORE: ("local", "engine-limit", "engine", "flightlab", "feast")}
-# Modes stopped at --feast-cap seconds per call, and timed --feast-repeats times.
-CAPPED_MODES = {pgbench.STORE: ("local", "feast")}
+# server, flightlab's server and engine, and the limit; large.py's.
+STORE_MODES = {
+    pgbench.STORE: ("local", "engine-limit", "engine", "flightlab", "feast"),
+    largebench.STORE: tuple(largebench.all_modes()),
+}
+# Modes stopped at --feast-cap seconds per call, and timed --feast-repeats times
+# (on the large store, also stopped at --large-rss-cap of server RSS growth).
+CAPPED_MODES = {pgbench.STORE: ("local", "feast"), largebench.STORE: largebench.CAPPED}
 # object_storage.py's measurements, as modes of the store "s3".
 S3_MODES = {
     "engine-disk": "flightlab's engine in-process, parquet on local disk",
@@ -248,11 +262,23 @@ class Benchmark:
         argv += ["--case", case, "--repo", str(self.repo(store, case)), "--repeats", str(repeats)]
         return Worker(argv, self.logs / log)
 
+    def client_options(self, mode: str, store: str) -> list[str]:
+        """The worker options of ``mode`` beyond its client mode: its offline
+        store settings; on the large store, the memory limit and no coercion."""
+        options = [f"--offline-setting={k}={v}" for k, v in MODES[mode].settings]
+        if store == largebench.STORE:
+            options += ["--memory-limit", self.args.large_memory_limit, "--no-coerce"]
+        return options
+
     def server(self, mode: str, store: str, case: str, tag: str) -> Server:
         kind, engine = MODES[mode].server, MODES[mode].engine
         extra = ["--engine", engine] if kind == "flightlab" else []
         if kind == "flightlab" and store == pgbench.STORE:
             extra += ["--log-level", "info"]  # it logs the plan of each retrieval
+        if kind == "flightlab" and store == largebench.STORE:
+            rows = str(max(int(case.split(":")[1]), 10_000_000))
+            extra += ["--engine-memory-limit", self.args.large_memory_limit]
+            extra += ["--max-entity-rows", rows]
         # --flightlab-args come last, so they can override the engine.
         extra += self.args.flightlab_args if kind == "flightlab" else []
         return Server(kind, self.repo(store, case), self.logs / f"{tag}-server.log", extra)
@@ -275,10 +301,11 @@ class Benchmark:
         worker_mode = MODES[mode].client
         server_log = self.logs / f"{tag}-server.log"
         logged = server_log.stat().st_size if server_log.exists() else 0
-        sync = ("--sync",) if cap else ()
+        more = ("--sync",) if cap else ()
+        more += tuple(self.client_options(mode, store))
         with (
             self.failing(record),
-            self.client(worker_mode, store, case, repeats, f"{tag}.log", *sync) as client,
+            self.client(worker_mode, store, case, repeats, f"{tag}.log", *more) as client,
         ):
             if server_kind is None:
                 client.send("0")
@@ -286,13 +313,17 @@ class Benchmark:
             else:
                 with self.server(mode, store, case, tag) as srv:
                     client.send(f"{srv.port} {srv.pid}")
-                    calls = self._calls(client, repeats, cap)
+                    calls = self._capped_calls(client, srv, store, repeats, cap)
                     record.update(
                         server_peak_rss=srv.peak_rss(),
                         server_idle_rss=srv.idle_rss,
                         server_start_seconds=srv.started_in,
                     )
             record.update(_timings(calls), **_rss_figures(calls))
+            if store == largebench.STORE and server_kind == "flightlab":
+                limit = size_in_bytes(self.args.large_memory_limit) or 0
+                record.update(engine_memory_limit=limit)
+                record.update(server_rss_over_limit=record.get("server_call_rss", 0) - limit)
             plans = sorted({c["plan"] for c in calls if c.get("plan")})
             if server_kind == "flightlab" and store == pgbench.STORE:
                 plans = _logged_plans(server_log, logged)
@@ -323,6 +354,25 @@ class Benchmark:
                 client.kill()
                 raise DidNotFinish(cap) from None
         return calls
+
+    def _capped_calls(
+        self, client: Worker, srv: Server, store: str, repeats: int, cap: float | None
+    ) -> list[dict[str, Any]]:
+        """``_calls``; on the large store a capped call is also stopped when
+        the server's RSS grows past --large-rss-cap."""
+        if cap is None or store != largebench.STORE:
+            return self._calls(client, repeats, cap)
+        rss_cap = size_in_bytes(self.args.large_rss_cap) or 0
+        with largebench.RssCap(srv.pid, rss_cap, client.kill).watching() as watch:
+            try:
+                return self._calls(client, repeats, cap)
+            except RuntimeError:
+                if watch.tripped_at is None:
+                    raise
+        raise RuntimeError(
+            f"did not finish: the server's RSS grew by {watch.tripped_at / 1e6:,.0f} MB, "
+            f"past the cap of {self.args.large_rss_cap} (--large-rss-cap)"
+        )
 
     def run_concurrent(self, store: str, case: str, mode: str, repeats: int) -> dict[str, Any]:
         clients = self.args.clients
@@ -601,6 +651,8 @@ class Benchmark:
     def cases_for(self, store: str) -> list[str]:
         if store == "s3":
             return []  # object_storage.py's own
+        if store == largebench.STORE:
+            return largebench.cases(self.args.large_sizes)
         if store == pgbench.STORE:
             cases = [f"rows:{n}:{kind}" for n in self.args.pg_sizes for kind in pgbench.VIEWS]
         else:
@@ -628,6 +680,9 @@ class Benchmark:
             self.repos = datagen.build_repos(
                 self.out / "work", parquet or ("duckdb",), with_mnist=args.mnist, log=self.log
             )
+        if largebench.STORE in stores:
+            repo = datagen.build_large_repo(self.out / "work", log=self.log)
+            self.repos[largebench.STORE, "rows"] = repo
         if args.mnist and "file" in stores and not args.mnist_file:
             self.note(
                 "MNIST on the file (dask) store is skipped: one retrieval takes ~14 min there "
@@ -644,6 +699,8 @@ class Benchmark:
                 repeats = 1 if (case == "mnist" and store == "file") else args.repeats
                 for mode in self.modes_for(store):
                     self.results.append(self.run_mode(store, case, mode, repeats))
+            if store not in datagen.STORES:
+                continue  # the large store: no concurrency or latency measurement
             if args.clients > 0:
                 case = f"rows:{args.concurrency_rows}"
                 for mode in CONCURRENT_MODES:
@@ -680,6 +737,8 @@ class Benchmark:
                 "data": {
                     "user_stats_rows": datagen.USERS * datagen.ROWS_PER_USER,
                     "users": datagen.USERS,
+                    "large_user_stats_rows": datagen.LARGE_USERS * datagen.ROWS_PER_USER,
+                    "large_memory_limit": args.large_memory_limit,
                     "features": list(datagen.FEATURES),
                     "mnist_images": 70_000,
                     "mnist_features": len(mnist.feature_refs()),
@@ -797,7 +856,7 @@ OPTIONS = (
     ("--sizes", "10k,100k,1M", _listed(parse_size), "entity rows per case"),
     ("--stores", ",".join(STORES), _listed(choices=STORES), "offline stores"),
     ("--pg-sizes", "100k,1M", _listed(parse_size), "entity rows per postgres case"),
-    ("--feast-cap", 240.0, float, "seconds a capped call (Feast's postgres store) may take"),
+    ("--feast-cap", 240.0, float, "seconds a capped call (Feast's store, server) may take"),
     ("--feast-repeats", 1, int, "timed calls of a capped mode"),
     ("--repeats", 3, int, "timed calls per cell"),
     ("--modes", ",".join(MODES), _listed(choices=tuple(MODES)), "modes to run"),
@@ -807,6 +866,9 @@ OPTIONS = (
     ("--latency-stores", "duckdb", _listed(choices=datagen.STORES), "stores to time latency on"),
     ("--busy-delay", 1.0, float, "seconds into the large call to start the small one at most"),
     ("--concurrency-timeout", None, float, "seconds concurrent calls may take (None: 20x theirs)"),
+    ("--large-sizes", "10M", _listed(parse_size), "entity rows per case of the large store"),
+    ("--large-memory-limit", "1GB", str, "the large store's --engine-memory-limit"),
+    ("--large-rss-cap", "8GB", str, "server RSS growth a capped call may reach (large store)"),
     ("--flightlab-args", "", shlex.split, "more `flightlab serve_offline` args, after --engine"),
     ("--out", str(ROOT / "out" / "benchmark"), str, "where results, logs and repos go"),
 )
@@ -822,6 +884,7 @@ QUICK = dict(
     concurrency_rows="10k",
     latency_rows="100k",
     pg_sizes="10k,100k",
+    large_sizes="1M",
     feast_cap=60.0,
 )
 

@@ -246,7 +246,7 @@ def variant_of(case: str) -> str:
 
 
 # How a variant is printed.
-VARIANT_LABELS = {"nottl": "no TTL", "ttl30d": "TTL 30d"}
+VARIANT_LABELS = {"nottl": "no TTL", "ttl30d": "TTL 30d", "src10m": "on a 10M-row source"}
 
 
 def case_key(case: str) -> tuple[int, int, str]:

@@ -76,16 +76,18 @@ def case_frame(store: str, case: str, seed: int) -> tuple[object, list[str]]:
         import postgres
 
         return postgres.case_frame(case, seed)
-    rows = int(case.split(":", 1)[1])
-    return datagen.entity_frame(rows, seed=seed), list(datagen.FEATURE_REFS)
+    rows = int(case.split(":")[1])
+    users = datagen.users_of(case)
+    return datagen.entity_frame(rows, seed=seed, users=users), list(datagen.FEATURE_REFS)
 
 
 class EngineLimit:
     """The ``engine-limit`` mode's store: ``get_historical_features`` answered
     by one plain DuckDB query (its SQL built once, before the timed calls)."""
 
-    def __init__(self, repo: Path):
+    def __init__(self, repo: Path, memory_limit: str | None = None):
         self.repo = repo
+        self.memory_limit = memory_limit
         self._queries: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
 
     def get_historical_features(self, entity_df, features: list[str]):
@@ -94,11 +96,11 @@ class EngineLimit:
         key = (tuple(entity_df.columns), tuple(features))
         if key not in self._queries:
             self._queries[key] = limit.limit_query(self.repo, features, list(entity_df.columns))
-        query = self._queries[key]
+        query, memory_limit = self._queries[key], self.memory_limit
 
         class Job:
             def to_arrow(self):
-                return limit.run_limit(query, entity_df)
+                return limit.run_limit(query, entity_df, memory_limit)
 
         return Job()
 
@@ -140,15 +142,20 @@ class InProcessEngine:
         return Job()
 
 
-def open_store(mode: str, repo: Path, port: int, workdir: Path, store: str = "duckdb"):
+def open_store(
+    mode: str, repo: Path, port: int, workdir: Path, args: argparse.Namespace | None = None
+):
+    """The store ``mode`` retrieves from; ``args``: the worker's options (its
+    store, memory limit, offline-store settings, timestamp coercion)."""
     from feast import FeatureStore
 
+    store = args.store if args else "duckdb"
     if mode == "engine-limit" and store == "postgres":
         import postgres
 
         return postgres.Limit(repo)
     if mode == "engine-limit":
-        return EngineLimit(repo)
+        return EngineLimit(repo, args.memory_limit if args else None)
     if mode == "engine":
         return InProcessEngine(repo)
     if mode == "local":
@@ -157,8 +164,12 @@ def open_store(mode: str, repo: Path, port: int, workdir: Path, store: str = "du
         "type": "remote" if mode == "feast-client" else "flightlab.client.RemoteOfflineStore",
         "host": "127.0.0.1",
         "port": port,
+        **dict(setting.split("=", 1) for setting in (args.offline_setting if args else [])),
     }
     yaml = datagen.client_repo_yaml(repo, online=workdir / "online.db", offline_store=offline)
+    if args and args.no_coerce:
+        # Feast then hands the entity frame over as it is, without a full copy.
+        yaml += "coerce_tz_aware: false\n"
     (workdir / "feature_store.yaml").write_text(yaml)
     return FeatureStore(repo_path=str(workdir))
 
@@ -221,7 +232,7 @@ def run_client(args: argparse.Namespace) -> None:
     port = int(line[0])
     server_pid = int(line[1]) if len(line) > 1 else None
     with tempfile.TemporaryDirectory(prefix="flightlab-bench-") as tmp:
-        store = open_store(args.mode, Path(args.repo), port, Path(tmp), args.store)
+        store = open_store(args.mode, Path(args.repo), port, Path(tmp), args)
         retrieve(store, args.mode, warm_df, refs)
         calls = []
         for _ in range(args.repeats):
@@ -344,6 +355,11 @@ def main(argv: list[str] | None = None) -> None:
     client.add_argument("--repeats", type=int, default=3)
     client.add_argument("--seed", type=int, default=3)
     client.add_argument("--sync", action="store_true")
+    client.add_argument("--memory-limit", help="the engine limit's DuckDB memory limit")
+    client.add_argument(
+        "--offline-setting", action="append", default=[], help="KEY=VALUE of offline_store"
+    )
+    client.add_argument("--no-coerce", action="store_true", help="coerce_tz_aware: false")
     server = commands.add_parser("loopback-server")
     server.add_argument("--case", required=True)
     server.add_argument("--repo", required=True, help="the repo whose data to serve")
