@@ -57,15 +57,17 @@ def _table(
     title: str, header: list[str], records: list[dict], keys, figures, right: set[int]
 ) -> list[str]:
     """``title``, then a row per record: ``keys(record) + figures(record)``, or
-    for a failed one its keys and FAILED (``>N``: stopped at its time cap),
+    for a failed one its keys and FAILED (``>N``: stopped at its time cap;
+    ``did not finish``: at its memory cap),
     with its error under the table; the columns in ``right`` right-aligned."""
     rows, failures = [], []
     for record in records:
         row = keys(record)
         if "error" in record:
-            failed = "STOPPED" if record.get("capped") else "FAILED"
+            failed = "STOPPED" if record.get("stopped") else "FAILED"
             failures.append(f"  {failed} {' '.join(row[:3])}: {record['error']}")
-            shown = f">{record['capped']:.0f}" if record.get("capped") else "FAILED"
+            shown = "did not finish" if record.get("stopped") else "FAILED"
+            shown = f">{record['capped']:.0f}" if record.get("capped") else shown
             row += [shown] + [""] * (len(header) - len(row) - 1)
         else:
             row += figures(record)

@@ -250,7 +250,9 @@ class Benchmark:
         try:
             yield
         except DidNotFinish as exc:
-            record.update(error=str(exc), capped=exc.seconds)
+            record.update(error=str(exc), stopped=True)
+            if exc.seconds is not None:
+                record["capped"] = exc.seconds
             self.log(f"  {exc}: stopped (logs in {self.logs})")
         except Exception as exc:
             record["error"] = f"{type(exc).__name__}: {exc}"
@@ -363,15 +365,18 @@ class Benchmark:
         if cap is None or store != largebench.STORE:
             return self._calls(client, repeats, cap)
         rss_cap = size_in_bytes(self.args.large_rss_cap) or 0
+        started = time.monotonic()
         with largebench.RssCap(srv.pid, rss_cap, client.kill).watching() as watch:
             try:
                 return self._calls(client, repeats, cap)
             except RuntimeError:
                 if watch.tripped_at is None:
                     raise
-        raise RuntimeError(
-            f"did not finish: the server's RSS grew by {watch.tripped_at / 1e6:,.0f} MB, "
-            f"past the cap of {self.args.large_rss_cap} (--large-rss-cap)"
+        raise DidNotFinish(
+            None,
+            f"did not finish: stopped after {time.monotonic() - started:.0f} s, the server's "
+            f"RSS having grown by {watch.tripped_at / 1e6:,.0f} MB, past the cap of "
+            f"{self.args.large_rss_cap} (--large-rss-cap)",
         )
 
     def run_concurrent(self, store: str, case: str, mode: str, repeats: int) -> dict[str, Any]:
@@ -766,10 +771,11 @@ class Benchmark:
 
 
 class DidNotFinish(Exception):
-    """A capped call that was stopped at its cap."""
+    """A capped call that was stopped at its time cap (``seconds``) or, with
+    ``seconds`` None, at its memory cap (``message`` says which)."""
 
-    def __init__(self, seconds: float):
-        super().__init__(f"did not finish in {seconds:.0f} s")
+    def __init__(self, seconds: float | None, message: str | None = None):
+        super().__init__(message or f"did not finish in {seconds:.0f} s")
         self.seconds = seconds
 
 
