@@ -89,7 +89,8 @@ def default_memory_limit(workers: int) -> str:
     capped = _cgroup_memory_limit()
     if capped is not None:
         total = min(total, capped)
-    return f"{int(total * MACHINE_SHARE / max(workers, 1))}B"
+    # In MB, as an operator reads it in errors and logs.
+    return f"{int(total * MACHINE_SHARE / max(workers, 1)) // 10**6}MB"
 
 
 def _cgroup_memory_limit() -> int | None:
