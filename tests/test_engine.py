@@ -367,3 +367,23 @@ def test_the_client_uploads_a_large_entity_frame_in_slices(server, local, tmp_pa
     got = job.to_df()
     assert server.stats_json()["rows_in"] - before == rows
     assert_same_rows(local_answer(local, rows, seed=6), got, KEYS)
+
+
+def test_nanosecond_entity_timestamps_are_sent_as_microseconds_with_the_local_answer(
+    server, local, tmp_path, repo
+):
+    # pandas' nanoseconds, some finer than a microsecond, over several slices:
+    # sent floored to microseconds, so the server needs no second, cast copy of
+    # the column (locally, duckdb refuses the finer ones: compared floored).
+    floored = entity_frame(ENTITY_SLICE_ROWS + 7, seed=8)
+    frame = floored.assign(
+        event_timestamp=floored["event_timestamp"].dt.as_unit("ns")
+        + pd.to_timedelta(floored.index % 1000, unit="ns")
+    )
+    sent = entity_rows_reader(frame, entity_schema_of(frame)).read_all()
+    assert sent.schema.field("event_timestamp").type == pa.timestamp("us", tz="UTC")
+    assert sent.num_rows == len(frame)
+    client = make_client_store(tmp_path / "client", server.port, repo)
+    got = client.get_historical_features(entity_df=frame, features=FEATURES).to_df()
+    expected = local.get_historical_features(entity_df=floored, features=list(FEATURES)).to_df()
+    assert_same_rows(expected, got, KEYS)

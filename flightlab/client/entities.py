@@ -39,16 +39,33 @@ def entity_schema_of(entity_df: pd.DataFrame) -> pa.Schema:
 
 
 def entity_rows_reader(entity_df: pd.DataFrame, schema: pa.Schema) -> pa.RecordBatchReader:
-    """The frame's rows as Arrow, converted one slice at a time as they are read."""
+    """The frame's rows as Arrow, converted one slice at a time as they are
+    read (``schema``: :func:`entity_schema_of`'s), timestamps in microseconds."""
+    wire = wire_schema(schema)
 
     def slices() -> Iterator[pa.RecordBatch]:
         for start in range(0, len(entity_df), ENTITY_SLICE_ROWS):
             rows = entity_df.iloc[start : start + ENTITY_SLICE_ROWS]
             try:
-                yield pa.RecordBatch.from_pandas(rows, schema=schema, preserve_index=False)
+                batch = pa.RecordBatch.from_pandas(rows, schema=schema, preserve_index=False)
             except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
                 raise MalformedEntityDataError(
                     f"the entity DataFrame cannot be sent: rows from {start}: {exc}"
                 ) from None
+            yield batch if wire is schema else batch.cast(wire, safe=False)
 
-    return pa.RecordBatchReader.from_batches(schema, slices())
+    return pa.RecordBatchReader.from_batches(wire, slices())
+
+
+def wire_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with nanosecond timestamps as microseconds (the zone kept).
+    The server floors every entity timestamp to microseconds, as Feast's stores
+    keep them, with the same cast: sent as nanoseconds, it would hold a second,
+    cast copy of each such column next to the upload while the request runs."""
+    fine = [
+        i for i, f in enumerate(schema) if pa.types.is_timestamp(f.type) and f.type.unit == "ns"
+    ]
+    for i in fine:
+        field = schema.field(i)
+        schema = schema.set(i, field.with_type(pa.timestamp("us", tz=field.type.tz)))
+    return schema
