@@ -11,6 +11,7 @@ created timestamps tie), so the rows are the same and only the cost differs.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import duckdb
@@ -68,8 +69,16 @@ def run_limit(query: str, entity_df: pd.DataFrame, memory_limit: str | None = No
     with the server's ``memory_limit`` if given), the entity frame as an Arrow
     table, the query, the result in Arrow."""
     entity_rows = pa.Table.from_pandas(entity_df, preserve_index=False)
-    config = {"memory_limit": memory_limit} if memory_limit else {}
-    database = duckdb.connect(config=config)
+    with tempfile.TemporaryDirectory(prefix="flightlab-limit-spill-") as spill:
+        # Over its limit the join spills: into a folder of its own, as the
+        # engine's (DuckDB's default is .tmp in the working directory).
+        config = {"temp_directory": spill}
+        if memory_limit:
+            config["memory_limit"] = memory_limit
+        return _joined(query, entity_rows, duckdb.connect(config=config))
+
+
+def _joined(query: str, entity_rows: pa.Table, database: duckdb.DuckDBPyConnection) -> pa.Table:
     try:
         # The ASOF join against a registered Arrow table may otherwise be
         # planned as a nested-loop join (minutes at 100k rows); the entity
