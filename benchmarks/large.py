@@ -28,9 +28,8 @@ STORE = "large"
 MODES = ["engine-limit", "flightlab", "flightlab-parquet", "feast"]
 # Partitioned fetches (issue 21's partitioned endpoints), one mode per count:
 # "flightlab-partitioned-N", flightlab's client with `partitions: N` in its
-# offline store config. Set to (2, 4) once the client reads that key (until
-# then its config would refuse it): nothing else is needed.
-PARTITIONS: tuple[int, ...] = ()
+# offline store config (to_arrow). A count added here is all a new mode needs.
+PARTITIONS: tuple[int, ...] = (2, 4)
 # Modes stopped at --feast-cap seconds or at --large-rss-cap of server RSS growth.
 CAPPED = ("feast",)
 POLL_SECONDS = 0.2
