@@ -193,6 +193,8 @@ MODE_COLORS = {
     "engine-s3": "#64b5cd",
     "flightlab-disk": "#dd8452",
     "flightlab-s3": "#f2b880",
+    "flightlab-partitioned-2": "#b5651d",
+    "flightlab-partitioned-4": "#7f3f10",
 }
 
 
@@ -227,7 +229,9 @@ def plot(document: dict[str, Any], path: Path) -> None:
     stores = list(dict.fromkeys(r["store"] for r in results))
     if not stores:
         return
+    # The known modes in their order, then any other (its colour matplotlib's).
     modes = [m for m in MODE_COLORS if any(r["mode"] == m for r in results)]
+    modes += sorted({r["mode"] for r in results} - set(modes))
     loopback = {c["case"]: c for c in document["loopback"] if "median" in c}
     cases = {
         s: sorted({r["case"] for r in results if r["store"] == s}, key=case_key) for s in stores
