@@ -14,7 +14,8 @@ server where Feast's local ``to_arrow`` fails.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,7 +30,22 @@ from flightlab.engine.settings import EngineSettings
 from flightlab.server import OfflineServer
 from flightlab.server.limits import ServerLimits
 from flightlab.testing.backend_repos import FILE_REGISTRY_YAML, create_spark_repo
+from flightlab.testing.processes import (
+    current_rss,
+    peak_rss,
+    reset_peak_rss,
+    running_server,
+    serve_offline_command,
+)
 from flightlab.testing.sample_repo import DAYS, START, entity_frame
+from flightlab.testing.spark_large import (
+    ROW_BYTES,
+    apply_in_process,
+    create_large_spark_repo,
+    expected_totals,
+    local_pull_in_child,
+    remote_pull,
+)
 
 CLIENTS = ["flightlab", "feast"]
 STAGINGS = ["staged", "unstaged"]
@@ -42,7 +58,9 @@ class Served:
     def __init__(self, root: Path, staged: bool):
         self.staging = root / "staging" if staged else None
         self.spill = root / "spill"
-        self.repo = create_spark_repo(root / "repo", staging_location=self.staging)
+        # Applied in this process: one JVM for both repos, not one per `feast apply`.
+        self.repo = create_spark_repo(root / "repo", apply=False, staging_location=self.staging)
+        apply_in_process(self.repo)
         self.local = FeatureStore(repo_path=str(self.repo))
         engine = EngineSettings(spill_dir=self.spill)
         # Small batches: every answer streams in several, and can be dropped midway.
@@ -87,12 +105,18 @@ def assert_same_table(expected: pa.Table, got: pa.Table, keys: list[str]) -> Non
     assert_same_rows(expected.to_pandas(), got.to_pandas(), keys)
 
 
-def wait_until_removed(repo: Served, before: list[Path]) -> None:
-    """The folders back to ``before``: the server removes its own as its stream
-    ends, which may be just after the client has its last batch."""
-    deadline = time.monotonic() + 30
-    while repo.result_folders() != before and time.monotonic() < deadline:
+def wait_for(condition: Callable[[], bool], seconds: float = 30) -> bool:
+    """Whether ``condition`` holds within ``seconds``: the server ends a stream
+    (removes its folder, logs it) just after the client has its last batch."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
         time.sleep(0.05)
+    return condition()
+
+
+def wait_until_removed(repo: Served, before: list[Path]) -> None:
+    """The folders back to ``before``."""
+    wait_for(lambda: repo.result_folders() == before)
     assert repo.result_folders() == before
 
 
@@ -129,17 +153,54 @@ def test_pulls_equal_the_local_store(served, staging, client):
 
 
 @pytest.mark.parametrize("staging", STAGINGS)
-def test_a_client_that_stops_reading_midway_leaves_no_folder(served, staging):
+def test_a_client_that_stops_reading_midway_leaves_no_folder(served, staging, caplog):
     repo = served[staging]
     before = repo.result_folders()
-    job = repo.remotes["flightlab"].get_historical_features(entity_frame(200, seed=9), FEATURES)
-    batches = job.to_arrow_batches()
-    first = next(batches)
-    assert first.num_rows == 16  # the server's batch size: more were to come
-    # The server streams from the folder Spark wrote: there while the stream is open.
-    assert len(repo.result_folders()) == len(before) + 1
-    batches.close()  # the client stops reading: the server's stream is cancelled
-    wait_until_removed(repo, before)
+    rows = 20_000  # 1,250 batches of 16: far more than the server reads ahead
+    job = repo.remotes["flightlab"].get_historical_features(entity_frame(rows, seed=9), FEATURES)
+    with caplog.at_level("INFO", logger="flightlab"):
+        batches = job.to_arrow_batches()
+        assert next(batches).num_rows == 16
+        batches.close()  # the client stops reading: the server's stream is cancelled
+        wait_until_removed(repo, before)
+        # The server had Spark write a folder, streamed from it and cut the stream short.
+        logged = lambda: [r.getMessage() for r in caplog.records]  # noqa: E731
+        gone = ("client stopped reading", "client went away")
+        assert wait_for(lambda: any(g in m for m in logged() for g in gone))
+    written = [m for m in logged() if "parquet file(s) in" in m]
+    assert len(written) == 1
+    assert not Path(written[0].rsplit(" in ", 1)[1]).exists()
     # The server is fine: the next call is answered whole.
-    assert job.to_arrow().num_rows == 200
+    small = repo.remotes["flightlab"].get_historical_features(entity_frame(40, seed=9), FEATURES)
+    assert small.to_arrow().num_rows == 40
     wait_until_removed(repo, before)
+
+
+LARGE_ROWS = 14_000_000  # 534 MB of Arrow: more than the driver's 512 MB (Spark's floor)
+
+
+def test_a_result_larger_than_the_driver_goes_through_where_the_local_store_fails(tmp_path):
+    install_backends()
+    # Applied here: with the module's JVM, not a third one in a `feast apply` process.
+    repo = create_large_spark_repo(tmp_path / "repo", LARGE_ROWS, "512m", in_process=True)
+    spill = tmp_path / "spill"
+    command = serve_offline_command(repo, "--spill-dir", str(spill))
+    with running_server(command, log=tmp_path / "server.log", timeout=180) as server:
+        registry = FILE_REGISTRY_YAML.replace(
+            "data/registry.db", str(repo / "data" / "registry.db")
+        )
+        client = client_stores(tmp_path / "clients", server, registry)["flightlab"]
+        # Feast's local store on the same repo, its own JVM with the same driver, meanwhile.
+        with ThreadPoolExecutor(1) as pool:
+            local = pool.submit(local_pull_in_child, repo, 240)
+            before = current_rss(server.pid) or 0
+            reset_peak_rss(server.pid)
+            got = remote_pull(client)
+            growth = (peak_rss(server.pid) or 0) - before
+            outcome = local.result()
+        assert sorted(spill.glob("spark-result-*")) == []
+    assert got == expected_totals(LARGE_ROWS)
+    # The server held a few batches, never the result.
+    assert growth < LARGE_ROWS * ROW_BYTES / 2, f"server RSS grew by {growth / 2**20:.0f} MB"
+    assert outcome.rows is None, "Feast's local to_arrow held the whole result after all"
+    assert "OutOfMemoryError" in (outcome.error or ""), outcome.error
