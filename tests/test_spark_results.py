@@ -153,6 +153,18 @@ def test_pulls_equal_the_local_store(served, staging, client):
 
 
 @pytest.mark.parametrize("staging", STAGINGS)
+def test_an_empty_result_equals_the_local_store(served, staging):
+    repo = served[staging]
+    window = {"start_date": START - timedelta(days=9), "end_date": START - timedelta(days=8)}
+    api = "pull_all_from_table_or_query"
+    expected = pull(repo.local, api, **window).to_arrow()
+    assert expected.num_rows == 0
+    before = repo.result_folders()
+    assert_same_table(expected, pull(repo.remotes["flightlab"], api, **window).to_arrow(), [])
+    wait_until_removed(repo, before)
+
+
+@pytest.mark.parametrize("staging", STAGINGS)
 def test_a_client_that_stops_reading_midway_leaves_no_folder(served, staging, caplog):
     repo = served[staging]
     before = repo.result_folders()

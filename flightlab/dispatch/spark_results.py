@@ -53,6 +53,8 @@ from flightlab.engine.results import FEAST, ResultStream
 logger = logging.getLogger(__name__)
 
 READ_BATCH_ROWS = 65_536
+# Staging locations whose files the server reads (Feast's to_remote_storage writes more).
+_READABLE_STAGING = ("/", "s3://")
 # Our own writes: row groups of 32 MB, so that a reader holds little at once.
 _ROW_GROUP_BYTES = str(32 * 1024 * 1024)
 
@@ -68,8 +70,16 @@ def streamable(job: RetrievalJob) -> bool:
 
     if not isinstance(job, SparkRetrievalJob):
         return False
-    if getattr(job._config.offline_store, "staging_location", None):
-        return True
+    staging = getattr(job._config.offline_store, "staging_location", None)
+    if staging:
+        if staging.startswith(_READABLE_STAGING):
+            return True
+        logger.warning(
+            "Spark's result is read whole (staging_location %s: flightlab streams "
+            "local paths and s3:// only)",
+            staging,
+        )
+        return False
     master = job.spark_session.conf.get("spark.master", "") or ""
     if master.startswith("local"):
         return True
@@ -172,10 +182,6 @@ def _filesystem_of(paths: list[str], config: Any) -> tuple[pafs.FileSystem, list
             options["scheme"] = "https" if endpoint.startswith("https") else "http"
         files = [p.split("://", 1)[1] for p in paths]
         return pafs.S3FileSystem(**options), files
-    if paths and "://" in paths[0] and not paths[0].startswith("file://"):
-        raise NotImplementedError(
-            f"flightlab streams Spark results staged on local paths or s3://, not {paths[0]!r}"
-        )
     return pafs.LocalFileSystem(), [p.removeprefix("file://") for p in paths]
 
 
