@@ -158,7 +158,8 @@ def _add_engine_arguments(serve: argparse.ArgumentParser) -> None:
         "--spill-dir",
         type=Path,
         metavar="DIR",
-        help="where engine joins over the memory limit spill (default: a temp folder)",
+        help="where engine joins over the memory limit spill, and Spark writes results "
+        "to stream when its store has no staging_location (default: a temp folder)",
     )
     serve.add_argument(
         "--spill-max-size",

@@ -29,6 +29,7 @@ from feast.infra.offline_stores.offline_store import OfflineStore, RetrievalJob
 from feast.infra.offline_stores.offline_utils import get_offline_store_from_config
 from feast.permissions.action import AuthzedAction
 
+from flightlab.dispatch import spark_results
 from flightlab.dispatch.backends import StoreBackend
 from flightlab.dispatch.checks import check_entity_query_supported, named_feature_errors
 from flightlab.dispatch.exports import ExportLocation
@@ -132,7 +133,7 @@ class OfflineDispatcher:
             stream = answer_with_engine()
             if stream is None:
                 with self._feast_store():
-                    return ResultStream.of_table(feast_job().to_arrow())
+                    return self._feast_answer(feast_job())
             # The engine's stream holds the sources until its last batch is read.
             stream.close = _then(stream.close, reading.pop_all().close)
             # A database error midway (a stream read from PostgreSQL) named as before it.
@@ -153,6 +154,14 @@ class OfflineDispatcher:
         finally:
             stream.close()
         return {"files": files, "rows": rows}
+
+    def _feast_answer(self, job: RetrievalJob) -> ResultStream:
+        """Feast's job's result: Spark's streamed from the parquet files Spark
+        writes (never collected on its driver), any other store's held whole."""
+        if spark_results.streamable(job):
+            staged = spark_results.staged_result(job, self.engine.settings.spill_dir)
+            return spark_results.result_stream(job, staged)
+        return ResultStream.of_table(job.to_arrow())
 
     def _retrieval_job(
         self, request: protocol.RetrievalRequest, user: Any

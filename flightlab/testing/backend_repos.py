@@ -146,9 +146,30 @@ def create_postgres_repo(
     return repo
 
 
-def create_spark_repo(path: str | Path, apply: bool = True) -> Path:
-    """The sample repo over parquet folders, on Feast's spark store (local mode)."""
-    repo = _write_repo(Path(path), repo_yaml(FILE_REGISTRY_YAML, SPARK_STORE_YAML), _SPARK_SOURCES)
+def spark_store_yaml(
+    staging_location: str | Path | None = None, spark_conf: dict[str, str] | None = None
+) -> str:
+    """The spark store's yaml block: ``SPARK_STORE_YAML``, with a staging
+    location and ``spark_conf`` entries set over its own."""
+    lines = SPARK_STORE_YAML.splitlines()
+    for key, value in (spark_conf or {}).items():
+        lines = [line for line in lines if not line.strip().startswith(f"{key}:")]
+        lines.append(f'    {key}: "{value}"')
+    if staging_location is not None:
+        lines.append(f"  staging_location: {staging_location}")
+    return "\n".join(lines) + "\n"
+
+
+def create_spark_repo(
+    path: str | Path,
+    apply: bool = True,
+    staging_location: str | Path | None = None,
+    spark_conf: dict[str, str] | None = None,
+) -> Path:
+    """The sample repo over parquet folders, on Feast's spark store (local mode),
+    with a ``staging_location`` and ``spark_conf`` entries if given."""
+    store_yaml = spark_store_yaml(staging_location, spark_conf)
+    repo = _write_repo(Path(path), repo_yaml(FILE_REGISTRY_YAML, store_yaml), _SPARK_SOURCES)
     for name, table in _frames().items():
         folder = repo / "data" / name
         folder.mkdir(parents=True, exist_ok=True)
