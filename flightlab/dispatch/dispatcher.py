@@ -36,6 +36,7 @@ from flightlab.dispatch.feast_objects import data_source_from_bytes, entity_fram
 from flightlab.dispatch.permissions import Permissions
 from flightlab.dispatch.persisting import persist_destination, sources_besides_destination
 from flightlab.dispatch.planning import HistoricalPlan, check_request_data, plan_historical
+from flightlab.dispatch.reuse import ResultReuse, view_definition
 from flightlab.dispatch.writes import ParquetWrites
 from flightlab.engine.results import ResultStream
 from flightlab.engine.runner import Engine
@@ -61,9 +62,11 @@ class OfflineDispatcher:
         enforce_permissions: bool = False,
         engine: Engine | None = None,
         exports: ExportLocation | None = None,
+        reuse: ResultReuse | None = None,
     ):
         self.store = store
         self._exports = exports
+        self.reuse = reuse or ResultReuse(0)
         self.enforce_permissions = enforce_permissions
         self._permissions = Permissions(store, enforce_permissions)
         self.engine = engine or Engine(EngineSettings(mode=EngineMode.FEAST))
@@ -123,10 +126,22 @@ class OfflineDispatcher:
             plan = self._historical_plan(request, user)
             answer_with_engine = lambda: self._engine_historical(request, plan)  # noqa: E731
             feast_job = lambda: self._historical_job(request, plan)  # noqa: E731
+            sources = [view.batch_source for view in plan.feature_views]
+            views = [*plan.feature_views, *plan.on_demand_views]
         else:
             source = self._permissions.readable_source(request, user)
             answer_with_engine = lambda: self._engine_pull(request, source)  # noqa: E731
             feast_job = lambda: self._pull_job(request, source)  # noqa: E731
+            sources, views = [source], []
+        definitions = [view_definition(view) for view in views]
+        compute = lambda: self._computed(answer_with_engine, feast_job)  # noqa: E731
+        return self.reuse.answer(request, definitions, sources, compute)
+
+    def _computed(
+        self,
+        answer_with_engine: Callable[[], ResultStream | None],
+        feast_job: Callable[[], RetrievalJob],
+    ) -> ResultStream:
         with ExitStack() as reading:
             reading.enter_context(self._parquet.reading(self.store.list_data_sources()))
             stream = answer_with_engine()
@@ -293,6 +308,7 @@ class OfflineDispatcher:
             self.offline_store.offline_write_batch(
                 self.store.config, feature_view, request.table, progress=None
             )
+        self.reuse.drop_source(feature_view.batch_source)
         return {"rows_written": request.table.num_rows}
 
     def _writable_feature_view(self, name: str):
@@ -338,6 +354,8 @@ class OfflineDispatcher:
                 self._parquet.persist(job, storage, request.allow_overwrite)
             else:
                 job.persist(storage, allow_overwrite=request.allow_overwrite)
+        if isinstance(destination, DataSource):  # a source others read: kept results go
+            self.reuse.drop_source(destination)
         return {"persisted_to": str(storage.to_proto()).strip()}
 
     def _validate_data_source(

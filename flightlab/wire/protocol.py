@@ -87,6 +87,9 @@ class GetHistoricalFeatures(Request):
     # with (serialized FeatureViewProjection protos): they carry what the
     # references cannot, a feature service's aliases and join key maps.
     projections: tuple[bytes, ...] | None = param(Kind.BYTES_LIST, required=False)
+    # False: answer afresh, neither reading nor filling the server's kept
+    # results (flightlab.dispatch.reuse). Unset (None) is the default, reuse.
+    reuse: bool | None = param(Kind.BOOL, required=False)
 
     def __post_init__(self) -> None:
         if not self.features:
@@ -121,6 +124,9 @@ class PullLatestFromTableOrQuery(Request):
     # The source itself (a serialized Feast DataSource proto), for one the
     # registry does not list, such as a saved dataset's storage.
     data_source: bytes | None = param(Kind.BYTES, required=False)
+    # False: answer afresh, neither reading nor filling the server's kept
+    # results (flightlab.dispatch.reuse). Unset (None) is the default, reuse.
+    reuse: bool | None = param(Kind.BOOL, required=False)
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,9 @@ class PullAllFromTableOrQuery(Request):
     # The source itself (a serialized Feast DataSource proto), for one the
     # registry does not list, such as a saved dataset's storage.
     data_source: bytes | None = param(Kind.BYTES, required=False)
+    # False: answer afresh, neither reading nor filling the server's kept
+    # results (flightlab.dispatch.reuse). Unset (None) is the default, reuse.
+    reuse: bool | None = param(Kind.BOOL, required=False)
 
 
 @dataclass(frozen=True)
