@@ -44,6 +44,7 @@ from flightlab.client.parquet_parts import DEFAULT_MAX_FILE_BYTES, write_parquet
 from flightlab.client.retries import RetryPolicy
 from flightlab.client.transport import OfflineFlightClient, ProgressCallback
 from flightlab.wire import protocol
+from flightlab.wire.selection import RowSelection
 
 
 class RemoteOfflineStoreConfig(FeastConfigBaseModel):
@@ -118,6 +119,12 @@ class RemoteRetrievalJob(RetrievalJob):
             return request
         rows = entity_rows_reader(self._entity_frame, request.entity_df.schema)
         return dataclasses.replace(request, entity_df=rows)
+
+    def with_selection(self, selection: RowSelection) -> RemoteRetrievalJob:
+        """This retrieval for the entity rows ``selection`` picks, in the order
+        it asks (see :mod:`flightlab.client.training`)."""
+        request = dataclasses.replace(self.request, selection=selection.to_json())
+        return RemoteRetrievalJob(self._config, request, self._metadata, self._entity_frame)
 
     def without_reuse(self) -> RemoteRetrievalJob:
         """This retrieval, computed afresh: the server's kept results are

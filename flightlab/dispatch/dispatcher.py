@@ -37,6 +37,7 @@ from flightlab.dispatch.permissions import Permissions
 from flightlab.dispatch.persisting import persist_destination, sources_besides_destination
 from flightlab.dispatch.planning import HistoricalPlan, check_request_data, plan_historical
 from flightlab.dispatch.reuse import ResultReuse, view_definition
+from flightlab.dispatch.selection import in_selected_order, with_selection_applied
 from flightlab.dispatch.writes import ParquetWrites
 from flightlab.engine.results import ResultStream
 from flightlab.engine.runner import Engine
@@ -124,6 +125,7 @@ class OfflineDispatcher:
         """
         if isinstance(request, protocol.GetHistoricalFeatures):
             plan = self._historical_plan(request, user)
+            kept_as, request = request, with_selection_applied(request)
             answer_with_engine = lambda: self._engine_historical(request, plan)  # noqa: E731
             feast_job = lambda: self._historical_job(request, plan)  # noqa: E731
             sources = [view.batch_source for view in plan.feature_views]
@@ -132,10 +134,11 @@ class OfflineDispatcher:
             source = self._permissions.readable_source(request, user)
             answer_with_engine = lambda: self._engine_pull(request, source)  # noqa: E731
             feast_job = lambda: self._pull_job(request, source)  # noqa: E731
-            sources, views = [source], []
+            kept_as, sources, views = request, [source], []
         definitions = [view_definition(view) for view in views]
         compute = lambda: self._computed(answer_with_engine, feast_job)  # noqa: E731
-        return self.reuse.answer(request, definitions, sources, compute)
+        compute = in_selected_order(compute, request)
+        return self.reuse.answer(kept_as, definitions, sources, compute)
 
     def _computed(
         self,
