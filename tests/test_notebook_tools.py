@@ -147,7 +147,8 @@ def test_the_panel_reflects_real_server_stats(tools_repo, tmp_path):
         # The same retrieval again: answered from the kept result.
         store.get_historical_features(entity_frame(20), FEATURES).to_arrow()
         state = panel.refresh()
-        assert state.stats["requests_by_engine"].get("reuse") == 1
+        assert state.stats["result_reuse"]["hits"] == 1
+        assert state.stats["requests_by_engine"] == {"flightlab": 2}  # it computed the kept one
         assert "1 hits, 1 misses" in state.to_text()
 
         # A request the server refuses (a client that skips Feast's own checks).

@@ -75,12 +75,12 @@ def test_a_request_can_ask_to_be_computed_afresh(remote, server):
     entities = entity_frame(25, seed=13)
     job = remote.get_historical_features(entities, FEATURES)
     kept = job.to_arrow()
-    hits, by_reuse = _reuse(server)["hits"], _answered_by(server).get("reuse", 0)
+    hits, by_engine = _reuse(server)["hits"], _answered_by(server).get("flightlab", 0)
 
     fresh = job.without_reuse().to_arrow()
 
     assert _reuse(server)["hits"] == hits
-    assert _answered_by(server).get("reuse", 0) == by_reuse
+    assert _answered_by(server).get("flightlab", 0) == by_engine + 1  # computed again
     assert_same_rows(kept.to_pandas(), fresh.to_pandas(), ENTITY_KEYS)
 
 

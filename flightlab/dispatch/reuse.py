@@ -13,7 +13,8 @@ were streamed) under a key made of everything that determines the answer:
   cheap version (a database table, an object store, Spark) is not kept.
 
 A request whose key is kept is answered from the kept batches, the same
-rows a recomputation gives. Entries are dropped least recently used first to
+rows a recomputation gives (and counted, by engine, as answered by whoever
+computed them; the hits are counted apart). Entries are dropped least recently used first to
 stay within ``max_bytes`` (0 keeps nothing), and a write through the server
 to a source drops every entry that read it (a write from elsewhere changes
 the source's version, so its entries are never found again). A request that
@@ -36,11 +37,10 @@ from feast.infra.offline_stores.file_source import FileSource
 
 from flightlab.engine.results import ResultStream
 
-REUSED = "reuse"  # the engine label of an answer from a kept result
-
 
 @dataclass
 class _Entry:
+    engine: str  # who computed it: an answer from it is counted as theirs
     schema: pa.Schema
     batches: list[pa.RecordBatch]
     nbytes: int
@@ -75,7 +75,9 @@ class ResultReuse:
         key = _key(request, definitions, paths)
         kept = self._get(key)
         if kept is not None:
-            return ResultStream(kept.schema, iter(kept.batches), REUSED, total_rows=kept.total_rows)
+            return ResultStream(
+                kept.schema, iter(kept.batches), kept.engine, total_rows=kept.total_rows
+            )
         result = compute()
         result.batches = self._recording(key, result, result.batches, frozenset(paths))
         return result
@@ -130,7 +132,8 @@ class ResultReuse:
                     kept = None  # too large to keep: stream on, keep nothing
             yield batch
         if kept is not None:
-            self._put(key, _Entry(result.schema, kept, nbytes, result.total_rows, sources))
+            entry = _Entry(result.engine, result.schema, kept, nbytes, result.total_rows, sources)
+            self._put(key, entry)
 
     def _put(self, key: str, entry: _Entry) -> None:
         with self._lock:

@@ -129,7 +129,7 @@ def start_server(
 
 def answered_by(engines: dict[str, int]) -> str:
     """Who answered the retrievals :meth:`Connection.engines_since` counted, in words."""
-    words = {"reuse": "the server's kept result", "feast": "Feast's store"}
+    words = {"feast": "Feast's store"}
     return ", ".join(words.get(name, f"{name} engine") for name in engines) or "nobody"
 
 
@@ -215,6 +215,11 @@ class Connection:
             for name, count in now.items()
             if count > then.get(name, 0)
         }
+
+    def kept_hits_since(self, before: dict[str, Any]) -> int:
+        """Retrievals answered from the server's kept results since ``before``."""
+        hits = lambda stats: (stats.get("result_reuse") or {}).get("hits", 0)  # noqa: E731
+        return hits(self.stats()) - hits(before)
 
     def panel_state(self) -> Any:
         """The server's figures, as the server panel shows them (a PanelState)."""
