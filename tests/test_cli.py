@@ -28,7 +28,8 @@ from offline_helpers import (
     watching_spill,
 )
 
-from flightlab.cli import _engine_settings, build_parser
+from flightlab.cli import build_parser
+from flightlab.cli_engine import engine_settings
 from flightlab.client.transport import OfflineFlightClient
 from flightlab.engine.settings import EngineMode, EngineSettings
 from flightlab.testing.processes import ServerProcess, running_server
@@ -167,7 +168,7 @@ def test_a_setting_out_of_range_fails_with_a_message(tmp_path, option, message):
 # --- the engine options ------------------------------------------------------------------
 
 
-def test_engine_options_parse_into_the_engine_settings(tmp_path):
+def test_engine_options_parse_into_theengine_settings(tmp_path):
     args = build_parser({}).parse_args(
         [
             "serve_offline",
@@ -183,10 +184,10 @@ def test_engine_options_parse_into_the_engine_settings(tmp_path):
             "20GB",
         ]
     )
-    assert _engine_settings(args) == EngineSettings(
+    assert engine_settings(args) == EngineSettings(
         EngineMode.FLIGHTLAB, 3, "1GB", tmp_path, spill_max_size="20GB"
     )
-    assert _engine_settings(build_parser({}).parse_args(["serve_offline"])) == EngineSettings()
+    assert engine_settings(build_parser({}).parse_args(["serve_offline"])) == EngineSettings()
 
 
 def test_engine_feast_has_feasts_own_store_answer(server_repo, local_store, tmp_path):

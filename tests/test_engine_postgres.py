@@ -426,7 +426,8 @@ def test_engine_feast_keeps_feasts_postgres_store(local, tmp_path):
 
 
 def test_the_postgres_options_and_their_variables(tmp_path):
-    from flightlab.cli import _engine_settings, build_parser
+    from flightlab.cli import build_parser
+    from flightlab.cli_engine import engine_settings
     from flightlab.engine.postgres.settings import PlanCosts, PostgresSettings
 
     args = build_parser({"FLIGHTLAB_POSTGRES_PLAN": "seek"}).parse_args(
@@ -434,7 +435,7 @@ def test_the_postgres_options_and_their_variables(tmp_path):
          "--postgres-plan-costs", "probe_s=4e-6, fetch_fixed_s=0.2",
          "--postgres-application-name", "features"]
     )  # fmt: skip
-    assert _engine_settings(args).postgres == PostgresSettings(
+    assert engine_settings(args).postgres == PostgresSettings(
         pool_size=2,
         statement_timeout=1.5,
         plan="seek",

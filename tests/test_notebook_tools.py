@@ -142,6 +142,14 @@ def test_the_panel_reflects_real_server_stats(tools_repo, tmp_path):
         html = panel.html.value
         assert server.location in html and "get_historical_features" in html
         assert "rows sent" in html and "<td>20</td>" in html
+        assert "kept results" in html and "0 hits, 1 misses" in html
+
+        # The same retrieval again: answered from the kept result.
+        store.get_historical_features(entity_frame(20), FEATURES).to_arrow()
+        state = panel.refresh()
+        assert state.stats["result_reuse"]["hits"] == 1
+        assert state.stats["requests_by_engine"] == {"flightlab": 2}  # it computed the kept one
+        assert "1 hits, 1 misses" in state.to_text()
 
         # A request the server refuses (a client that skips Feast's own checks).
         from flightlab.wire import protocol
@@ -178,7 +186,7 @@ def test_the_panel_reflects_real_server_stats(tools_repo, tmp_path):
     assert "<b style='color:#9e9e9e'>stopped</b>" in shown["text/html"]
     final = shown["text/plain"].splitlines()[0]
     assert final.startswith(f"flightlab offline server at {state.location}: stopped; "), final
-    assert "requests (1 failed), 20 rows sent" in final, final
+    assert "requests (1 failed), 40 rows sent" in final, final
 
 
 def _arrow(frame):

@@ -36,7 +36,7 @@ from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from feast.saved_dataset import SavedDatasetStorage
-from pydantic import Field, StrictInt, StrictStr
+from pydantic import Field, StrictBool, StrictInt, StrictStr
 
 from flightlab.client.connections import connection
 from flightlab.client.entities import entity_rows_reader, entity_schema_of
@@ -44,6 +44,7 @@ from flightlab.client.parquet_parts import DEFAULT_MAX_FILE_BYTES, write_parquet
 from flightlab.client.retries import RetryPolicy
 from flightlab.client.transport import OfflineFlightClient, ProgressCallback
 from flightlab.wire import protocol
+from flightlab.wire.selection import RowSelection
 
 
 class RemoteOfflineStoreConfig(FeastConfigBaseModel):
@@ -69,6 +70,9 @@ class RemoteOfflineStoreConfig(FeastConfigBaseModel):
     cannot be reached or is busy, after a pause that doubles each time."""
     retry_backoff: float = Field(default=0.25, ge=0)
     """Seconds before the first retry."""
+    reuse: StrictBool = True
+    """False: every retrieval is computed afresh, never answered from (or kept
+    in) the server's recent results."""
     partitions: StrictInt = Field(default=1, ge=1)
     """Above 1: a large retrieval comes in up to this many partitions, fetched
     concurrently (the server decides how many, by its entity rows)."""
@@ -108,10 +112,25 @@ class RemoteRetrievalJob(RetrievalJob):
         """The request to send: with the entity DataFrame converted to Arrow
         slice by slice as it is uploaded, so no second full copy of it is held
         (``self.request`` carries only its schema)."""
+        request = self.request
+        if not self._config.offline_store.reuse and request.reuse is None:
+            request = dataclasses.replace(request, reuse=False)
         if self._entity_frame is None:
-            return self.request
-        rows = entity_rows_reader(self._entity_frame, self.request.entity_df.schema)
-        return dataclasses.replace(self.request, entity_df=rows)
+            return request
+        rows = entity_rows_reader(self._entity_frame, request.entity_df.schema)
+        return dataclasses.replace(request, entity_df=rows)
+
+    def with_selection(self, selection: RowSelection) -> RemoteRetrievalJob:
+        """This retrieval for the entity rows ``selection`` picks, in the order
+        it asks (see :mod:`flightlab.client.training`)."""
+        request = dataclasses.replace(self.request, selection=selection.to_json())
+        return RemoteRetrievalJob(self._config, request, self._metadata, self._entity_frame)
+
+    def without_reuse(self) -> RemoteRetrievalJob:
+        """This retrieval, computed afresh: the server's kept results are
+        neither read nor filled."""
+        request = dataclasses.replace(self.request, reuse=False)
+        return RemoteRetrievalJob(self._config, request, self._metadata, self._entity_frame)
 
     def _to_arrow_internal(self, timeout: Optional[int] = None) -> pa.Table:
         client = _client(self._config)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
 from datetime import UTC, datetime
@@ -29,19 +28,20 @@ from feast.infra.offline_stores.offline_store import OfflineStore, RetrievalJob
 from feast.infra.offline_stores.offline_utils import get_offline_store_from_config
 from feast.permissions.action import AuthzedAction
 
-from flightlab.dispatch import spark_results
 from flightlab.dispatch.backends import StoreBackend
 from flightlab.dispatch.checks import check_entity_query_supported, named_feature_errors
-from flightlab.dispatch.exports import ExportLocation
+from flightlab.dispatch.exports import ExportLocation, export_retrieval
 from flightlab.dispatch.feast_objects import data_source_from_bytes, entity_frame
 from flightlab.dispatch.permissions import Permissions
 from flightlab.dispatch.persisting import persist_destination, sources_besides_destination
 from flightlab.dispatch.planning import HistoricalPlan, check_request_data, plan_historical
+from flightlab.dispatch.reuse import ResultReuse, view_definition
+from flightlab.dispatch.selection import in_selected_order, with_selection_applied
 from flightlab.dispatch.writes import ParquetWrites
 from flightlab.engine.results import ResultStream
 from flightlab.engine.runner import Engine
 from flightlab.engine.settings import EngineMode, EngineSettings
-from flightlab.errors import ExportNotConfiguredError, MalformedParameterError
+from flightlab.errors import MalformedParameterError
 from flightlab.wire import protocol
 
 logger = logging.getLogger(__name__)
@@ -62,9 +62,11 @@ class OfflineDispatcher:
         enforce_permissions: bool = False,
         engine: Engine | None = None,
         exports: ExportLocation | None = None,
+        reuse: ResultReuse | None = None,
     ):
         self.store = store
         self._exports = exports
+        self.reuse = reuse or ResultReuse(0)
         self.enforce_permissions = enforce_permissions
         self._permissions = Permissions(store, enforce_permissions)
         self.engine = engine or Engine(EngineSettings(mode=EngineMode.FEAST))
@@ -122,12 +124,26 @@ class OfflineDispatcher:
         """
         if isinstance(request, protocol.GetHistoricalFeatures):
             plan = self._historical_plan(request, user)
+            kept_as, request = request, with_selection_applied(request)
             answer_with_engine = lambda: self._engine_historical(request, plan)  # noqa: E731
             feast_job = lambda: self._historical_job(request, plan)  # noqa: E731
+            sources = [view.batch_source for view in plan.feature_views]
+            views = [*plan.feature_views, *plan.on_demand_views]
         else:
             source = self._permissions.readable_source(request, user)
             answer_with_engine = lambda: self._engine_pull(request, source)  # noqa: E731
             feast_job = lambda: self._pull_job(request, source)  # noqa: E731
+            kept_as, sources, views = request, [source], []
+        definitions = [view_definition(view) for view in views]
+        compute = lambda: self._computed(answer_with_engine, feast_job)  # noqa: E731
+        compute = in_selected_order(compute, request)
+        return self.reuse.answer(kept_as, definitions, sources, compute)
+
+    def _computed(
+        self,
+        answer_with_engine: Callable[[], ResultStream | None],
+        feast_job: Callable[[], RetrievalJob],
+    ) -> ResultStream:
         with ExitStack() as reading:
             reading.enter_context(self._parquet.reading(self.store.list_data_sources()))
             stream = answer_with_engine()
@@ -141,27 +157,8 @@ class OfflineDispatcher:
             return stream
 
     def _export(self, request: protocol.ExportRetrieval, user: Any) -> dict[str, Any]:
-        """The retrieval written under the export location as it streams; the
-        same permission as reading it."""
-        if self._exports is None:
-            raise ExportNotConfiguredError(
-                "this server has no export location: start it with "
-                "--export-location FOLDER (or s3://BUCKET/PREFIX)"
-            )
-        stream = self._retrieve(request.retrieval, user)
-        try:
-            files, rows = self._exports.write(stream, uuid.uuid4().hex)
-        finally:
-            stream.close()
-        return {"files": files, "rows": rows}
-
-    def _feast_answer(self, job: RetrievalJob) -> ResultStream:
-        """Feast's job's result: Spark's streamed from the parquet files Spark
-        writes (never collected on its driver), any other store's held whole."""
-        if spark_results.streamable(job):
-            staged = spark_results.staged_result(job, self.engine.settings.spill_dir)
-            return spark_results.result_stream(job, staged)
-        return ResultStream.of_table(job.to_arrow())
+        # The same permission as reading the retrieval: _retrieve checks it.
+        return export_retrieval(self._exports, lambda: self._retrieve(request.retrieval, user))
 
     def _retrieval_job(
         self, request: protocol.RetrievalRequest, user: Any
@@ -302,6 +299,7 @@ class OfflineDispatcher:
             self.offline_store.offline_write_batch(
                 self.store.config, feature_view, request.table, progress=None
             )
+        self.reuse.drop_source(feature_view.batch_source)
         return {"rows_written": request.table.num_rows}
 
     def _writable_feature_view(self, name: str):
@@ -347,6 +345,8 @@ class OfflineDispatcher:
                 self._parquet.persist(job, storage, request.allow_overwrite)
             else:
                 job.persist(storage, allow_overwrite=request.allow_overwrite)
+        if isinstance(destination, DataSource):  # a source others read: kept results go
+            self.reuse.drop_source(destination)
         return {"persisted_to": str(storage.to_proto()).strip()}
 
     def _validate_data_source(

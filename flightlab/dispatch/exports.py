@@ -12,16 +12,37 @@ what it wrote: a folder that exists is complete.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from flightlab.engine.results import ResultStream
+from flightlab.errors import ExportNotConfiguredError
 
 DEFAULT_EXPORT_FILE_BYTES = 256 * 1024**2
+
+
+def export_retrieval(
+    location: ExportLocation | None, retrieve: Callable[[], ResultStream]
+) -> dict[str, Any]:
+    """``retrieve()``'s result written under ``location`` as it streams: the
+    summary ``{"files": [...], "rows": n}``."""
+    if location is None:
+        raise ExportNotConfiguredError(
+            "this server has no export location: start it with "
+            "--export-location FOLDER (or s3://BUCKET/PREFIX)"
+        )
+    stream = retrieve()
+    try:
+        files, rows = location.write(stream, uuid.uuid4().hex)
+    finally:
+        stream.close()
+    return {"files": files, "rows": rows}
 
 
 class ExportLocation:

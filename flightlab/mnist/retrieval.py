@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from flightlab.mnist.dataset import (
     AS_OF,
@@ -239,6 +240,19 @@ def split_ids(rows: pa.Table | pd.DataFrame, split: str) -> np.ndarray:
     """The image ids of one split, in row order."""
     table = as_table(rows)
     return table.filter(pc.equal(table.column("split"), split)).column(JOIN_KEY).to_numpy()
+
+
+def image_arrays(rows: pa.Table | pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``(X, y)`` of every row: X is (n, 784) float32, y the labels."""
+    table = as_table(rows)
+    x = images_from_features(table).reshape(table.num_rows, SIDE * SIDE)
+    return x, table.column("label").to_numpy()
+
+
+def read_exported(files: Sequence[str]) -> pa.Table:
+    """The rows of a server's export (``to_remote_storage()``'s files: local
+    paths or URIs such as ``s3://``), as one table."""
+    return pa.concat_tables(pq.read_table(f) for f in files)
 
 
 def split_arrays(rows: pa.Table | pd.DataFrame, split: str) -> tuple[np.ndarray, np.ndarray]:

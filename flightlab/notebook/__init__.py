@@ -36,6 +36,7 @@ from flightlab.notebook.servers import (
     Connection,
     announce,
     announced,
+    answered_by,
     connect_or_start,
     location_of,
     require_applied_repo,
@@ -49,6 +50,7 @@ from flightlab.notebook.servers import (
 __all__ = [
     "Connection",
     "announce",
+    "answered_by",
     "announced",
     "PanelState",
     "ProgressBar",

@@ -76,6 +76,7 @@ class PanelState:
             ("rows received", f"{s.get('rows_in', 0):,}"),
             ("rows sent", f"{s.get('rows_out', 0):,}"),
             ("bytes sent", human_bytes(s.get("bytes_out", 0))),
+            ("kept results", html.escape(kept_results_text(s))),
             ("last error", _last_error_html(s.get("last_error"))),
             ("updated", time.strftime("%H:%M:%S", time.localtime(self.updated))),
         ]
@@ -152,6 +153,7 @@ class PanelState:
             f"  staged commands: {s.get('staged_commands', 0)}",
             f"  rows sent: {s.get('rows_out', 0):,}",
             f"  bytes sent: {human_bytes(s.get('bytes_out', 0))}",
+            f"  kept results: {kept_results_text(s)}",
         ]
         for r in self.requests_frame().itertuples():
             lines.append(f"  {r.api}: {r.requests} requests, {r.errors} errors")
@@ -161,6 +163,18 @@ class PanelState:
             lines.append("  latest requests (server log):")
             lines.extend(f"    {line}" for line in self.log)
         return "\n".join(lines)
+
+
+def kept_results_text(stats: Mapping[str, Any]) -> str:
+    """The server's kept results in a line: entries, bytes, hits and misses."""
+    reuse = stats.get("result_reuse") or {}
+    if not reuse.get("max_bytes"):
+        return "off"
+    return (
+        f"{reuse.get('entries', 0)} ({human_bytes(reuse.get('bytes', 0))} of "
+        f"{human_bytes(reuse['max_bytes'])}); {reuse.get('hits', 0)} hits, "
+        f"{reuse.get('misses', 0)} misses"
+    )
 
 
 def _staged_commands(server: Any) -> list[Any]:

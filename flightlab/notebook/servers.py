@@ -112,16 +112,25 @@ def require_applied_repo(repo: str | Path) -> Path:
 def start_server(
     repo: str | Path, host: str = "127.0.0.1", port: int = 0, batch_rows: int = 4096
 ) -> Any:
-    """Start an :class:`~flightlab.server.OfflineServer` in this process.
+    """Start an :class:`~flightlab.server.OfflineServer` in this process, its
+    exports written to the repo's ``data/exports``.
 
     Small batches (4,096 rows, ~13 MB of MNIST features) make progress bars move.
     """
+    from flightlab.operations.options import ServiceOptions
     from flightlab.server import OfflineServer
     from flightlab.server.limits import ServerLimits
 
     repo = require_applied_repo(repo)
     limits = ServerLimits(batch_rows=batch_rows)
-    return OfflineServer(repo, host=host, port=port, limits=limits).start()
+    service = ServiceOptions(export_location=str((repo / "data" / "exports").resolve()))
+    return OfflineServer(repo, host=host, port=port, limits=limits, service=service).start()
+
+
+def answered_by(engines: dict[str, int]) -> str:
+    """Who answered the retrievals :meth:`Connection.engines_since` counted, in words."""
+    words = {"feast": "Feast's store"}
+    return ", ".join(words.get(name, f"{name} engine") for name in engines) or "nobody"
 
 
 SERVER_FILE = "flightlab_server.json"  # in the repo's data folder
@@ -206,6 +215,11 @@ class Connection:
             for name, count in now.items()
             if count > then.get(name, 0)
         }
+
+    def kept_hits_since(self, before: dict[str, Any]) -> int:
+        """Retrievals answered from the server's kept results since ``before``."""
+        hits = lambda stats: (stats.get("result_reuse") or {}).get("hits", 0)  # noqa: E731
+        return hits(self.stats()) - hits(before)
 
     def panel_state(self) -> Any:
         """The server's figures, as the server panel shows them (a PanelState)."""

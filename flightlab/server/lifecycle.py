@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from flightlab.dispatch.exports import ExportLocation
+from flightlab.dispatch.reuse import ResultReuse
 from flightlab.engine.settings import EngineSettings, default_memory_limit
 from flightlab.operations.counts import RequestCounts
 from flightlab.operations.drain import DrainGate
@@ -110,6 +111,7 @@ class OfflineServer:
             enforce_permissions=self.authenticator.enforces_permissions,
             engine=Engine(self.engine_settings),
             exports=_export_location(self.service_options.export_location),
+            reuse=ResultReuse(self.limits.reuse_bytes, store.config.repo_path),
         )
         self.staging = CommandStaging(self.limits.staged_ttl, self.limits.max_staged_bytes)
         self.counts = RequestCounts()
@@ -280,6 +282,8 @@ class OfflineServer:
             # Databases open for requests (0 on an idle server: a client gone
             # mid-stream has freed its request's), rows the engine has read.
             "engine": asdict(self.dispatcher.engine.usage()),
+            # Results kept for identical requests: hits, misses, entries, bytes.
+            "result_reuse": self.dispatcher.reuse.stats(),
             **self.counts.stats(),
         }
         if for_caller and self.authenticator.enforces_permissions:
@@ -302,6 +306,10 @@ class OfflineServer:
             "flightlab_in_flight": ("RPCs and result streams in flight", self.drain.in_flight),
             "flightlab_draining": ("1 while the server drains", int(self.drain.draining)),
             "flightlab_ready": ("1 once the readiness probe passed", int(self.health.ready)),
+            **{
+                f"flightlab_reuse_{name}": (f"Kept results: {name}", value)
+                for name, value in self.dispatcher.reuse.stats().items()
+            },
         }
 
     def _sweep_expired(self) -> None:

@@ -21,6 +21,8 @@ DEFAULT_MAX_ENTITY_ROWS = 10_000_000
 # A client that reads partitions gets at most this many endpoints for a result,
 # each of at least this many entity rows (a smaller request is one stream).
 DEFAULT_MAX_PARTITIONS = 8
+# Recent results kept for identical requests (flightlab.dispatch.reuse); 0: none.
+DEFAULT_REUSE_BYTES = 1024**3
 DEFAULT_MIN_PARTITION_ROWS = 250_000
 
 
@@ -38,6 +40,7 @@ class ServerLimits:
     max_entity_rows: int = DEFAULT_MAX_ENTITY_ROWS
     max_partitions: int = DEFAULT_MAX_PARTITIONS
     min_partition_rows: int = DEFAULT_MIN_PARTITION_ROWS
+    reuse_bytes: int = DEFAULT_REUSE_BYTES
 
     def __post_init__(self) -> None:
         for name in (
@@ -52,6 +55,8 @@ class ServerLimits:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.reuse_bytes < 0:
+            raise ValueError("reuse_bytes must not be negative")
         for name in ("queue_timeout", "staged_ttl"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

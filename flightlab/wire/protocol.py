@@ -36,6 +36,7 @@ from flightlab.wire.flight_errors import (
     UnknownParameterError,
 )
 from flightlab.wire.params import Kind, decode_text, decode_value, encode_value, param
+from flightlab.wire.selection import RowSelection
 
 # Commands and tickets are part of the protocol: protocol.command_descriptor(...) etc.
 from flightlab.wire.tickets import (  # noqa: F401
@@ -87,8 +88,17 @@ class GetHistoricalFeatures(Request):
     # with (serialized FeatureViewProjection protos): they carry what the
     # references cannot, a feature service's aliases and join key maps.
     projections: tuple[bytes, ...] | None = param(Kind.BYTES_LIST, required=False)
+    # False: answer afresh, neither reading nor filling the server's kept
+    # results (flightlab.dispatch.reuse). Unset (None) is the default, reuse.
+    reuse: bool | None = param(Kind.BOOL, required=False)
+    # Which entity rows to answer, and in what order (a RowSelection as JSON).
+    selection: str | None = param(Kind.STRING, required=False)
+
+    def row_selection(self) -> RowSelection | None:
+        return None if self.selection is None else RowSelection.from_json(self.selection)
 
     def __post_init__(self) -> None:
+        self.row_selection()  # a malformed selection fails here, named
         if not self.features:
             raise MalformedParameterError("'features' must name at least one feature")
         for ref in self.features:
@@ -121,6 +131,9 @@ class PullLatestFromTableOrQuery(Request):
     # The source itself (a serialized Feast DataSource proto), for one the
     # registry does not list, such as a saved dataset's storage.
     data_source: bytes | None = param(Kind.BYTES, required=False)
+    # False: answer afresh, neither reading nor filling the server's kept
+    # results (flightlab.dispatch.reuse). Unset (None) is the default, reuse.
+    reuse: bool | None = param(Kind.BOOL, required=False)
 
 
 @dataclass(frozen=True)
@@ -138,6 +151,9 @@ class PullAllFromTableOrQuery(Request):
     # The source itself (a serialized Feast DataSource proto), for one the
     # registry does not list, such as a saved dataset's storage.
     data_source: bytes | None = param(Kind.BYTES, required=False)
+    # False: answer afresh, neither reading nor filling the server's kept
+    # results (flightlab.dispatch.reuse). Unset (None) is the default, reuse.
+    reuse: bool | None = param(Kind.BOOL, required=False)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,218 @@
+"""Recent results kept, so that an identical request is answered without the join.
+
+A data scientist who builds the same training set twice pays for the join
+once: the server keeps each retrieval's result (its Arrow batches, as they
+were streamed) under a key made of everything that determines the answer:
+
+- the request itself, the entity rows by a hash of their Arrow content, and
+  every option (features, projections, full names, dates);
+- the definitions of the feature views and on-demand views it reads (a view
+  applied anew is a new key);
+- the version of every source it reads: for a parquet file or folder on the
+  server's disk, each file's size and modification time. A source with no
+  cheap version (a database table, an object store, Spark) is not kept.
+
+A request whose key is kept is answered from the kept batches, the same
+rows a recomputation gives (and counted, by engine, as answered by whoever
+computed them; the hits are counted apart). Entries are dropped least recently used first to
+stay within ``max_bytes`` (0 keeps nothing), and a write through the server
+to a source drops every entry that read it (a write from elsewhere changes
+the source's version, so its entries are never found again). A request that
+sets ``reuse=False`` neither reads nor fills the kept results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from feast.data_source import DataSource
+from feast.infra.offline_stores.file_source import FileSource
+
+from flightlab.engine.results import ResultStream
+
+
+@dataclass
+class _Entry:
+    engine: str  # who computed it: an answer from it is counted as theirs
+    schema: pa.Schema
+    batches: list[pa.RecordBatch]
+    nbytes: int
+    total_rows: int | None
+    sources: frozenset[Path]
+
+
+class ResultReuse:
+    """The kept results of one server (see the module's text)."""
+
+    def __init__(self, max_bytes: int, repo_path: str | Path | None = None):
+        if max_bytes < 0:
+            raise ValueError("the bytes kept for reuse must not be negative")
+        self.max_bytes = max_bytes
+        self._repo = Path(repo_path) if repo_path is not None else None
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._bytes = 0
+        self.hits = self.misses = 0
+
+    def answer(
+        self,
+        request: Any,
+        definitions: Sequence[bytes],
+        sources: Sequence[DataSource],
+        compute: Callable[[], ResultStream],
+    ) -> ResultStream:
+        """The kept answer to ``request``, or ``compute()``'s, kept as it streams."""
+        paths = self._local_paths(sources)
+        if self.max_bytes == 0 or getattr(request, "reuse", None) is False or paths is None:
+            return compute()
+        key = _key(request, definitions, paths)
+        kept = self._get(key)
+        if kept is not None:
+            return ResultStream(
+                kept.schema, iter(kept.batches), kept.engine, total_rows=kept.total_rows
+            )
+        result = compute()
+        result.batches = self._recording(key, result, result.batches, frozenset(paths))
+        return result
+
+    def drop_source(self, source: DataSource) -> int:
+        """Drop every entry that read ``source`` (a write to it); how many."""
+        paths = self._local_paths([source]) or []
+        with self._lock:
+            stale = [k for k, e in self._entries.items() if e.sources & set(paths)]
+            for key in stale:
+                self._bytes -= self._entries.pop(key).nbytes
+            return len(stale)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "hits": self.hits,
+                "misses": self.misses,
+                "entries": len(self._entries),
+                "bytes": self._bytes,
+                "max_bytes": self.max_bytes,
+            }
+
+    # --- keeping ---------------------------------------------------------------------
+
+    def _get(self, key: str) -> _Entry | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._entries.move_to_end(key)
+            return entry
+
+    def _recording(
+        self,
+        key: str,
+        result: ResultStream,
+        batches: Iterator[pa.RecordBatch],
+        sources: frozenset[Path],
+    ) -> Iterator[pa.RecordBatch]:
+        """``result``'s batches, kept once the last has gone by (unless they
+        outgrow what may be kept)."""
+        kept: list[pa.RecordBatch] | None = []
+        nbytes = 0
+        for batch in batches:
+            if kept is not None:
+                nbytes += batch.nbytes
+                kept.append(batch)
+                if nbytes > self.max_bytes:
+                    kept = None  # too large to keep: stream on, keep nothing
+            yield batch
+        if kept is not None:
+            entry = _Entry(result.engine, result.schema, kept, nbytes, result.total_rows, sources)
+            self._put(key, entry)
+
+    def _put(self, key: str, entry: _Entry) -> None:
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._entries[key] = entry
+            self._bytes += entry.nbytes
+            while self._bytes > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= evicted.nbytes
+
+    # --- versions ---------------------------------------------------------------------
+
+    def _local_paths(self, sources: Sequence[DataSource]) -> list[Path] | None:
+        """The local parquet file or folder of each source; None where one has none."""
+        paths = []
+        for source in sources:
+            if type(source) is not FileSource or "://" in (source.path or "://"):
+                return None
+            path = Path(source.path)
+            if not path.is_absolute() and self._repo is not None:
+                path = self._repo / path
+            paths.append(path.resolve())
+        return paths
+
+
+def view_definition(view: Any) -> bytes:
+    """What of a feature view (or on-demand view) its answers depend on: its
+    proto without the ``meta`` timestamps, which Feast sets afresh on a view
+    an on-demand view is built from."""
+    proto = view.to_proto()
+    _clear_meta(proto)
+    return proto.SerializeToString(deterministic=True)
+
+
+def _clear_meta(message: Any) -> None:
+    for field, value in message.ListFields():
+        if field.name == "meta":
+            message.ClearField("meta")
+        elif field.message_type is None:
+            continue  # a scalar, or scalars
+        elif hasattr(value, "ListFields"):
+            _clear_meta(value)
+        else:  # repeated messages, or a map of them
+            for item in value.values() if hasattr(value, "values") else value:
+                if hasattr(item, "ListFields"):
+                    _clear_meta(item)
+
+
+def _key(request: Any, definitions: Sequence[bytes], paths: Sequence[Path]) -> str:
+    digest = hashlib.blake2b(digest_size=32)
+    for item in fields(request):
+        value = getattr(request, item.name)
+        if item.name == "reuse":
+            continue
+        digest.update(item.name.encode())
+        if isinstance(value, pa.Table):
+            _hash_table(digest, value)
+        else:
+            digest.update(repr(value).encode())
+    for definition in definitions:
+        digest.update(definition)
+    for path in paths:
+        digest.update(repr(_version(path)).encode())
+    return digest.hexdigest()
+
+
+def _hash_table(digest: Any, table: pa.Table) -> None:
+    digest.update(table.schema.serialize())
+    for batch in table.to_batches():
+        digest.update(batch.serialize())
+
+
+def _version(path: Path) -> tuple:
+    """What changes when the parquet at ``path`` does: each file's size and
+    modification time (a folder's files, by name)."""
+    if path.is_file():
+        stat = path.stat()
+        return (str(path), stat.st_size, stat.st_mtime_ns)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+    return (str(path), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
