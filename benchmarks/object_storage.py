@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                 )  # fmt: skip
             )
         print("\nflightlab serve_offline --engine auto, flightlab's client")
-        options = ("--engine", "auto", "--engine-threads", str(args.threads))
+        options = ("--engine", "auto", "--engine-threads", str(args.threads), "--reuse-bytes", "0")
         env = s3.client_env()
         with (
             running_server(serve_offline_command(local.repo_path, *options), env=env) as a,

@@ -79,7 +79,10 @@ class Server:
             self.server = self._start_feast(timeout)
         else:
             if self.kind == "flightlab":
-                command = serve_offline_command(self.repo, "--log-level", "warning")
+                # Timed calls repeat one request: kept results would answer them at once.
+                command = serve_offline_command(
+                    self.repo, "--log-level", "warning", "--reuse-bytes", "0"
+                )
                 ready = SERVING_LINE
             else:
                 worker = Path(__file__).with_name("worker.py")
