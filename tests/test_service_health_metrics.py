@@ -109,6 +109,8 @@ GAUGES = (
     "flightlab_in_flight",
     "flightlab_draining",
     "flightlab_ready",
+    "flightlab_reuse_hits",
+    "flightlab_reuse_bytes",
 )
 
 
@@ -127,6 +129,8 @@ def test_a_scrape_after_a_mixed_workload_counts_requests_rows_bytes_and_errors(
                 ENTITY_KEYS,
             )
         pulled = pull(client_store, "pull_all_from_table_or_query").to_arrow()
+        # The first retrieval again: answered from the server's kept result.
+        client_store.get_historical_features(entity_frame(7, seed=7), FEATURES).to_df()
         unknown_view = protocol.GetHistoricalFeatures(
             features=("no_view:x",), entity_df=pa.Table.from_pandas(entity_frame(3))
         )
@@ -149,19 +153,23 @@ def test_a_scrape_after_a_mixed_workload_counts_requests_rows_bytes_and_errors(
     # flightlab's engine answered both retrievals; the unknown view was refused
     # while planning, before any engine was chosen.
     ok = {"api": hist, "engine": "flightlab", "outcome": "ok"}
-    assert _value(samples, "flightlab_requests_total", **ok) == 2
+    assert _value(samples, "flightlab_requests_total", **ok) == 3  # one from the kept result
+    assert _value(samples, "flightlab_reuse_hits") == 1
+    assert _value(samples, "flightlab_reuse_misses") == 3  # two retrievals and the pull
+    assert _value(samples, "flightlab_reuse_entries") == 3
+    assert _value(samples, "flightlab_reuse_bytes") > 0
     refused = {"api": hist, "engine": "none", "outcome": "error"}
     assert _value(samples, "flightlab_requests_total", **refused) == 1
-    assert _value(samples, "flightlab_request_seconds_count", api=hist, engine="flightlab") == 2
+    assert _value(samples, "flightlab_request_seconds_count", api=hist, engine="flightlab") == 3
     assert _value(samples, "flightlab_request_seconds_count", api=hist, engine="none") == 1
-    assert _value(samples, "flightlab_rows_in_total", api=hist) == sum(sizes)
-    assert _value(samples, "flightlab_rows_out_total", api=hist) == sum(sizes)
+    assert _value(samples, "flightlab_rows_in_total", api=hist) == sum(sizes) + 7
+    assert _value(samples, "flightlab_rows_out_total", api=hist) == sum(sizes) + 7
     assert _value(samples, "flightlab_bytes_in_total", api=hist) > 0
     assert _value(samples, "flightlab_bytes_out_total", api=hist) > 0
     pull_all = "pull_all_from_table_or_query"
     assert _value(samples, "flightlab_rows_out_total", api=pull_all) == pulled.num_rows
     # Three parameters staged by do_put (features, entity_df, full_feature_names) per retrieval.
-    assert _value(samples, "flightlab_staged_params_total", api=hist) == 3 * 3
+    assert _value(samples, "flightlab_staged_params_total", api=hist) == 4 * 3
     assert (
         _value(
             samples, "flightlab_errors_total", api=hist, error_class="FeatureViewNotFoundException"

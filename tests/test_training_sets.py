@@ -122,6 +122,15 @@ def test_a_split_by_time_puts_each_row_in_its_period(client_store, local_store):
     assert_same_rows(expected, pd.concat(frames.values()), [*ENTITY_KEYS, "position"])
 
 
+def test_a_shard_is_the_same_on_another_server_process(client_store, other_client):
+    entities = _numbered()
+    here = training.shard(client_store.get_historical_features(entities, FEATURES), 2, 4, BY)
+    there = training.shard(other_client.get_historical_features(entities, FEATURES), 2, 4, BY)
+
+    assert sorted(_positions(here)) == sorted(_positions(there))
+    assert 0 < len(_positions(here)) < ROWS
+
+
 def test_shards_are_disjoint_and_complete_batch_by_batch(client_store):
     job = client_store.get_historical_features(_numbered(), FEATURES)
 

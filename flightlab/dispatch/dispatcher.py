@@ -28,6 +28,7 @@ from feast.infra.offline_stores.offline_store import OfflineStore, RetrievalJob
 from feast.infra.offline_stores.offline_utils import get_offline_store_from_config
 from feast.permissions.action import AuthzedAction
 
+from flightlab.dispatch import spark_results
 from flightlab.dispatch.backends import StoreBackend
 from flightlab.dispatch.checks import check_entity_query_supported, named_feature_errors
 from flightlab.dispatch.exports import ExportLocation, export_retrieval
@@ -159,6 +160,14 @@ class OfflineDispatcher:
     def _export(self, request: protocol.ExportRetrieval, user: Any) -> dict[str, Any]:
         # The same permission as reading the retrieval: _retrieve checks it.
         return export_retrieval(self._exports, lambda: self._retrieve(request.retrieval, user))
+
+    def _feast_answer(self, job: RetrievalJob) -> ResultStream:
+        """Feast's job's result: Spark's streamed from the parquet files Spark
+        writes (never collected on its driver), any other store's held whole."""
+        if spark_results.streamable(job):
+            staged = spark_results.staged_result(job, self.engine.settings.spill_dir)
+            return spark_results.result_stream(job, staged)
+        return ResultStream.of_table(job.to_arrow())
 
     def _retrieval_job(
         self, request: protocol.RetrievalRequest, user: Any
