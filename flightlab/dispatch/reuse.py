@@ -79,7 +79,8 @@ class ResultReuse:
                 kept.schema, iter(kept.batches), kept.engine, total_rows=kept.total_rows
             )
         result = compute()
-        result.batches = self._recording(key, result, result.batches, frozenset(paths))
+        recording = self._recording(key, result, result.batches, frozenset(paths))
+        result.batches, result.close = recording, _then(recording.close, result.close)
         return result
 
     def drop_source(self, source: DataSource) -> int:
@@ -124,13 +125,18 @@ class ResultReuse:
         outgrow what may be kept)."""
         kept: list[pa.RecordBatch] | None = []
         nbytes = 0
-        for batch in batches:
-            if kept is not None:
-                nbytes += batch.nbytes
-                kept.append(batch)
-                if nbytes > self.max_bytes:
-                    kept = None  # too large to keep: stream on, keep nothing
-            yield batch
+        try:
+            for batch in batches:
+                if kept is not None:
+                    nbytes += batch.nbytes
+                    kept.append(batch)
+                    if nbytes > self.max_bytes:
+                        kept = None  # too large to keep: stream on, keep nothing
+                yield batch
+        finally:
+            # A stream ended early lets go of its batches (and of the engine's
+            # reader, before the engine's database closes).
+            getattr(batches, "close", lambda: None)()
         if kept is not None:
             entry = _Entry(result.engine, result.schema, kept, nbytes, result.total_rows, sources)
             self._put(key, entry)
@@ -216,3 +222,13 @@ def _version(path: Path) -> tuple:
         return (str(path), stat.st_size, stat.st_mtime_ns)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
     return (str(path), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
+def _then(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        try:
+            first()
+        finally:
+            second()
+
+    return both
