@@ -15,8 +15,9 @@ in a process of its own, from this process with flightlab's client:
 - **export**: ``export_retrieval`` of ``--export-rows`` entity rows (10M):
   rows/s and the server's peak RSS growth, against a streamed read of the same
   request (``to_arrow_batches``, nothing kept).
-- **connection reuse**: 20 small retrievals on one client against 20 clients
-  (a new connection, handshake and version exchange each): the ratio.
+- **connection reuse**: 20 retrievals of 1,000 entity rows (on a 100k-row
+  source) on one client against 20 clients (a new connection, handshake and
+  version exchange each): the ratio.
 
 It prints MET/MISSED lines and writes ``out/benchmark/training_sets.json``.
 """
@@ -39,6 +40,7 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_ROWS = 1_000
+SMALL_SOURCE_ROWS = 100_000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,8 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     results = {"arguments": vars(args)}
     with _server(repo, work) as server:
         results["reuse"] = _reuse(repo, server, args.rows, work, args.repeats)
-        results["export"] = _export(repo, server, args.export_rows)
-        results["connections"] = _connections(repo, server, args.small_calls)
+    results["export"] = _export(repo, work, args.export_rows, args.memory_limit)
+    # Small calls on a small source: what the connection costs shows.
+    small = create_large_repo(work / "small", SMALL_SOURCE_ROWS)
+    with _server(small, work) as server:
+        results["connections"] = _connections(small, server, args.small_calls)
     _report(results)
     out = ROOT / "out" / "benchmark"
     out.mkdir(parents=True, exist_ok=True)
@@ -71,6 +76,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--export-rows", type=int, help="entity rows exported (10M)")
     parser.add_argument("--small-calls", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-limit", default="1GB", help="the export's engine memory limit")
     parser.add_argument("--loopback-server", help=argparse.SUPPRESS)  # the baseline's child
     args = parser.parse_args(argv)
     scale = 10 if args.quick else 1
@@ -84,12 +90,13 @@ def log(message: str) -> None:
     print(f"[training_sets {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _server(repo: Path, work: Path):
+def _server(repo: Path, work: Path, *options: str):
     from flightlab.testing.processes import running_server, serve_offline_command
 
     command = serve_offline_command(
-        repo, "--export-location", str(work / "exports"), "--max-entity-rows", "100000000"
-    )
+        repo, "--export-location", str(work / "exports"), "--max-entity-rows", "100000000",
+        *options,
+    )  # fmt: skip
     return running_server(command, log=work / "server.log")
 
 
@@ -175,29 +182,34 @@ def _serve_loopback(result_path: Path) -> int:
 # --- export -------------------------------------------------------------------------------
 
 
-def _export(repo: Path, server, rows: int) -> dict:
+def _export(repo: Path, work: Path, rows: int, memory_limit: str) -> dict:
+    """An export and a streamed read of the same request, each on a server of
+    its own (a fresh process: its RSS growth is that call's), with the same
+    engine memory limit."""
     from flightlab.client.transport import OfflineFlightClient
     from flightlab.testing.faults.large import large_request
     from flightlab.testing.processes import current_rss, peak_rss, reset_peak_rss
     from flightlab.wire import protocol
 
     request = large_request(repo, rows, seed=5)
-    figures = {"rows": rows}
-    with OfflineFlightClient(server.location) as client:
-        for name, call in (
-            ("streamed", lambda: sum(b.num_rows for b in client.iter_batches(request))),
-            ("export", lambda: client.run_action(protocol.ExportRetrieval(retrieval=request))),
-        ):
-            time.sleep(1.0)  # the last call's memory given back
+    figures: dict = {"rows": rows, "memory_limit": memory_limit}
+    calls = {
+        "streamed": lambda client: sum(b.num_rows for b in client.iter_batches(request)),
+        "export": lambda client: client.run_action(protocol.ExportRetrieval(retrieval=request)),
+    }
+    for name, call in calls.items():
+        limit = ("--engine-memory-limit", memory_limit, "--reuse-bytes", "0")
+        with _server(repo, work, *limit) as server, OfflineFlightClient(server.location) as client:
+            client.stats()  # connected, the server's imports done
             before = current_rss(server.pid)
             reset_peak_rss(server.pid)
-            seconds, answer = _timed(call)
+            seconds, answer = _timed(lambda c=client, f=call: f(c))
             growth = (peak_rss(server.pid) or 0) - (before or 0)
-            figures[name] = {"seconds": seconds, "rows_per_second": rows / seconds,
-                             "server_rss_growth": growth}  # fmt: skip
-            if name == "export":
-                figures[name]["files"] = len(answer["files"])
-            log(f"{name}: {rows / seconds:,.0f} rows/s, server +{growth / 2**20:,.0f} MB")
+        figures[name] = {"seconds": seconds, "rows_per_second": rows / seconds,
+                         "server_rss_growth": growth}  # fmt: skip
+        if name == "export":
+            figures[name]["files"] = len(answer["files"])
+        log(f"{name}: {rows / seconds:,.0f} rows/s, server +{growth / 2**20:,.0f} MB")
     return figures
 
 
@@ -239,7 +251,7 @@ def _report(results: dict) -> None:
           f"moving its rows alone {moving:.2f} s")  # fmt: skip
     _target("second call <= 0.2 x the first", second / first, 0.2)
     _target("second call <= 1.5 x moving its rows alone", second / moving, 1.5)
-    print(f"Export: {export['rows']:,} entity rows")
+    print(f"Export: {export['rows']:,} entity rows, engine memory limit {export['memory_limit']}")
     for name in ("streamed", "export"):
         figures = export[name]
         print(f"  {name}: {figures['rows_per_second']:,.0f} rows/s, server RSS "
