@@ -179,12 +179,12 @@ def test_joins_over_their_memory_limit_spill_side_by_side_and_give_the_local_ans
 
 
 def test_a_join_that_cannot_fit_its_memory_limit_gets_a_resource_error_naming_it(repo, tmp_path):
-    # 8 MB is less than even a spilling join of 300,000 entity rows needs.
+    # 8 MB is less than even a spilling join of the sample repo needs.
     starved = EngineSettings(threads=1, memory_limit="8MB", spill_dir=tmp_path / "spill")
     with OfflineServer(repo, port=0, engine=starved) as server:
         with OfflineFlightClient(server.location) as client:
             with pytest.raises(ResourceExhaustedError, match="8MB.*--engine-memory-limit"):
-                client.fetch(historical(300_000))
+                client.fetch(historical(40_000))
             assert client.fetch(historical(5)).num_rows == 5  # still serving
         assert wait_until(lambda: engine_usage(server).open_databases == 0)
 

@@ -162,7 +162,7 @@ def capped_spill(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def capped_server(repo, capped_spill) -> Iterator[ServerProcess]:
     # 48 MB holds a small request's join; a 200,000-row one spills past 1 MB.
-    limits = ("--engine-memory-limit", "32MB", "--spill-max-size", "1MB")
+    limits = ("--engine-memory-limit", "48MB", "--spill-max-size", "1MB")
     yield from _spilling_server(repo, capped_spill, *limits)
 
 
@@ -171,13 +171,13 @@ def test_a_spill_over_its_cap_is_a_named_resource_error(
     kind, capped_server, repo, capped_spill, local, tmp_path
 ):
     store = client_store(tmp_path / kind, capped_server, repo, kind)
-    entities = entity_rows(repo, 400_000, seed=9).to_pandas()
+    entities = entity_rows(repo, 200_000, seed=9).to_pandas()
     with pytest.raises(ResourceExhaustedError) as raised:
         store.get_historical_features(entities, list(FEATURE_REFS)).to_df()
     assert isinstance(raised.value, flight.FlightUnavailableError)
     message = str(raised.value)
     assert f"spill folder {capped_spill} is full" in message
-    for option in ("1MB; --spill-max-size", "--spill-dir", "--engine-memory-limit (now 32MB)"):
+    for option in ("1MB; --spill-max-size", "--spill-dir", "--engine-memory-limit (now 48MB)"):
         assert option in message, message
     assert "failed to offload data block" in message  # DuckDB's own words, at the end
     assert_clean(capped_server, capped_spill)

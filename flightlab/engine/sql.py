@@ -7,14 +7,11 @@ duckdb store applies on top of that are spelled out where they are built: the
 created-timestamp tie-break (:func:`_candidates`), the TTL (:func:`_matched_row`)
 and ``field_mapping`` (:func:`_renamed_columns`).
 
-A view of many features carries row ids through its join, not features: the
-ASOF join finds *which* source row an entity row gets (by join keys and
-timestamps alone), and the features are fetched afterwards by row id.
-Sorting wide rows (MNIST's 28 arrays) for the ASOF join is what costs; this
-halves the time there. A view of a few features (at most
-``CARRIED_FEATURES``) carries them through the join instead: fetching them
-again by row id (a second read of the source and a hash join as large as the
-entity rows) cost a third of the time at 10M entity rows.
+The joins carry row ids, not features: each ASOF join finds *which* source row
+an entity row gets (by join keys and timestamps alone), and the features are
+fetched afterwards by row id. Sorting wide rows (MNIST's 28 arrays) for the
+ASOF join is what costs; this halves the time there and is no slower on
+narrow views.
 """
 
 from __future__ import annotations
@@ -26,8 +23,6 @@ from flightlab.engine.reading import SourceRead, sql_name, sql_string
 
 ENTITY_TABLE = "flightlab_entity_rows"
 _TS = "__flightlab_ts"
-# Views with at most this many features carry them through the ASOF join.
-CARRIED_FEATURES = 8
 
 
 @dataclass(frozen=True)
@@ -46,11 +41,6 @@ class ViewQuery:
     # event and created timestamps gives one output row per tied row.
     every_tie: bool = False
 
-    @property
-    def carries_features(self) -> bool:
-        """Whether its features ride the ASOF join (see the module's text)."""
-        return not self.every_tie and len(self.features) <= CARRIED_FEATURES
-
 
 def historical_sql(entity_columns: list[str], event_timestamp: str, views: list[ViewQuery]) -> str:
     """Every entity row, in the entity table's columns, then each view's features."""
@@ -59,8 +49,7 @@ def historical_sql(entity_columns: list[str], event_timestamp: str, views: list[
     asof_joins = []
     for i, view in enumerate(views):
         ctes.append(f"c{i} AS ({_candidates(view)})")
-        if not view.carries_features:
-            ctes.append(f"f{i} AS ({_features_by_row(view)})")
+        ctes.append(f"f{i} AS ({_features_by_row(view)})")
         matched += _matched_row(i, view, event_timestamp)
         conditions = [
             f"e.{sql_name(entity)} = c{i}.{sql_name(_key_alias(k))}"
@@ -74,11 +63,6 @@ def historical_sql(entity_columns: list[str], event_timestamp: str, views: list[
     selected = [f"m.{sql_name(c)}" for c in entity_columns]
     fetches = []
     for i, view in enumerate(views):
-        if view.carries_features:
-            selected += [
-                f"m.{_carried(i, k)} AS {sql_name(out)}" for k, (_, out) in enumerate(view.features)
-            ]
-            continue
         selected += [f"f{i}.{sql_name(out)}" for _, out in view.features]
         same_row = " AND ".join(
             f"m.{_row_id(i, column)} = f{i}.{_row_id(0, column)}"
@@ -103,16 +87,10 @@ def _candidates(view: ViewQuery) -> str:
         for k, (view_col, _) in enumerate(view.join_keys)
     ]
     timestamp = f"CAST({columns[view.timestamp_field]} AS TIMESTAMPTZ)"
-    if view.carries_features:
-        payload = [
-            f"{columns[view_col]} AS {_carried(0, k)}"
-            for k, (view_col, _) in enumerate(view.features)
-        ]
-    else:
-        payload = [f"{sql_name(c)} AS {_row_id(0, c)}" for c in view.source.row_id_columns()]
+    row_id = [f"{sql_name(c)} AS {_row_id(0, c)}" for c in view.source.row_id_columns()]
     query = (
-        f"SELECT {', '.join([*keys, f'{timestamp} AS {_TS}', *payload])} "
-        f"FROM {_filtered(view.source, with_row_ids=not view.carries_features)}"
+        f"SELECT {', '.join([*keys, f'{timestamp} AS {_TS}', *row_id])} "
+        f"FROM {_filtered(view.source)}"
     )
     created = view.created_timestamp_column
     if created:
@@ -128,10 +106,7 @@ def _matched_row(i: int, view: ViewQuery, event_timestamp: str) -> list[str]:
     """The row id an entity row got from view ``i``. With a TTL set (and not
     zero), a row older than the entity timestamp minus the TTL does not count:
     no row, so null features."""
-    if view.carries_features:
-        ids = [(f"c{i}.{_carried(0, k)}", _carried(i, k)) for k in range(len(view.features))]
-    else:
-        ids = [(f"c{i}.{_row_id(0, c)}", _row_id(i, c)) for c in view.source.row_id_columns()]
+    ids = [(f"c{i}.{_row_id(0, c)}", _row_id(i, c)) for c in view.source.row_id_columns()]
     if not view.ttl:
         return [f"{value} AS {name}" for value, name in ids]
     window = f"to_microseconds({_microseconds(view.ttl)})"
@@ -155,21 +130,16 @@ def _features_by_row(view: ViewQuery) -> str:
     return f"SELECT {', '.join([*ids, *values])} FROM {source} AS w JOIN {source} AS t ON {same}"
 
 
-def _filtered(source: SourceRead, with_row_ids: bool = True) -> str:
-    """The source (with its row ids), and its own ``row_filter`` where it has one
+def _filtered(source: SourceRead) -> str:
+    """The source with its row ids, and its own ``row_filter`` where it has one
     (a superset bound on stored columns that lets DuckDB skip row groups)."""
     row_filter = getattr(source, "row_filter", None)
     where = f" WHERE {row_filter}" if row_filter else ""
-    return f"{source.read_sql(with_row_ids=with_row_ids)}{where}"
+    return f"{source.read_sql(with_row_ids=True)}{where}"
 
 
 def _row_id(i: int, column: str) -> str:
     return sql_name(f"__flightlab_{column}{i}")
-
-
-def _carried(i: int, k: int) -> str:
-    """Feature ``k`` of view ``i`` carried through the join (0: in its candidates)."""
-    return sql_name(f"__flightlab_v{i}_f{k}")
 
 
 def _renamed_columns(view: ViewQuery) -> list[tuple[str, str]]:
