@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from paths import MNIST_NPZ, MNIST_REPO
 
 from flightlab import mnist
+from flightlab.testing.faults.large import user_stats_definitions
 from flightlab.testing.processes import feast_apply
 
 STORES = ("duckdb", "file")
@@ -59,36 +60,6 @@ offline_store:
 {offline_store}
 entity_key_serialization_version: 3
 """
-
-DEFINITIONS = '''\
-"""Feature definitions of the flightlab benchmark repo (generated)."""
-
-from datetime import timedelta
-
-from feast import Entity, FeatureView, Field, FileSource
-from feast.types import Float32, Float64, Int64
-
-user = Entity(name="user", join_keys=["user_id"])
-
-user_stats = FeatureView(
-    name="user_stats",
-    entities=[user],
-    ttl=timedelta(days={ttl_days}),
-    schema=[
-        Field(name="clicks", dtype=Int64),
-        Field(name="purchases", dtype=Int64),
-        Field(name="spend", dtype=Float64),
-        Field(name="ctr", dtype=Float32),
-        Field(name="score", dtype=Float32),
-        Field(name="rating", dtype=Float64),
-    ],
-    source=FileSource(
-        name="user_stats_source",
-        path={user_stats_path!r},
-        timestamp_field="event_timestamp",
-    ),
-)
-'''
 
 
 def user_stats_table(seed: int = 7, users: int = USERS) -> pa.Table:
@@ -138,7 +109,7 @@ def mnist_case() -> tuple[pd.DataFrame, list[str]]:
 
 
 def _definitions(data: Path) -> str:
-    return DEFINITIONS.format(ttl_days=DAYS + 1, user_stats_path=str(data / "user_stats.parquet"))
+    return user_stats_definitions(DAYS + 1, str(data / "user_stats.parquet"))
 
 
 def _fingerprint(users: int) -> str:
@@ -147,7 +118,7 @@ def _fingerprint(users: int) -> str:
         "users": users,
         "rows_per_user": ROWS_PER_USER,
         "days": DAYS,
-        "definitions": hashlib.sha256(DEFINITIONS.encode()).hexdigest(),
+        "definitions": hashlib.sha256(user_stats_definitions(0, "").encode()).hexdigest(),
     }
     return json.dumps(spec, sort_keys=True)
 

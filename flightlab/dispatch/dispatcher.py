@@ -36,10 +36,10 @@ from flightlab.dispatch.feast_objects import data_source_from_bytes, entity_fram
 from flightlab.dispatch.permissions import Permissions
 from flightlab.dispatch.persisting import persist_destination, sources_besides_destination
 from flightlab.dispatch.planning import HistoricalPlan, check_request_data, plan_historical
-from flightlab.dispatch.reuse import ResultReuse, view_definition
+from flightlab.dispatch.reuse import ResultReuse
 from flightlab.dispatch.selection import in_selected_order, with_selection_applied
 from flightlab.dispatch.writes import ParquetWrites
-from flightlab.engine.results import ResultStream
+from flightlab.engine.results import ResultStream, closing_both
 from flightlab.engine.runner import Engine
 from flightlab.engine.settings import EngineMode, EngineSettings
 from flightlab.errors import MalformedParameterError
@@ -135,10 +135,9 @@ class OfflineDispatcher:
             answer_with_engine = lambda: self._engine_pull(request, source)  # noqa: E731
             feast_job = lambda: self._pull_job(request, source)  # noqa: E731
             kept_as, sources, views = request, [source], []
-        definitions = [view_definition(view) for view in views]
         compute = lambda: self._computed(answer_with_engine, feast_job)  # noqa: E731
         compute = in_selected_order(compute, request)
-        return self.reuse.answer(kept_as, definitions, sources, compute)
+        return self.reuse.answer(kept_as, views, sources, compute)
 
     def _computed(
         self,
@@ -152,7 +151,7 @@ class OfflineDispatcher:
                 with self._feast_store():
                     return self._feast_answer(feast_job())
             # The engine's stream holds the sources until its last batch is read.
-            stream.close = _then(stream.close, reading.pop_all().close)
+            stream.close = closing_both(stream.close, reading.pop_all().close)
             # A database error midway (a stream read from PostgreSQL) named as before it.
             stream.batches = self._backend.translated(stream.batches)
             return stream
@@ -376,13 +375,3 @@ def _single_threaded(offline_store: OfflineStore) -> bool:
     from feast.infra.offline_stores.duckdb import DuckDBOfflineStore
 
     return isinstance(offline_store, DuckDBOfflineStore)
-
-
-def _then(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
-    def both() -> None:
-        try:
-            first()
-        finally:
-            second()
-
-    return both

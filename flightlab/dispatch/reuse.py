@@ -35,7 +35,7 @@ import pyarrow as pa
 from feast.data_source import DataSource
 from feast.infra.offline_stores.file_source import FileSource
 
-from flightlab.engine.results import ResultStream
+from flightlab.engine.results import ResultStream, closing_both
 
 
 @dataclass
@@ -64,15 +64,18 @@ class ResultReuse:
     def answer(
         self,
         request: Any,
-        definitions: Sequence[bytes],
+        views: Sequence[Any],
         sources: Sequence[DataSource],
         compute: Callable[[], ResultStream],
     ) -> ResultStream:
-        """The kept answer to ``request``, or ``compute()``'s, kept as it streams."""
+        """The kept answer to ``request`` (which reads ``views`` over ``sources``),
+        or ``compute()``'s, kept as it streams."""
+        if self.max_bytes == 0 or getattr(request, "reuse", None) is False:
+            return compute()  # nothing to key: no stat, no hash, no proto
         paths = self._local_paths(sources)
-        if self.max_bytes == 0 or getattr(request, "reuse", None) is False or paths is None:
+        if paths is None:
             return compute()
-        key = _key(request, definitions, paths)
+        key = _key(request, [view_definition(view) for view in views], paths)
         kept = self._get(key)
         if kept is not None:
             return ResultStream(
@@ -80,7 +83,7 @@ class ResultReuse:
             )
         result = compute()
         recording = self._recording(key, result, result.batches, frozenset(paths))
-        result.batches, result.close = recording, _then(recording.close, result.close)
+        result.batches, result.close = recording, closing_both(recording.close, result.close)
         return result
 
     def drop_source(self, source: DataSource) -> int:
@@ -222,13 +225,3 @@ def _version(path: Path) -> tuple:
         return (str(path), stat.st_size, stat.st_mtime_ns)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
     return (str(path), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
-
-
-def _then(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
-    def both() -> None:
-        try:
-            first()
-        finally:
-            second()
-
-    return both

@@ -44,3 +44,15 @@ class ResultStream:
             return pa.Table.from_batches(list(self.batches), schema=self.schema)
         finally:
             self.close()
+
+
+def closing_both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    """A closer that runs ``first``, then ``second`` even if ``first`` failed."""
+
+    def both() -> None:
+        try:
+            first()
+        finally:
+            second()
+
+    return both

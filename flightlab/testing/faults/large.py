@@ -68,6 +68,12 @@ user_stats = FeatureView(
 """
 
 
+def user_stats_definitions(ttl_days: int, source_path: str) -> str:
+    """The ``definitions.py`` of a repo with the ``user_stats`` view (also the
+    benchmark's repo): its TTL in days, its parquet source's path."""
+    return _DEFINITIONS.format(days=ttl_days, path=source_path)
+
+
 def create_large_repo(path: Path, source_rows: int, users: int | None = None) -> Path:
     """Write a repo whose ``user_stats`` source has ``source_rows`` rows (of
     ``users`` users, default a tenth of the rows) and ``feast apply`` it."""
@@ -81,7 +87,7 @@ def create_large_repo(path: Path, source_rows: int, users: int | None = None) ->
     # An absolute path: Feast's duckdb store reads a relative one from the
     # working directory, the engine from the repo.
     source = str((data / "user_stats.parquet").resolve())
-    (path / "definitions.py").write_text(_DEFINITIONS.format(days=DAYS + 1, path=source))
+    (path / "definitions.py").write_text(user_stats_definitions(DAYS + 1, source))
     (path / "users.txt").write_text(str(users))  # what entity_rows draws from
     feast_apply(path)
     return path
