@@ -50,6 +50,7 @@ from flightlab.errors import (
     SourceObjectNotFoundError,
 )
 from flightlab.server import OfflineServer
+from flightlab.server.limits import ServerLimits
 from flightlab.testing.processes import free_port
 from flightlab.testing.s3 import SECRET_KEY, S3Server
 
@@ -176,7 +177,9 @@ def s3_repo(tmp_path_factory, s3, data) -> Path:
 
 @pytest.fixture(scope="module")
 def server(s3_repo) -> Iterator[OfflineServer]:
-    with OfflineServer(s3_repo, port=0) as server:
+    # Every call here must reach the objects: no result is kept (test_reuse
+    # shows what keeping one does with S3 sources).
+    with OfflineServer(s3_repo, port=0, limits=ServerLimits(reuse_bytes=0)) as server:
         yield server
 
 

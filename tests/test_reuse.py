@@ -1,25 +1,36 @@
 """The same training set asked twice is answered once: the server keeps recent
 results and answers an identical request from them, with the rows a
-recomputation gives; a write through the server, or a source changed on disk,
-means the next request is computed afresh; the bytes kept stay within bound.
+recomputation gives; a write through the server, or a source changed on disk
+or in S3 (a new ETag), means the next request is computed afresh; the bytes
+kept stay within bound.
 
-The module has its own repo (its tests write to it) and servers.
+The module has its own repos (its tests write to them) and servers.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from feast import FeatureStore
-from offline_helpers import ENTITY_KEYS, FEATURES, assert_same_rows, make_client_store
+from feast import Entity, FeatureStore, FeatureView, Field, FileSource
+from feast.types import Float32, Int64
+from feast.value_type import ValueType
+from object_storage_helpers import BUCKET, s3_credentials
+from offline_helpers import ENTITY_KEYS, FEATURES, assert_same_rows, make_client_store, make_repo
 from offline_helpers import new_driver_rows as later_driver_rows
 
+from flightlab.dispatch.source_versions import source_version
+from flightlab.errors import OfflineStoreCredentialsError
 from flightlab.server import OfflineServer
 from flightlab.server.limits import ServerLimits
+from flightlab.testing.s3 import S3Server
 from flightlab.testing.sample_repo import create_sample_repo, entity_frame
 
 
@@ -153,3 +164,126 @@ def test_reuse_can_be_turned_off(repo, tmp_path):
         for _ in range(2):
             remote.get_historical_features(entities, FEATURES).to_df()
         assert _reuse(off)["hits"] == 0 and _reuse(off)["entries"] == 0
+
+
+# --- sources in S3: versioned by their objects' ETags ----------------------------------------
+
+S3_KEY = "kept/driver_stats.parquet"
+S3_FEATURES = ["s3_stats:conv_rate", "s3_stats:trips"]
+
+
+def s3_driver_stats(scale: float) -> pa.Table:
+    rng = np.random.default_rng(5)
+    rows = 2_000
+    seconds = np.sort(rng.integers(0, 10 * 86_400, rows))
+    return pa.table(
+        {
+            "driver_id": pa.array(rng.integers(0, 50, rows), pa.int64()),
+            "event_timestamp": pa.array(_utc_microseconds("2025-01-01", seconds)),
+            "conv_rate": pa.array(rng.random(rows) * scale, pa.float32()),
+            "trips": pa.array(rng.integers(0, 100, rows), pa.int64()),
+        }
+    )
+
+
+def _utc_microseconds(day: str, seconds: np.ndarray) -> pd.Series:
+    stamps = pd.Timestamp(day, tz="UTC") + pd.to_timedelta(seconds, unit="s")
+    return pd.Series(stamps).astype("datetime64[us, UTC]")
+
+
+def s3_stats_view(path: str, **source: object) -> FeatureView:
+    return FeatureView(
+        name="s3_stats",
+        entities=[S3_DRIVER],
+        ttl=timedelta(days=2),
+        schema=[Field(name="conv_rate", dtype=Float32), Field(name="trips", dtype=Int64)],
+        source=FileSource(
+            name="s3_stats_source", path=path, timestamp_field="event_timestamp", **source
+        ),
+    )
+
+
+S3_DRIVER = Entity(name="driver", join_keys=["driver_id"], value_type=ValueType.INT64)
+
+
+def s3_entities() -> pd.DataFrame:
+    rng = np.random.default_rng(9)
+    at = _utc_microseconds("2025-01-02", rng.integers(0, 8 * 86_400, 300))
+    return pd.DataFrame({"driver_id": rng.integers(0, 60, 300), "event_timestamp": at})
+
+
+@pytest.fixture(scope="module")
+def s3_stores(tmp_path_factory) -> Iterator[tuple]:
+    """A loopback S3 server holding the object, a local repo reading the same
+    bytes from disk, and a flightlab client of a server (keeping results)
+    whose repo reads the object."""
+    work = tmp_path_factory.mktemp("reuse_s3")
+    data = work / "driver_stats.parquet"
+    pq.write_table(s3_driver_stats(1.0), data)
+    with S3Server(log=work / "moto.log") as s3, s3_credentials(s3):
+        s3.create_bucket(BUCKET)
+        uri = s3.upload_file(data, BUCKET, S3_KEY)
+        local = FeatureStore(repo_path=str(make_repo(work / "local")))
+        local.apply([S3_DRIVER, s3_stats_view(str(data))])
+        repo = make_repo(work / "server")
+        view = s3_stats_view(uri, s3_endpoint_override=s3.endpoint)
+        FeatureStore(repo_path=str(repo)).apply([S3_DRIVER, view])
+        with OfflineServer(repo, port=0) as server:
+            remote = make_client_store(work / "client", server.port, repo)
+            yield s3, data, local, remote, server
+
+
+def test_a_result_read_from_s3_is_kept_until_its_object_changes(s3_stores):
+    s3, data, local, remote, server = s3_stores
+    entities = s3_entities()
+    first = remote.get_historical_features(entities, S3_FEATURES).to_df()
+    kept = _reuse(server)
+
+    s3.reset_counts()
+    second = remote.get_historical_features(entities, S3_FEATURES).to_df()
+
+    assert _reuse(server)["hits"] == kept["hits"] + 1
+    assert s3.counts().bytes_of(S3_KEY) == 0  # HEADs only: the ETag, no body
+    assert_same_rows(first, second, ["driver_id", "event_timestamp"])
+    # The same key, other bytes: a new ETag, so the result is computed afresh.
+    pq.write_table(s3_driver_stats(2.0), data)
+    s3.upload_file(data, BUCKET, S3_KEY)
+    third = remote.get_historical_features(entities, S3_FEATURES).to_df()
+    assert _reuse(server)["misses"] == kept["misses"] + 1
+    expected = local.get_historical_features(entities, S3_FEATURES).to_df()
+    assert_same_rows(expected, third, ["driver_id", "event_timestamp"])
+    assert not np.allclose(first["conv_rate"].fillna(0), third["conv_rate"].fillna(0))
+
+
+def test_a_kept_s3_result_is_not_given_when_the_store_refuses_the_server(s3_stores):
+    s3, _, _, remote, server = s3_stores
+    entities = s3_entities()
+    remote.get_historical_features(entities, S3_FEATURES).to_df()  # kept
+    s3.check_credentials()  # the store refuses the server's key from now on
+    try:
+        with pytest.raises(OfflineStoreCredentialsError):
+            remote.get_historical_features(entities, S3_FEATURES).to_df()
+    finally:
+        s3.check_credentials(False)
+
+
+def test_a_prefix_is_versioned_by_every_object_below_it(s3_stores, tmp_path):
+    s3 = s3_stores[0]
+    part = tmp_path / "part.parquet"
+    pq.write_table(s3_driver_stats(1.0), part)
+    for name in ("a", "b"):
+        s3.upload_file(part, BUCKET, f"prefix/{name}.parquet")
+    source = FileSource(
+        path=f"s3://{BUCKET}/prefix/",
+        timestamp_field="event_timestamp",
+        s3_endpoint_override=s3.endpoint,
+    )
+    before = source_version(source, None)
+    s3.upload_file(part, BUCKET, "prefix/b.parquet")  # the same bytes again
+    assert source_version(source, None) == before
+    pq.write_table(s3_driver_stats(3.0), part)
+    s3.upload_file(part, BUCKET, "prefix/b.parquet")
+    after = source_version(source, None)
+    assert after.name == before.name == f"s3://{BUCKET}/prefix"
+    assert [key for key, *_ in after.version] == [key for key, *_ in before.version]
+    assert after.version[0] == before.version[0] and after.version[1] != before.version[1]

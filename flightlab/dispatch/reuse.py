@@ -8,9 +8,10 @@ were streamed) under a key made of everything that determines the answer:
   every option (features, projections, full names, dates);
 - the definitions of the feature views and on-demand views it reads (a view
   applied anew is a new key);
-- the version of every source it reads: for a parquet file or folder on the
-  server's disk, each file's size and modification time. A source with no
-  cheap version (a database table, an object store, Spark) is not kept.
+- the version of every source it reads (:mod:`~flightlab.dispatch.source_versions`):
+  for a parquet file or folder on the server's disk, each file's size and
+  modification time; for parquet objects in S3, each object's ETag. A result
+  that read a source with no cheap version (a database table, Spark) is not kept.
 
 A request whose key is kept is answered from the kept batches, the same
 rows a recomputation gives (and counted, by engine, as answered by whoever
@@ -33,8 +34,8 @@ from typing import Any
 
 import pyarrow as pa
 from feast.data_source import DataSource
-from feast.infra.offline_stores.file_source import FileSource
 
+from flightlab.dispatch.source_versions import SourceVersion, source_name, source_version
 from flightlab.engine.results import ResultStream, closing_both
 
 
@@ -45,7 +46,7 @@ class _Entry:
     batches: list[pa.RecordBatch]
     nbytes: int
     total_rows: int | None
-    sources: frozenset[Path]
+    sources: frozenset[str]  # the names of the sources it read
 
 
 class ResultReuse:
@@ -72,25 +73,26 @@ class ResultReuse:
         or ``compute()``'s, kept as it streams."""
         if self.max_bytes == 0 or getattr(request, "reuse", None) is False:
             return compute()  # nothing to key: no stat, no hash, no proto
-        paths = self._local_paths(sources)
-        if paths is None:
+        versions = [source_version(source, self._repo) for source in sources]
+        if None in versions:
             return compute()
-        key = _key(request, [view_definition(view) for view in views], paths)
+        key = _key(request, [view_definition(view) for view in views], versions)
         kept = self._get(key)
         if kept is not None:
             return ResultStream(
                 kept.schema, iter(kept.batches), kept.engine, total_rows=kept.total_rows
             )
         result = compute()
-        recording = self._recording(key, result, result.batches, frozenset(paths))
+        names = frozenset(version.name for version in versions)
+        recording = self._recording(key, result, result.batches, names)
         result.batches, result.close = recording, closing_both(recording.close, result.close)
         return result
 
     def drop_source(self, source: DataSource) -> int:
         """Drop every entry that read ``source`` (a write to it); how many."""
-        paths = self._local_paths([source]) or []
+        name = source_name(source, self._repo)
         with self._lock:
-            stale = [k for k, e in self._entries.items() if e.sources & set(paths)]
+            stale = [k for k, e in self._entries.items() if name in e.sources]
             for key in stale:
                 self._bytes -= self._entries.pop(key).nbytes
             return len(stale)
@@ -122,7 +124,7 @@ class ResultReuse:
         key: str,
         result: ResultStream,
         batches: Iterator[pa.RecordBatch],
-        sources: frozenset[Path],
+        sources: frozenset[str],
     ) -> Iterator[pa.RecordBatch]:
         """``result``'s batches, kept once the last has gone by (unless they
         outgrow what may be kept)."""
@@ -155,20 +157,6 @@ class ResultReuse:
                 _, evicted = self._entries.popitem(last=False)
                 self._bytes -= evicted.nbytes
 
-    # --- versions ---------------------------------------------------------------------
-
-    def _local_paths(self, sources: Sequence[DataSource]) -> list[Path] | None:
-        """The local parquet file or folder of each source; None where one has none."""
-        paths = []
-        for source in sources:
-            if type(source) is not FileSource or "://" in (source.path or "://"):
-                return None
-            path = Path(source.path)
-            if not path.is_absolute() and self._repo is not None:
-                path = self._repo / path
-            paths.append(path.resolve())
-        return paths
-
 
 def view_definition(view: Any) -> bytes:
     """What of a feature view (or on-demand view) its answers depend on: its
@@ -193,7 +181,7 @@ def _clear_meta(message: Any) -> None:
                     _clear_meta(item)
 
 
-def _key(request: Any, definitions: Sequence[bytes], paths: Sequence[Path]) -> str:
+def _key(request: Any, definitions: Sequence[bytes], versions: Sequence[SourceVersion]) -> str:
     digest = hashlib.blake2b(digest_size=32)
     for item in fields(request):
         value = getattr(request, item.name)
@@ -206,8 +194,8 @@ def _key(request: Any, definitions: Sequence[bytes], paths: Sequence[Path]) -> s
             digest.update(repr(value).encode())
     for definition in definitions:
         digest.update(definition)
-    for path in paths:
-        digest.update(repr(_version(path)).encode())
+    for version in versions:
+        digest.update(repr(version).encode())
     return digest.hexdigest()
 
 
@@ -215,13 +203,3 @@ def _hash_table(digest: Any, table: pa.Table) -> None:
     digest.update(table.schema.serialize())
     for batch in table.to_batches():
         digest.update(batch.serialize())
-
-
-def _version(path: Path) -> tuple:
-    """What changes when the parquet at ``path`` does: each file's size and
-    modification time (a folder's files, by name)."""
-    if path.is_file():
-        stat = path.stat()
-        return (str(path), stat.st_size, stat.st_mtime_ns)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
-    return (str(path), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))

@@ -40,6 +40,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -69,6 +70,8 @@ SCAN_BATCH_ROWS = 65_536
 # The share of the request's memory limit fetched rows may take as an Arrow
 # table, outside DuckDB's accounting (see the module's docstring).
 ARROW_SHARE = 0.25
+# HEAD requests made at once to learn a prefix's objects' ETags.
+VERSION_HEADS = 8
 _tables = itertools.count()
 
 
@@ -165,6 +168,22 @@ class ObjectStoreParquet:
                 paths = self._paths(filesystem)
                 self._dataset = ds.dataset(paths, format="parquet", filesystem=filesystem)
         return self._dataset
+
+    def version(self) -> tuple[tuple[str, int, str], ...]:
+        """What changes when any of the source's objects does: each object's
+        key, size and ETag (a HEAD each, made a few at a time; no body is
+        read, not even a footer: no dataset is made). S3 gives a rewritten
+        object a new ETag even within the second its modification time is
+        counted in."""
+
+        def tagged(path: str) -> tuple[str, int, str]:
+            with filesystem.open_input_file(path) as file:
+                etag = (file.metadata() or {}).get("ETag", b"").decode()
+                return (path, file.size(), etag)
+
+        with self._errors_named(), ThreadPoolExecutor(VERSION_HEADS) as heads:
+            filesystem = s3_filesystem(self.endpoint())
+            return tuple(heads.map(tagged, self._paths(filesystem)))
 
     def endpoint(self) -> S3Endpoint:
         if self._endpoint is None:
