@@ -42,7 +42,7 @@ from offline_helpers import (
 
 from flightlab import errors
 from flightlab.client import RemoteOfflineStore
-from flightlab.client.transport import exception_for_flight_error
+from flightlab.client.errors import exception_for_flight_error
 from flightlab.testing.sample_repo import entity_frame
 from flightlab.wire import protocol
 from flightlab.wire.flight_errors import (

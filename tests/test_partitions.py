@@ -169,7 +169,7 @@ def test_each_partition_ticket_serves_its_range(partitioning_server):
         raw.close()
 
 
-def test_a_partition_read_twice_is_refused_and_the_command_dropped(partitioning_server):
+def test_a_partition_read_twice_is_refused_and_the_others_still_serve(partitioning_server):
     raw, endpoints = _served_partitions(partitioning_server)
     try:
         raw.do_get(endpoints[0].ticket).read_all()
@@ -179,9 +179,11 @@ def test_a_partition_read_twice_is_refused_and_the_command_dropped(partitioning_
         assert detail["class"] == "UnknownCommandError"
         assert "partition 0 of command" in detail["message"]
         assert "already been read" in detail["message"]
-        # A failed call keeps no state: the partitions not read yet went with it.
-        with pytest.raises(flight.FlightError, match="no staged command"):
-            raw.do_get(endpoints[1].ticket).read_all()
+        # One reader's mistake (a worker reading its shard twice) does not
+        # take the partitions others have yet to read; the last one read,
+        # the command is gone.
+        for endpoint in endpoints[1:]:
+            assert raw.do_get(endpoint.ticket).read_all().num_rows > 0
         assert len(partitioning_server.staging) == 0
     finally:
         raw.close()

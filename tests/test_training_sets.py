@@ -6,6 +6,11 @@ seed picks the same rows in the same order on another server process.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import pickle
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -16,11 +21,13 @@ import pytest
 from feast import FeatureStore
 from offline_helpers import ENTITY_KEYS, FEATURES, assert_same_rows, make_client_store
 
-from flightlab.client import training
-from flightlab.client.training import _as_numpy
+from flightlab.client import connections, training
+from flightlab.client.shards import Shard, as_numpy
+from flightlab.errors import UnknownCommandError
 from flightlab.testing.processes import ServerProcess, running_server, serve_offline_command
 from flightlab.testing.sample_repo import START, entity_frame
-from flightlab.wire.flight_errors import MalformedParameterError
+from flightlab.wire import version
+from flightlab.wire.flight_errors import MalformedParameterError, ProtocolVersionError
 from flightlab.wire.selection import RowSelection
 
 ROWS = 300
@@ -149,13 +156,118 @@ def test_shards_are_disjoint_and_complete_batch_by_batch(client_store):
     assert sorted(again.tolist()) == sorted(positions[1].tolist())
 
 
+def _shard_positions(shard: Shard) -> list[int]:
+    return shard.to_arrow().column("position").to_pylist()
+
+
+def test_shards_of_one_upload_are_disjoint_complete_and_the_local_answer(
+    client_store, local_store, offline_server
+):
+    entities = _numbered()
+    job = client_store.get_historical_features(entities, FEATURES)
+
+    shards = training.shards(job, 3, BY, seed=5)
+
+    assert [(s.index, s.count) for s in shards] == [(0, 3), (1, 3), (2, 3)]
+    assert offline_server.stats_json()["staged_commands"] == 1  # one upload for all three
+    # A coordinator hands each worker its shard: a shard pickles.
+    frames = [pickle.loads(pickle.dumps(shard)).to_arrow().to_pandas() for shard in shards]
+    assert offline_server.stats_json()["staged_commands"] == 0
+    assert all(len(frame) for frame in frames)
+    assert sorted(pd.concat(frames)["position"]) == list(range(ROWS))
+    expected = local_store.get_historical_features(entities, FEATURES).to_df()
+    assert_same_rows(expected, pd.concat(frames), [*ENTITY_KEYS, "position"])
+    # The same rows as the shard a worker asks for on its own.
+    for i, frame in enumerate(frames):
+        alone = _positions(training.shard(job, i, 3, BY, seed=5))
+        assert sorted(frame["position"]) == sorted(alone)
+
+
+def test_shards_are_the_same_on_another_server_process_and_read_batch_by_batch(
+    client_store, other_client
+):
+    entities = _numbered()
+    here = training.shards(client_store.get_historical_features(entities, FEATURES), 4, BY, 8)
+    there = training.shards(other_client.get_historical_features(entities, FEATURES), 4, BY, 8)
+
+    for mine, theirs in zip(here, there, strict=True):
+        arrays = list(mine.arrays(["position", "conv_rate"]))
+        assert all(isinstance(a["conv_rate"], np.ndarray) for a in arrays)
+        positions = np.concatenate([a["position"] for a in arrays]) if arrays else []
+        assert sorted(positions) == sorted(_shard_positions(theirs))
+
+
+def test_a_split_part_in_shuffled_shards_holds_the_part_in_the_same_order_anywhere(
+    client_store, other_client
+):
+    entities = _numbered()
+    train = training.split(client_store.get_historical_features(entities, FEATURES), SPLIT, BY, 3)
+    there = training.split(other_client.get_historical_features(entities, FEATURES), SPLIT, BY, 3)
+
+    here_shards = training.shards(train["train"], 3, shuffle_seed=4)
+    there_shards = training.shards(there["train"], 3, shuffle_seed=4)
+
+    read_here = [_shard_positions(shard) for shard in here_shards]
+    assert read_here == [_shard_positions(shard) for shard in there_shards]  # order too
+    assert sorted(sum(read_here, [])) == sorted(_positions(train["train"]))
+    assert any(rows != sorted(rows) for rows in read_here)  # shuffled
+    with pytest.raises(ValueError, match="split's keys"):
+        training.shards(train["train"], 3, by=["driver_id"])
+
+
+def test_a_worker_process_reads_the_shard_it_was_handed(client_store, tmp_path):
+    job = client_store.get_historical_features(_numbered(), FEATURES)
+    handed, kept_here = training.shards(job, 2, BY, seed=1)
+    (tmp_path / "shard.pickle").write_bytes(pickle.dumps(handed))
+    worker = (
+        "import json, pickle, sys\n"
+        "shard = pickle.loads(open(sys.argv[1], 'rb').read())\n"
+        "rows = [b.column('position').to_pylist() for b in shard.batches()]\n"
+        "print(json.dumps(sum(rows, [])))\n"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", worker, str(tmp_path / "shard.pickle")],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+
+    read_there = json.loads(done.stdout.strip().splitlines()[-1])
+    assert sorted(read_there + _shard_positions(kept_here)) == list(range(ROWS))
+
+
+def test_a_shard_serves_once_and_only_to_whom_it_was_given(client_store, offline_server):
+    job = client_store.get_historical_features(_numbered(40), FEATURES)
+    first, second = training.shards(job, 2, BY)
+    forged = dataclasses.replace(second, owner=b"somebody-else")
+
+    with pytest.raises(UnknownCommandError, match="no staged command"):
+        forged.to_arrow()  # another owner's command does not exist for it
+    read = _shard_positions(first)
+    with pytest.raises(UnknownCommandError, match="already been read"):
+        first.to_arrow()  # a ticket serves once: a second epoch asks anew
+    assert sorted(read + _shard_positions(second)) == list(range(40))
+    assert offline_server.stats_json()["staged_commands"] == 0
+
+
+def test_sharding_asks_a_server_of_the_protocol_that_serves_it(client_store, monkeypatch):
+    job = client_store.get_historical_features(_numbered(20), FEATURES)
+    monkeypatch.setattr(version, "PROTOCOL_VERSION", version.SHARDS_PROTOCOL - 1)
+    connections.close_all()  # learn the (now older) server's version anew
+    try:
+        with pytest.raises(ProtocolVersionError, match="upgrade flightlab on the server"):
+            training.shards(job, 2, BY)
+    finally:
+        monkeypatch.undo()
+        connections.close_all()
+
+
 def test_a_list_column_of_even_lists_becomes_a_2d_array():
     column = pa.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], pa.list_(pa.float32()))
     ragged = pa.array([[1.0], [2.0, 3.0]], pa.list_(pa.float32()))
 
-    assert _as_numpy(column).shape == (3, 2)
-    assert _as_numpy(column)[2].tolist() == [5.0, 6.0]
-    assert _as_numpy(ragged).shape == (2,)
+    assert as_numpy(column).shape == (3, 2)
+    assert as_numpy(column)[2].tolist() == [5.0, 6.0]
+    assert as_numpy(ragged).shape == (2,)
 
 
 def test_a_selection_naming_no_entity_column_is_refused(client_store):
@@ -164,3 +276,7 @@ def test_a_selection_naming_no_entity_column_is_refused(client_store):
         training.split(job, SPLIT, ["no_such_column"])["train"].to_df()
     with pytest.raises(MalformedParameterError, match="lower <= upper"):
         RowSelection(keys=("driver_id",), lower=0.6, upper=0.2)
+    with pytest.raises(MalformedParameterError, match="seed is a whole number"):
+        RowSelection.from_json('{"keys": ["driver_id"], "seed": null}')
+    with pytest.raises(MalformedParameterError, match="1 to 1024 shards"):
+        RowSelection(keys=("driver_id",), shards=0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import secrets
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -42,8 +43,9 @@ from flightlab.client.entities import entity_rows_reader, entity_schema_of
 from flightlab.client.parquet_parts import DEFAULT_MAX_FILE_BYTES, write_parquet_parts
 from flightlab.client.requests import aliased_projections, pull_request, retrieval_metadata
 from flightlab.client.retries import RetryPolicy
+from flightlab.client.shards import Shard
 from flightlab.client.transport import OfflineFlightClient, ProgressCallback
-from flightlab.wire import protocol
+from flightlab.wire import protocol, version
 from flightlab.wire.selection import RowSelection
 
 
@@ -186,6 +188,22 @@ class RemoteRetrievalJob(RetrievalJob):
         may have left files behind."""
         request = protocol.ExportRetrieval(retrieval=self._request())
         return _client(self._config).run_action(request)["files"]
+
+    def served_shards(self) -> list[Shard]:
+        """Stage this retrieval (its selection sharded) and return a handle on
+        each endpoint the server serves it in (see :mod:`flightlab.client.shards`)."""
+        client = _client(self._config)
+        version.require_server(client.check_protocol(), version.SHARDS_PROTOCOL, "sharding")
+        # The shards' own secret: a worker given one can read nothing else of this client's.
+        owner = secrets.token_urlsafe(24).encode()
+        endpoints = _retries(self._config).run(
+            lambda: client.endpoints(self._request(), owner=owner), self.request.api
+        )
+        return [
+            Shard(i, len(endpoints), self._config, endpoint.ticket.ticket,
+                  tuple(location.uri.decode() for location in endpoint.locations), owner)
+            for i, endpoint in enumerate(endpoints)
+        ]  # fmt: skip
 
     @property
     def full_feature_names(self) -> bool:

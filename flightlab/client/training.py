@@ -13,24 +13,32 @@ entity row once. Feast's signatures are fixed, so these live beside them::
     parts = training.split(job, {"train": 0.8, "validation": 0.1, "test": 0.1},
                            by=["image_id"], seed=7)
     train = parts["train"].to_df()
+
+    # A distributed job: the coordinator asks once, each worker reads its shard.
+    shards = training.shards(job, count=4, by=["image_id"], seed=7)
+    for arrays in shards[0].arrays(["pixels", "label"]):  # on worker 0 (shards pickle)
+        ...
+
+    # Or each worker asks for its own shard of the same job.
     for arrays in training.shard_arrays(job, index=0, count=4, by=["image_id"],
                                         columns=["pixels", "label"]):
-        ...  # worker 0 of 4: its shard, batch by batch
+        ...
 
-Each part is its own request: the entity rows are uploaded once per part.
+Each part of a split, and each :func:`shard`, is its own request: the entity
+rows are uploaded once per part. :func:`shards` uploads them once for all the
+shards, which the server serves as that many endpoints of one result.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-
+from flightlab.client.shards import Shard, as_numpy
 from flightlab.client.store import RemoteRetrievalJob
+from flightlab.errors import ProtocolError
 from flightlab.wire.selection import RowSelection, fraction_ranges
 
 
@@ -82,14 +90,53 @@ def split_by_time(
     }
 
 
+def shards(
+    job: RemoteRetrievalJob,
+    count: int,
+    by: Sequence[str] | None = None,
+    seed: int | None = None,
+    shuffle_seed: int | None = None,
+) -> list[Shard]:
+    """The result in ``count`` disjoint, stable shards by a hash of ``by``
+    under ``seed`` (each shuffled by ``shuffle_seed`` if given): one
+    :class:`~flightlab.client.shards.Shard` per worker, from one upload of
+    the entity rows. Each is answered on the server when it is read, once.
+
+    A part of a :func:`split` is sharded within its own hash range, by the
+    split's keys and seed (``by`` and ``seed`` may be left out); a part of
+    a :func:`split_by_time` is sharded by ``by`` (``seed`` 0 if not given)."""
+    selection = _sharded(job.request.row_selection() or RowSelection(), count, by, seed)
+    if shuffle_seed is not None:
+        selection = dataclasses.replace(selection, shuffle_seed=shuffle_seed)
+    served = job.with_selection(selection).served_shards()
+    if len(served) != count:
+        raise ProtocolError(f"asked for {count} shards, the server served {len(served)}")
+    return served
+
+
+def _sharded(
+    part: RowSelection, count: int, by: Sequence[str] | None, seed: int | None
+) -> RowSelection:
+    if part.keys:  # a part of a split: its range, by its keys and seed
+        if (by is not None and tuple(by) != part.keys) or seed not in (None, part.seed):
+            raise ValueError(
+                f"a part of a split is sharded by the split's keys {list(part.keys)} "
+                f"and seed {part.seed}"
+            )
+        return dataclasses.replace(part, shards=count)
+    if not by:
+        raise ValueError("shards need the key columns to hash: by=[...]")
+    return dataclasses.replace(part, keys=tuple(by), seed=seed or 0, shards=count)
+
+
 def shard(
     job: RemoteRetrievalJob, index: int, count: int, by: Sequence[str], seed: int = 0
 ) -> RemoteRetrievalJob:
-    """Worker ``index`` of ``count``'s disjoint, stable part of the entity rows."""
+    """Worker ``index`` of ``count``'s disjoint, stable part of the entity rows,
+    as a job of its own: the same rows as ``shards(job, count, by, seed)[index]``."""
     if not 0 <= index < count:
         raise ValueError(f"shard index {index} is not in 0..{count - 1}")
-    lower, upper = index / count, (index + 1) / count if index + 1 < count else 1.0
-    return job.with_selection(RowSelection(keys=tuple(by), seed=seed, lower=lower, upper=upper))
+    return job.with_selection(RowSelection(keys=tuple(by), seed=seed, shards=count).shard(index))
 
 
 def shard_arrays(
@@ -103,16 +150,4 @@ def shard_arrays(
     """Shard ``index`` of ``count``, batch by batch, as numpy arrays of
     ``columns`` (a list column becomes a 2-D array when its lists are even)."""
     for batch in shard(job, index, count, by, seed).to_arrow_batches():
-        yield {name: _as_numpy(batch.column(name)) for name in columns}
-
-
-def _as_numpy(column: pa.Array) -> np.ndarray:
-    """A column as numpy: a list column of lists all of one length (no nulls)
-    as a 2-D array, anything else as ``to_numpy`` gives it."""
-    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-        lengths = pc.list_value_length(column)
-        width = pc.min_max(lengths)
-        if column.null_count == 0 and width["min"] == width["max"] and len(column):
-            values = column.flatten().to_numpy(zero_copy_only=False)
-            return values.reshape(len(column), width["min"].as_py())
-    return column.to_numpy(zero_copy_only=False)
+        yield {name: as_numpy(batch.column(name)) for name in columns}

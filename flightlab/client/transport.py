@@ -2,8 +2,8 @@
 
 :class:`OfflineFlightClient` knows Flight and the protocol, not Feast: it takes
 the requests of :mod:`flightlab.wire.protocol` and returns Arrow data. Flight errors
-are turned back into the exceptions the server described (Feast's own classes
-where the server raised one).
+are turned back into the exceptions the server described
+(:mod:`flightlab.client.errors`).
 """
 
 from __future__ import annotations
@@ -20,21 +20,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from flightlab.client.errors import exception_for_flight_error, translated_errors
 from flightlab.client.partitions import PartitionedReader
 from flightlab.errors import (
-    ConnectionFailedError,
-    FlightlabError,
-    RemoteServerError,
     UnknownApiError,
 )
 from flightlab.wire import protocol, streaming, version
 from flightlab.wire.actions import ACTION_DROP, ACTION_PROTOCOL_VERSION, ACTION_STATS
-from flightlab.wire.flight_errors import (
-    as_flight_error,
-    decode_detail,
-    exception_from_detail,
-    flight_class,
-)
 from flightlab.wire.headers import (
     COMPRESSION_HEADER,
     OWNER_HEADER,
@@ -123,7 +115,7 @@ class OfflineFlightClient:
             if progress is None:
                 with translated_errors():
                     return reader.read_all()
-            batches = list(_read_batches(reader, progress))
+            batches = list(read_batches(reader, progress))
             return pa.Table.from_batches(batches, schema=reader.schema)
 
     def iter_batches(
@@ -137,7 +129,7 @@ class OfflineFlightClient:
         Closing the generator early cancels the stream on the server.
         """
         with self.open_reader(request, timeout, ordered=False) as reader:
-            yield from _read_batches(reader, progress)
+            yield from read_batches(reader, progress)
 
     @contextmanager
     def open_reader(
@@ -149,19 +141,44 @@ class OfflineFlightClient:
         ``ordered``, partition by partition (the rows in the order of the entity
         rows' ranges); otherwise as the batches arrive, a few held at most.
         """
+        endpoints = self.endpoints(request, timeout)
+        options = self._options(timeout)
+        with translated_errors():
+            if len(endpoints) > 1:
+                reader = PartitionedReader(self._streams(endpoints, options), ordered)
+            else:
+                reader = self._client_for(endpoints[0]).do_get(endpoints[0].ticket, options)
+        try:
+            yield reader
+        finally:
+            reader.cancel()
+
+    def endpoints(
+        self, request: protocol.Request, timeout: float | None = None, owner: bytes | None = None
+    ) -> list[flight.FlightEndpoint]:
+        """Stage ``request`` (a call that returns data) and ask where its result
+        is served: one endpoint, or one per partition or shard. ``owner``: the
+        secret the command is bound to, instead of this client's."""
         if not request.returns_data:
             raise ValueError(f"{request.api} returns no data: use run_action")
-        options = self._options(timeout)
-        command_id = self.stage(request, options)
+        command_id = self.stage(request, self._options(timeout, owner=owner))
         with translated_errors():
-            info = self._client.get_flight_info(
-                protocol.command_descriptor(command_id), self._options(timeout, partitions=True)
-            )
-            if len(info.endpoints) > 1:
-                reader = PartitionedReader(self._streams(info.endpoints, options), ordered)
-            else:
-                endpoint = info.endpoints[0]
-                reader = self._client_for(endpoint).do_get(endpoint.ticket, options)
+            descriptor = protocol.command_descriptor(command_id)
+            options = self._options(timeout, partitions=True, owner=owner)
+            return self._client.get_flight_info(descriptor, options).endpoints
+
+    @contextmanager
+    def open_endpoint(
+        self,
+        endpoint: flight.FlightEndpoint,
+        timeout: float | None = None,
+        owner: bytes | None = None,
+    ) -> Iterator[flight.FlightStreamReader]:
+        """One endpoint's stream (its ticket serves once), cancelled on leaving:
+        a client that stops early stops the server's stream."""
+        options = self._options(timeout, owner=owner)
+        with translated_errors():
+            reader = self._client_for(endpoint).do_get(endpoint.ticket, options)
         try:
             yield reader
         finally:
@@ -280,12 +297,14 @@ class OfflineFlightClient:
         with translated_errors():
             return [(a.type, a.description) for a in self._client.list_actions()]
 
-    def _options(self, timeout: float | None, partitions: bool = False) -> flight.FlightCallOptions:
+    def _options(
+        self, timeout: float | None, partitions: bool = False, owner: bytes | None = None
+    ) -> flight.FlightCallOptions:
         timeout = self.timeout if timeout is None else timeout
         # Sent on every call: the server binds the commands this client stages
         # to it, so that no other client can see, run or drop them.
         headers = [
-            (OWNER_HEADER.encode(), self._owner),
+            (OWNER_HEADER.encode(), owner or self._owner),
             (PROTOCOL_HEADER.encode(), str(self.protocol).encode()),
         ]
         if partitions and self.partitions > 1:
@@ -330,7 +349,7 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
-def _read_batches(
+def read_batches(
     reader: flight.FlightStreamReader, progress: ProgressCallback | None
 ) -> Iterator[pa.RecordBatch]:
     rows = nbytes = count = 0
@@ -349,38 +368,3 @@ def _read_batches(
             progress(Progress(rows, nbytes, count, total_rows, total_bytes))
         if batch.num_rows:
             yield batch
-
-
-@contextmanager
-def translated_errors() -> Iterator[None]:
-    """Raise a server's error as the exception it described."""
-    try:
-        yield
-    except flight.FlightError as exc:
-        if isinstance(exc, FlightlabError):
-            raise  # already in its Flight form
-        raise exception_for_flight_error(exc) from exc
-    except FlightlabError as exc:  # raised on this side (the upload's entity rows, say)
-        raise as_flight_error(exc) from exc
-
-
-def _connection_failure(exc: flight.FlightError) -> str:
-    text = str(exc)
-    if "handshake" in text.lower() or "certificate" in text.lower():
-        return (
-            "TLS handshake with the flightlab server failed: check that the client "
-            f"trusts the server's CA (cert), and its certificate for mTLS. {text}"
-        )
-    return f"cannot reach the flightlab server: {text}"
-
-
-def exception_for_flight_error(exc: flight.FlightError) -> Exception:
-    detail = decode_detail(getattr(exc, "extra_info", None)) or decode_detail(str(exc))
-    if detail is not None:
-        return exception_from_detail(detail)
-    if isinstance(exc, flight.FlightUnavailableError):
-        # A busy server says so in a detail; without one, nothing answered.
-        return flight_class(ConnectionFailedError)(_connection_failure(exc))
-    if isinstance(exc, (flight.FlightTimedOutError, flight.FlightCancelledError)):
-        return exc
-    return flight_class(RemoteServerError)(str(exc))

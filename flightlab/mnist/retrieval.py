@@ -263,3 +263,22 @@ def split_arrays(rows: pa.Table | pd.DataFrame, split: str) -> tuple[np.ndarray,
     x = images_from_features(part).reshape(part.num_rows, SIDE * SIDE)
     y = part.column("label").to_numpy()
     return x, y
+
+
+def shard_image_ids(shard: Any) -> np.ndarray:
+    """The image ids of a :class:`~flightlab.client.shards.Shard`, in the order
+    they arrive, read batch by batch as a training worker reads its shard."""
+    ids = [arrays[JOIN_KEY] for arrays in shard.arrays([JOIN_KEY])]
+    return np.concatenate(ids) if ids else np.array([], dtype=np.int64)
+
+
+def shards_frame(image_ids: Sequence[np.ndarray], shown: int = 6) -> pd.DataFrame:
+    """One row per worker: how many images its shard held, and the first few
+    in the order they came (a shuffled shard's own order)."""
+    return pd.DataFrame(
+        {
+            "worker": range(len(image_ids)),
+            "images": [len(ids) for ids in image_ids],
+            f"first {shown} image ids": [ids[:shown].tolist() for ids in image_ids],
+        }
+    )

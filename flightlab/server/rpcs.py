@@ -157,8 +157,10 @@ class FlightService(flight.FlightServerBase):
     def do_get(self, context, ticket):
         with self._runner.handling("do_get", context) as call:
             part = protocol.PartitionTicket.parse(ticket.ticket)
-            call.command_id = part.command_id
             staged = self._staging.take_part(part.command_id, call.owner, part.index, part.count)
+            # Named only once handed out: a ticket read twice fails without
+            # dropping the command's other partitions (other workers' shards).
+            call.command_id = part.command_id
             call.api = staged.api
             request = _request_of(staged)
             if not request.returns_data:

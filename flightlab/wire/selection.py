@@ -15,15 +15,22 @@ picks the same rows on any server, in any run:
 - ``sample``: of those, the fraction whose second hash (seeded anew) is below it.
 - ``shuffle_seed``: the answer's rows in an order drawn from that seed and
   each row's keys and timestamp, instead of the engine's.
+- ``shards``: the answer served as that many endpoints (one per worker of a
+  distributed training job), endpoint ``i`` holding the rows whose hash lies
+  in the ``i``-th of ``shards`` equal parts of ``[lower, upper)``; each is
+  answered, and shuffled, on its own when its ticket is read.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime
 
 from flightlab.wire.flight_errors import MalformedParameterError
+
+# The most endpoints a sharded answer is served in (workers of one job).
+MAX_SHARDS = 1024
 
 
 @dataclass(frozen=True)
@@ -36,8 +43,10 @@ class RowSelection:
     time_to: datetime | None = None
     sample: float | None = None
     shuffle_seed: int | None = None
+    shards: int | None = None
 
     def __post_init__(self) -> None:
+        self._check_types()
         if not 0.0 <= self.lower <= self.upper <= 1.0:
             raise MalformedParameterError(
                 f"a row selection's range must satisfy 0 <= lower <= upper <= 1, "
@@ -49,6 +58,36 @@ class RowSelection:
             raise MalformedParameterError(f"a sample is a fraction in (0, 1], not {self.sample}")
         if self.sample is not None and not self.keys:
             raise MalformedParameterError("a sampled selection needs key columns")
+        if self.shards is not None and not (self.keys and 1 <= self.shards <= MAX_SHARDS):
+            raise MalformedParameterError(
+                f"a sharded selection needs key columns and 1 to {MAX_SHARDS} shards, "
+                f"not {self.shards}"
+            )
+
+    def _check_types(self) -> None:
+        whole = {"seed": self.seed, "shuffle_seed": self.shuffle_seed, "shards": self.shards}
+        for name, value in whole.items():
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise MalformedParameterError(
+                    f"a row selection's {name} is a whole number, not {value!r}"
+                )
+        if self.seed is None:
+            raise MalformedParameterError("a row selection's seed is a whole number, not None")
+        if not all(isinstance(key, str) for key in self.keys):
+            raise MalformedParameterError(f"a row selection's keys are column names: {self.keys}")
+
+    def shard(self, index: int) -> RowSelection:
+        """The selection of shard ``index`` of a sharded one: its part of the range."""
+        if self.shards is None or not 0 <= index < self.shards:
+            raise MalformedParameterError(f"no shard {index} of {self.shards}")
+        width = self.upper - self.lower
+        lower = self.lower + width * index / self.shards
+        upper = (
+            self.upper
+            if index + 1 == self.shards
+            else self.lower + width * (index + 1) / self.shards
+        )
+        return replace(self, lower=lower, upper=upper, shards=None)
 
     def to_json(self) -> str:
         values = asdict(self)

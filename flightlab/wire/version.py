@@ -1,7 +1,9 @@
 """The flightlab protocol's version, and the checks both sides make of it.
 
 Version 1 is the protocol before versions were exchanged; version 2 adds
-partitioned results (``x-flightlab-partitions``) and the exchange itself.
+partitioned results (``x-flightlab-partitions``) and the exchange itself;
+version 3, sharded row selections (``RowSelection.shards``: a result served
+as one endpoint per worker).
 A change a client or server of the previous version cannot follow raises
 the version and, if older clients can no longer be served, the oldest one
 the server accepts.
@@ -21,7 +23,9 @@ from typing import Any
 
 from flightlab.wire.flight_errors import ProtocolVersionError
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
+# The first version serving sharded row selections.
+SHARDS_PROTOCOL = 3
 # The oldest client a server of this version serves.
 MIN_CLIENT_PROTOCOL = 1
 # The oldest server a client of this version works with.
@@ -64,6 +68,15 @@ def check_server(
             f"{min_client}: upgrade flightlab on the client"
         )
     return server
+
+
+def require_server(server: int, needed: int, what: str) -> None:
+    """On the client: refuse to ask ``what`` of a server older than ``needed``."""
+    if server < needed:
+        raise ProtocolVersionError(
+            f"{what} needs a flightlab server of protocol {needed} or later, and this one "
+            f"speaks {server}: upgrade flightlab on the server"
+        )
 
 
 def _version(text: str) -> int:
