@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -31,7 +32,8 @@ import pytest
 from feast import FeatureStore
 from offline_helpers import capture, raw_stage, wait_until
 
-from flightlab.client.transport import OfflineFlightClient, Progress, exception_for_flight_error
+from flightlab.client.errors import exception_for_flight_error
+from flightlab.client.transport import OfflineFlightClient, Progress
 from flightlab.engine import EngineMode, EngineSettings
 from flightlab.errors import (
     ResourceExhaustedError,
@@ -451,6 +453,40 @@ def test_staging_cap_on_the_wire_and_through_the_client(capped_server):
         assert idle(capped_server)
         assert client.fetch(historical(20)).num_rows == 20
     assert idle(capped_server)
+
+
+def test_an_upload_over_the_cap_is_refused_before_the_client_has_sent_it(capped_server):
+    # 2M entity rows (32 MB) in 1,000-row batches, against a 20 kB cap: the
+    # server refuses at the batch that passes it, not once all are read.
+    request = historical(20)
+    rows = 2_000_000
+    at = pa.array(np.full(rows, 1_700_000_000_000_000), pa.timestamp("us", "UTC"))
+    entity_df = pa.table(
+        {
+            "driver_id": pa.array(np.arange(rows) % 5 + 1001, pa.int64()),
+            "customer_id": pa.array(np.arange(rows) % 5 + 1, pa.int64()),
+            "event_timestamp": at,
+        }
+    )
+    command_id = protocol.new_command_id()
+    metadata = protocol.put_metadata(command_id, request.api, "entity_df")
+    raw = raw_client(capped_server)
+    writer, _ = raw.do_put(
+        protocol.command_descriptor(command_id), entity_df.schema.with_metadata(metadata)
+    )
+    batches = entity_df.replace_schema_metadata(metadata).to_batches(max_chunksize=1_000)
+    sent = 0
+    with pytest.raises(flight.FlightError) as caught:
+        for batch in batches:
+            writer.write_batch(batch)
+            sent += 1
+        writer.close()
+
+    assert sent < len(batches) / 2, (sent, len(batches))
+    detail = detail_of(caught.value)
+    assert detail["class"] == "ResourceExhaustedError"
+    assert "more bytes would exceed" in detail["message"]
+    assert wait_until(lambda: idle(capped_server))
 
 
 def test_the_sweeper_frees_an_abandoned_command_without_any_request(ttl_server):

@@ -4,12 +4,14 @@ The caps bound what one request may make the server hold: a parameter other
 than a table (a string, a list of feature references, a serialized proto) at
 most ``max_param_bytes``; entity rows at most ``max_entity_rows``. Over a cap,
 a request is refused with :class:`ResourceExhaustedError` naming the cap and
-its command-line option, before any Feast work starts.
+its command-line option, before any Feast work starts; an upload, as soon as
+the batches read so far pass it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pyarrow as pa
@@ -22,12 +24,30 @@ from flightlab.wire.params import Kind
 ENTITY_PARAM = "entity_df"
 
 
-def check_staged_parameter(api: str, param: str, table: pa.Table, limits: ServerLimits) -> None:
-    """Refuse one uploaded parameter over a cap (before it is staged)."""
-    if param == ENTITY_PARAM:
-        _check_entity_rows(table.num_rows, limits)
-    elif table.nbytes > limits.max_param_bytes and not _is_table_param(api, param):
-        _refuse_param(param, table.nbytes, limits)
+def read_staged_parameter(
+    api: str,
+    param: str,
+    chunks: Iterable[Any],
+    schema: pa.Schema,
+    limits: ServerLimits,
+    check_room: Callable[[int], None],
+) -> pa.Table:
+    """One uploaded parameter, read batch by batch and refused as soon as it
+    passes a cap, or the room left to stage it (``check_room``, given the
+    bytes so far): an oversized upload is never held whole."""
+    batches, rows, nbytes = [], 0, 0
+    table_param = _is_table_param(api, param)
+    for chunk in chunks:
+        if chunk.data is None:
+            continue  # application metadata alone: nothing to stage
+        batches.append(chunk.data)
+        rows, nbytes = rows + chunk.data.num_rows, nbytes + chunk.data.nbytes
+        if param == ENTITY_PARAM:
+            _check_entity_rows(rows, limits, so_far=True)
+        elif nbytes > limits.max_param_bytes and not table_param:
+            _refuse_param(param, nbytes, limits, so_far=True)
+        check_room(nbytes)
+    return pa.Table.from_batches(batches, schema=schema)
 
 
 def check_request(request: protocol.Request, limits: ServerLimits) -> None:
@@ -46,18 +66,20 @@ def check_request(request: protocol.Request, limits: ServerLimits) -> None:
             _refuse_param(field.name, size, limits)
 
 
-def _check_entity_rows(rows: int, limits: ServerLimits) -> None:
+def _check_entity_rows(rows: int, limits: ServerLimits, so_far: bool = False) -> None:
     if rows > limits.max_entity_rows:
         raise ResourceExhaustedError(
-            f"the entity data has {rows} rows, over this server's cap of "
+            f"the entity data has {'at least ' if so_far else ''}{rows} rows, over this "
+            "server's cap of "
             f"{limits.max_entity_rows} entity rows per request (--max-entity-rows): "
             "split the retrieval into smaller requests"
         )
 
 
-def _refuse_param(name: str, size: int, limits: ServerLimits) -> None:
+def _refuse_param(name: str, size: int, limits: ServerLimits, so_far: bool = False) -> None:
     raise ResourceExhaustedError(
-        f"parameter {name!r} is {size} bytes, over this server's cap of "
+        f"parameter {name!r} is {'at least ' if so_far else ''}{size} bytes, over this "
+        "server's cap of "
         f"{limits.max_param_bytes} bytes per parameter (--max-param-bytes)"
     )
 

@@ -21,7 +21,7 @@ import pyarrow.flight as flight
 from flightlab.errors import ProtocolError
 from flightlab.server.auth import CALL_MIDDLEWARE, owner_of
 from flightlab.server.calls import CallRunner
-from flightlab.server.caps import check_staged_parameter
+from flightlab.server.caps import read_staged_parameter
 from flightlab.server.limits import ServerLimits
 from flightlab.server.partitions import partition_count, partition_of
 from flightlab.server.staging import CommandStaging, StagedCommand
@@ -95,9 +95,12 @@ class FlightService(flight.FlightServerBase):
             call.command_id = protocol.command_id_from_descriptor(descriptor)
             header = protocol.read_put_header(reader.schema, call.command_id)
             call.api = header.api
-            table = protocol.strip_protocol_metadata(reader.read_all())
+            table = read_staged_parameter(
+                header.api, header.param, reader, reader.schema, self._limits,
+                self._staging.check_room,
+            )  # fmt: skip
+            table = protocol.strip_protocol_metadata(table)
             call.rows_in = table.num_rows
-            check_staged_parameter(header.api, header.param, table, self._limits)
             self._staging.stage(call.command_id, header.api, header.param, table, call.owner)
 
     def _feast_put(self, context, call, command: feast_protocol.FeastCommand, reader) -> None:

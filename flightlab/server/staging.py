@@ -89,16 +89,25 @@ class CommandStaging:
                 raise MalformedParameterError(
                     f"command {command_id} already has the parameter {quoted(param)}"
                 )
-            if self._bytes + table.nbytes > self.max_bytes:
-                raise ResourceExhaustedError(
-                    f"staging {table.nbytes} more bytes would exceed the server's cap of "
-                    f"{self.max_bytes} staged bytes ({self._bytes} in use); "
-                    "retry later or send less at once"
-                )
+            self._check_room_locked(table.nbytes)
             if command is None:
                 command = self._commands[command_id] = StagedCommand(command_id, api, owner)
             command.params[param] = table
             self._bytes += table.nbytes
+
+    def check_room(self, nbytes: int) -> None:
+        """Refuse an upload of ``nbytes`` (so far) that could not be staged now:
+        checked as it arrives, so an upload over the cap is never held whole."""
+        with self._lock:
+            self._check_room_locked(nbytes)
+
+    def _check_room_locked(self, nbytes: int) -> None:
+        if self._bytes + nbytes > self.max_bytes:
+            raise ResourceExhaustedError(
+                f"staging {nbytes} more bytes would exceed the server's cap of "
+                f"{self.max_bytes} staged bytes ({self._bytes} in use); "
+                "retry later or send less at once"
+            )
 
     def peek(self, command_id: str, owner: str | None = None) -> StagedCommand:
         with self._lock:
