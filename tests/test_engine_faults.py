@@ -11,6 +11,7 @@ answers are compared with the local FeatureStore on the same repo.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +22,10 @@ import pytest
 from feast import FeatureStore
 from offline_helpers import assert_same_rows, stock_client_yaml, wait_until, watching_spill
 
+from flightlab.client.transport import OfflineFlightClient
 from flightlab.engine.database import RequestDatabases
 from flightlab.engine.settings import EngineSettings
+from flightlab.engine.spill import owned_folder
 from flightlab.engine.usage import UsageCounters
 from flightlab.errors import ResourceExhaustedError as EngineResourceError
 from flightlab.testing.faults.engine import (
@@ -30,7 +33,12 @@ from flightlab.testing.faults.engine import (
     open_databases,
     request_folders,
 )
-from flightlab.testing.faults.large import FEATURE_REFS, create_large_repo, entity_rows
+from flightlab.testing.faults.large import (
+    FEATURE_REFS,
+    create_large_repo,
+    entity_rows,
+    large_request,
+)
 from flightlab.testing.faults.servers import server_process
 from flightlab.testing.processes import ServerProcess
 from flightlab.testing.sample_repo import client_repo_yaml
@@ -58,6 +66,9 @@ def _spilling_server(repo: Path, spill: Path, *options: str) -> Iterator[ServerP
     log = spill.parent / f"{spill.name}.log"
     with server_process(repo, *engine, *options, "--log-level", "info", log=log) as server:
         yield server
+
+
+spilling_server = contextlib.contextmanager(_spilling_server)
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +130,39 @@ def test_a_client_gone_mid_stream_frees_the_database_and_spill_folder(
     assert gone["seconds_to_no_open_database"] is not None, gone
     assert_clean(server, spill)
     assert_answers_as_local(client_store(tmp_path / how, server, repo, "flightlab"), local, 2000, 5)
+
+
+# --- a server killed mid-join ------------------------------------------------------------
+
+
+def test_a_killed_servers_spill_folder_is_swept_by_the_next_server_on_the_host(repo, tmp_path):
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    # Not this server's to sweep: another host's (a shared mount), a running process's.
+    others = [
+        spill / f"request-some_other_host-1-{'a' * 32}",
+        owned_folder(spill, "spark-result"),  # this test's own process: running
+    ]
+    for folder in others:
+        folder.mkdir()
+    with contextlib.ExitStack() as stack:
+        killed = stack.enter_context(spilling_server(repo, spill, "--engine-memory-limit", "16MB"))
+        client = stack.enter_context(OfflineFlightClient(killed.location, timeout=600))
+        stream = client.iter_batches(large_request(repo, STREAM_ROWS))
+        for _ in range(3):
+            next(stream)  # the join has spilled: its folder holds files
+        assert any(any(f.iterdir()) for f in request_folders(spill) if f not in others)
+        killed.process.kill()
+        killed.process.wait()
+        with contextlib.suppress(Exception):
+            stream.close()
+    left = [f for f in request_folders(spill) if f not in others]
+    assert left, "a killed server leaves its spill folder"
+
+    with spilling_server(repo, spill, "--engine-memory-limit", "16MB") as next_server:
+        assert [f for f in request_folders(spill) if f not in others] == []
+        assert all(folder.is_dir() for folder in others)
+        assert open_databases(next_server.location) == 0
 
 
 # --- two at once ---------------------------------------------------------------------------

@@ -16,7 +16,9 @@ batch by batch with pyarrow, a row group at a time:
 Either folder is removed when the stream ends, however it ends (its last
 batch read, the client gone midway, an error): it holds one answer's copy,
 under a name only this server knows, and keeping it would fill the staging
-location by one result per request. A server killed midway leaves it behind.
+location by one result per request. A server killed midway leaves it behind:
+in the spill folder, the next server to start on the host removes it
+(:mod:`flightlab.engine.spill`); in a staging location, it stays.
 
 What the client gets is what Feast's local store answers for the same call:
 with a staging location, Feast reads the same files (their parquet types);
@@ -35,8 +37,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +49,7 @@ import pyarrow.parquet as pq
 from feast.infra.offline_stores.offline_store import RetrievalJob
 
 from flightlab.engine.results import FEAST, ResultStream
+from flightlab.engine.spill import default_spill_root, owned_folder
 
 logger = logging.getLogger(__name__)
 
@@ -166,9 +167,9 @@ def result_stream(job: RetrievalJob, staged: StagedResult) -> ResultStream:
 
 
 def _fresh_folder(spill_root: Path | None) -> Path:
-    root = spill_root or Path(tempfile.gettempdir()) / "flightlab-spill"
+    root = default_spill_root(spill_root)
     root.mkdir(parents=True, exist_ok=True)
-    return root / f"spark-result-{uuid.uuid4().hex}"  # Spark makes the folder itself
+    return owned_folder(root, "spark-result")  # Spark makes the folder itself
 
 
 def _filesystem_of(paths: list[str], config: Any) -> tuple[pafs.FileSystem, list[str]]:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +18,7 @@ import duckdb
 import pyarrow as pa
 
 from flightlab.engine.settings import EngineSettings
+from flightlab.engine.spill import default_spill_root, owned_folder
 from flightlab.engine.usage import UsageCounters
 from flightlab.errors import ResourceExhaustedError, shortened
 
@@ -46,7 +45,7 @@ class RequestDatabases:
         # subfolder of the root, which DuckDB creates on the first spill and removes
         # on close (it makes no parent folders).
         config = {
-            "temp_directory": str(spill_root / f"request-{uuid.uuid4().hex}"),
+            "temp_directory": str(owned_folder(spill_root, "request")),
             **_resource_config(self.settings),
         }
         database = duckdb.connect(":memory:", config=config)
@@ -71,7 +70,7 @@ class RequestDatabases:
     @property
     def spill_root(self) -> Path:
         """The folder the requests' spill folders are made in."""
-        return self.settings.spill_dir or Path(tempfile.gettempdir()) / "flightlab-spill"
+        return default_spill_root(self.settings.spill_dir)
 
     def _closer(self, database: duckdb.DuckDBPyConnection) -> Callable[[], None]:
         once = threading.Lock()

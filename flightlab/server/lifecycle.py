@@ -22,6 +22,7 @@ from typing import Any
 from flightlab.dispatch.exports import ExportLocation
 from flightlab.dispatch.reuse import ResultReuse
 from flightlab.engine.settings import EngineSettings, default_memory_limit
+from flightlab.engine.spill import default_spill_root, sweep_leftovers
 from flightlab.operations.counts import RequestCounts
 from flightlab.operations.drain import DrainGate
 from flightlab.operations.health import HealthState
@@ -134,6 +135,9 @@ class OfflineServer:
             raise RuntimeError("the server is already running")
         self._pool = WorkerPool(self.limits.workers, self.limits.queue_timeout)
         self._stopped.clear()
+        # What a server killed on this host left in the spill folder (its joins'
+        # spill files, Spark's result copies) is nobody's now.
+        sweep_leftovers(default_spill_root(self.engine_settings.spill_dir))
         runner = CallRunner(
             run_request=self.dispatcher.run,
             pool=self._pool,
