@@ -10,6 +10,7 @@ The module has its own repos (its tests write to them) and servers.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -23,7 +24,14 @@ from feast import Entity, FeatureStore, FeatureView, Field, FileSource
 from feast.types import Float32, Int64
 from feast.value_type import ValueType
 from object_storage_helpers import BUCKET, s3_credentials
-from offline_helpers import ENTITY_KEYS, FEATURES, assert_same_rows, make_client_store, make_repo
+from offline_helpers import (
+    ENTITY_KEYS,
+    FEATURES,
+    assert_same_rows,
+    make_client_store,
+    make_repo,
+    wait_until,
+)
 from offline_helpers import new_driver_rows as later_driver_rows
 
 from flightlab.dispatch.source_versions import source_version
@@ -122,12 +130,17 @@ def test_a_source_changed_on_disk_is_read_again(remote, local, server, repo):
     assert_same_rows(local.get_historical_features(entities, FEATURES).to_df(), again, ENTITY_KEYS)
 
 
-def test_identical_requests_at_once_all_get_the_local_answer(remote, local):
+def test_identical_requests_at_once_are_computed_once_and_all_get_the_local_answer(
+    remote, local, server
+):
     entities = entity_frame(40, seed=16)
     expected = local.get_historical_features(entities, FEATURES).to_df()
+    before = _reuse(server)
     answers: list = [None] * 4
+    start = threading.Barrier(4)
 
     def fetch(i: int) -> None:
+        start.wait()
         answers[i] = remote.get_historical_features(entities, FEATURES).to_df()
 
     threads = [threading.Thread(target=fetch, args=(i,)) for i in range(4)]
@@ -138,6 +151,42 @@ def test_identical_requests_at_once_all_get_the_local_answer(remote, local):
 
     for answer in answers:
         assert_same_rows(expected, answer, ENTITY_KEYS)
+    # One computed; the three that came while it was, or after, answered from it.
+    after = _reuse(server)
+    assert (after["misses"] - before["misses"], after["hits"] - before["hits"]) == (1, 3)
+
+
+def test_a_request_waiting_for_an_abandoned_identical_one_computes_its_own(repo, local, tmp_path):
+    limits = ServerLimits(batch_rows=5)  # 4,000 batches: more than gRPC buffers ahead
+    with OfflineServer(repo, host="127.0.0.1", port=0, limits=limits) as small_batches:
+        first = make_client_store(tmp_path / "first", small_batches.port, repo)
+        second = make_client_store(tmp_path / "second", small_batches.port, repo)
+        entities = entity_frame(20_000, seed=18)
+        abandoned = first.get_historical_features(entities, FEATURES).to_arrow_batches()
+        next(abandoned)  # the first is being answered, and not yet kept
+        waited: dict = {}
+
+        def fetch_the_same() -> None:
+            started = time.monotonic()
+            waited["answer"] = second.get_historical_features(entities, FEATURES).to_df()
+            waited["seconds"] = time.monotonic() - started
+
+        waiting = threading.Thread(target=fetch_the_same)
+        waiting.start()
+        assert wait_until(lambda: _computing(small_batches) == 1)
+        time.sleep(0.3)
+        assert waiting.is_alive()  # it waits for the first, not computing its own
+        abandoned.close()  # the first client stops reading: nothing will be kept
+        waiting.join(timeout=60)
+
+        expected = local.get_historical_features(entities, FEATURES).to_df()
+        assert_same_rows(expected, waited["answer"], ENTITY_KEYS)
+        assert waited["seconds"] < 30  # woken, not timed out
+        assert _reuse(small_batches)["misses"] == 2 and _reuse(small_batches)["entries"] == 1
+
+
+def _computing(server: OfflineServer) -> int:
+    return len(server.dispatcher.reuse._computing)
 
 
 def test_the_bytes_kept_stay_within_the_bound(repo, tmp_path):

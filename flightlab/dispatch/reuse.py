@@ -20,6 +20,12 @@ stay within ``max_bytes`` (0 keeps nothing), and a write through the server
 to a source drops every entry that read it (a write from elsewhere changes
 the source's version, so its entries are never found again). A request that
 sets ``reuse=False`` neither reads nor fills the kept results.
+
+Identical requests at once are computed once: while one is computed, the
+others wait (at most ``wait_seconds``) and are answered from its kept result;
+if it will not be kept (too large, or its stream ended early, or it failed),
+they compute their own. N ranks of a training job asking for the same set at
+the same moment cost one join, and one join's memory.
 """
 
 from __future__ import annotations
@@ -38,6 +44,22 @@ from feast.data_source import DataSource
 from flightlab.dispatch.source_versions import SourceVersion, source_name, source_version
 from flightlab.engine.results import ResultStream, closing_both
 
+# How long an identical request waits for one being computed before it
+# computes its own (a first client that reads slowly must not hold others long).
+DEFAULT_WAIT_SECONDS = 300.0
+
+
+class _Done:
+    """Calls ``end`` once, however often it is called (nothing without one)."""
+
+    def __init__(self, end: Callable[[], None] | None = None):
+        self._end = end
+        self._once = threading.Lock()
+
+    def __call__(self) -> None:
+        if self._end is not None and self._once.acquire(blocking=False):
+            self._end()
+
 
 @dataclass
 class _Entry:
@@ -52,15 +74,24 @@ class _Entry:
 class ResultReuse:
     """The kept results of one server (see the module's text)."""
 
-    def __init__(self, max_bytes: int, repo_path: str | Path | None = None):
+    def __init__(
+        self,
+        max_bytes: int,
+        repo_path: str | Path | None = None,
+        wait_seconds: float = DEFAULT_WAIT_SECONDS,
+    ):
         if max_bytes < 0:
             raise ValueError("the bytes kept for reuse must not be negative")
         self.max_bytes = max_bytes
         self._repo = Path(repo_path) if repo_path is not None else None
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        # Keys being computed, and the event each sets when its result is kept
+        # (or will not be): identical requests meanwhile wait for it.
+        self._computing: dict[str, threading.Event] = {}
         self._bytes = 0
         self.hits = self.misses = 0
+        self.wait_seconds = wait_seconds
 
     def answer(
         self,
@@ -77,15 +108,24 @@ class ResultReuse:
         if None in versions:
             return compute()
         key = _key(request, [view_definition(view) for view in views], versions)
-        kept = self._get(key)
+        kept, computing = self._kept_or_computing(key)
+        if computing is not None:  # an identical request is being answered: its result, once kept
+            computing.wait(self.wait_seconds)
+            kept = self._get(key)
         if kept is not None:
             return ResultStream(
                 kept.schema, iter(kept.batches), kept.engine, total_rows=kept.total_rows
             )
-        result = compute()
+        done = self._leading(key) if computing is None else _Done()
+        try:
+            result = compute()
+        except BaseException:
+            done()
+            raise
         names = frozenset(version.name for version in versions)
-        recording = self._recording(key, result, result.batches, names)
-        result.batches, result.close = recording, closing_both(recording.close, result.close)
+        recording = self._recording(key, result, result.batches, names, done)
+        result.batches = recording
+        result.close = closing_both(closing_both(recording.close, done), result.close)
         return result
 
     def drop_source(self, source: DataSource) -> int:
@@ -109,6 +149,35 @@ class ResultReuse:
 
     # --- keeping ---------------------------------------------------------------------
 
+    def _kept_or_computing(self, key: str) -> tuple[_Entry | None, threading.Event | None]:
+        """The kept entry of ``key`` (a hit), or else the event an identical
+        request being computed will set; neither: a miss, whose caller leads."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self.hits += 1
+                self._entries.move_to_end(key)
+                return entry, None
+            computing = self._computing.get(key)
+            if computing is None:
+                self.misses += 1
+            return None, computing
+
+    def _leading(self, key: str) -> _Done:
+        """Mark ``key`` as being computed; the callable that ends it (once),
+        waking the identical requests that wait."""
+        event = threading.Event()
+        with self._lock:
+            self._computing[key] = event
+
+        def end() -> None:
+            with self._lock:
+                if self._computing.get(key) is event:
+                    del self._computing[key]
+            event.set()
+
+        return _Done(end)
+
     def _get(self, key: str) -> _Entry | None:
         with self._lock:
             entry = self._entries.get(key)
@@ -125,9 +194,11 @@ class ResultReuse:
         result: ResultStream,
         batches: Iterator[pa.RecordBatch],
         sources: frozenset[str],
+        done: Callable[[], None],
     ) -> Iterator[pa.RecordBatch]:
         """``result``'s batches, kept once the last has gone by (unless they
-        outgrow what may be kept)."""
+        outgrow what may be kept); ``done`` is called when it is known whether
+        they will be."""
         kept: list[pa.RecordBatch] | None = []
         nbytes = 0
         try:
@@ -137,14 +208,16 @@ class ResultReuse:
                     kept.append(batch)
                     if nbytes > self.max_bytes:
                         kept = None  # too large to keep: stream on, keep nothing
+                        done()  # and whoever waits for it computes their own now
                 yield batch
+            if kept is not None:  # read to its end: kept
+                total = result.total_rows
+                self._put(key, _Entry(result.engine, result.schema, kept, nbytes, total, sources))
         finally:
             # A stream ended early lets go of its batches (and of the engine's
             # reader, before the engine's database closes).
             getattr(batches, "close", lambda: None)()
-        if kept is not None:
-            entry = _Entry(result.engine, result.schema, kept, nbytes, result.total_rows, sources)
-            self._put(key, entry)
+            done()
 
     def _put(self, key: str, entry: _Entry) -> None:
         with self._lock:
