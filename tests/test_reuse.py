@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.flight as flight
 import pyarrow.parquet as pq
 import pytest
 from feast import Entity, FeatureStore, FeatureView, Field, FileSource
@@ -157,11 +158,11 @@ def test_identical_requests_at_once_are_computed_once_and_all_get_the_local_answ
 
 
 def test_a_request_waiting_for_an_abandoned_identical_one_computes_its_own(repo, local, tmp_path):
-    limits = ServerLimits(batch_rows=5)  # 4,000 batches: more than gRPC buffers ahead
+    limits = ServerLimits(batch_rows=5)  # 20,000 batches: far more than gRPC buffers ahead
     with OfflineServer(repo, host="127.0.0.1", port=0, limits=limits) as small_batches:
         first = make_client_store(tmp_path / "first", small_batches.port, repo)
         second = make_client_store(tmp_path / "second", small_batches.port, repo)
-        entities = entity_frame(20_000, seed=18)
+        entities = entity_frame(100_000, seed=18)
         abandoned = first.get_historical_features(entities, FEATURES).to_arrow_batches()
         next(abandoned)  # the first is being answered, and not yet kept
         waited: dict = {}
@@ -183,6 +184,24 @@ def test_a_request_waiting_for_an_abandoned_identical_one_computes_its_own(repo,
         assert_same_rows(expected, waited["answer"], ENTITY_KEYS)
         assert waited["seconds"] < 30  # woken, not timed out
         assert _reuse(small_batches)["misses"] == 2 and _reuse(small_batches)["entries"] == 1
+
+
+def test_a_waiting_request_whose_client_leaves_frees_its_worker(repo, tmp_path):
+    limits = ServerLimits(batch_rows=5, workers=2)  # 20,000 batches: the first stays streaming
+    with OfflineServer(repo, host="127.0.0.1", port=0, limits=limits) as server:
+        remote = make_client_store(tmp_path / "client", server.port, repo)
+        entities = entity_frame(100_000, seed=19)
+        held = remote.get_historical_features(entities, FEATURES).to_arrow_batches()
+        next(held)  # the first holds a worker while it streams, unread
+        assert server.stats_json()["workers"]["running"] == 1
+
+        with pytest.raises(flight.FlightTimedOutError):  # its deadline passes as it waits
+            remote.get_historical_features(entities, FEATURES).to_arrow(timeout=1)
+
+        # Its worker is free again at once, not after the wait's 5 minutes.
+        assert wait_until(lambda: server.stats_json()["workers"]["running"] == 1, timeout=5)
+        held.close()
+        assert wait_until(lambda: server.stats_json()["workers"]["running"] == 0)
 
 
 def _computing(server: OfflineServer) -> int:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -43,10 +44,13 @@ from feast.data_source import DataSource
 
 from flightlab.dispatch.source_versions import SourceVersion, source_name, source_version
 from flightlab.engine.results import ResultStream, closing_both
+from flightlab.errors import ClientGoneError
+from flightlab.operations.cancellation import client_gone
 
 # How long an identical request waits for one being computed before it
 # computes its own (a first client that reads slowly must not hold others long).
 DEFAULT_WAIT_SECONDS = 300.0
+_WAIT_SLICE_SECONDS = 0.1  # how often a waiting request looks whether its client left
 
 
 class _Done:
@@ -110,7 +114,7 @@ class ResultReuse:
         key = _key(request, [view_definition(view) for view in views], versions)
         kept, computing = self._kept_or_computing(key)
         if computing is not None:  # an identical request is being answered: its result, once kept
-            computing.wait(self.wait_seconds)
+            self._wait_for(computing)
             kept = self._get(key)
         if kept is not None:
             return ResultStream(
@@ -162,6 +166,18 @@ class ResultReuse:
             if computing is None:
                 self.misses += 1
             return None, computing
+
+    def _wait_for(self, computing: threading.Event) -> None:
+        """Wait for an identical request's result, at most ``wait_seconds``, and
+        not once this request's client has gone (it would hold a worker)."""
+        deadline = time.monotonic() + self.wait_seconds
+        while not computing.wait(min(_WAIT_SLICE_SECONDS, max(0.0, deadline - time.monotonic()))):
+            if client_gone():
+                raise ClientGoneError(
+                    "the client went away while its request waited for an identical one"
+                )
+            if time.monotonic() >= deadline:
+                return
 
     def _leading(self, key: str) -> _Done:
         """Mark ``key`` as being computed; the callable that ends it (once),

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flightlab.errors import ClientGoneError, ServerBusyError
+from flightlab.operations.cancellation import working_for
 
 T = TypeVar("T")
 
@@ -53,8 +54,9 @@ class WorkerPool:
 
     def run(self, fn: Callable[[], T], is_cancelled: Callable[[], bool] = lambda: False) -> T:
         """Run ``fn`` on a worker; wait for it unless the client goes away."""
-        future = self._submit(fn, is_cancelled)
-        return self._wait_for_result(future, is_cancelled)
+        gone = threading.Event()  # set when the waiting RPC gives up on the client
+        future = self._submit(fn, is_cancelled, gone)
+        return self._wait_for_result(future, is_cancelled, gone)
 
     def stream(
         self,
@@ -98,7 +100,7 @@ class WorkerPool:
                 if close is not None:
                     close()
 
-        future = self._submit(produce, is_cancelled)
+        future = self._submit(produce, is_cancelled, abandoned)
         items = self._handed_over(handoff, abandoned, future, is_cancelled)
         try:
             first = next(items)
@@ -133,7 +135,12 @@ class WorkerPool:
         finally:
             abandoned.set()  # the worker stops at its next hand-over
 
-    def _submit(self, fn: Callable[[], T], is_cancelled: Callable[[], bool]) -> Future:
+    def _submit(
+        self, fn: Callable[[], T], is_cancelled: Callable[[], bool], gone: threading.Event
+    ) -> Future:
+        """Queue ``fn``; it runs knowing its client has gone once ``gone`` is
+        set (:mod:`flightlab.operations.cancellation`): the RPC's own context
+        is not asked from the worker, which may outlive it."""
         started = threading.Event()
 
         def job() -> T:
@@ -141,15 +148,16 @@ class WorkerPool:
             # after the client left: do not start a join nobody will read.
             # Checked before ``started`` is set, so the RPC (and its context)
             # is certainly still alive, waiting in _wait_for_start.
-            gone = is_cancelled()
+            left = is_cancelled()
             with self._lock:
                 self._queued -= 1
-                self._running += 0 if gone else 1
+                self._running += 0 if left else 1
             started.set()
-            if gone:
+            if left:
                 raise ClientGoneError(_GONE_WHILE_QUEUED)
             try:
-                return fn()
+                with working_for(gone.is_set):
+                    return fn()
             finally:
                 with self._lock:
                     self._running -= 1
@@ -177,12 +185,15 @@ class WorkerPool:
                     f"{self.queue_timeout:g} s; retry later"
                 )
 
-    def _wait_for_result(self, future: Future, is_cancelled: Callable[[], bool]) -> T:
+    def _wait_for_result(
+        self, future: Future, is_cancelled: Callable[[], bool], gone: threading.Event
+    ) -> T:
         # Wait with futures.wait, not future.result(timeout): a TimeoutError
         # that ``fn`` itself raised (a database timeout, socket.timeout) would
         # be taken for the end of a poll and the call would spin forever.
         while not wait((future,), timeout=_POLL_SECONDS).done:
             if is_cancelled():
+                gone.set()
                 raise ClientGoneError(
                     "the client went away; the running join's result will be discarded"
                 )
