@@ -16,6 +16,9 @@ in a process of its own, from this process with flightlab's client:
 - **export**: ``export_retrieval`` of ``--export-rows`` entity rows (10M):
   rows/s and the server's peak RSS growth, against a streamed read of the same
   request (``to_arrow_batches``, nothing kept).
+- **shards**: the reuse case's rows in ``--shards`` (4) shards from one upload,
+  read at once by as many threads, against the same rows on one stream (no
+  target: each shard reads the source window again, as partitions do).
 - **connection reuse**: 20 retrievals of 1,000 entity rows (on a 100k-row
   source) on one client against 20 clients (a new connection, handshake and
   version exchange each): the ratio.
@@ -59,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"arguments": vars(args)}
     with _server(repo, work) as server:
         results["reuse"] = _reuse(repo, server, args.rows, work, args.repeats)
+        results["shards"] = _shards(repo, server, args.rows, args.shards)
     results["export"] = _export(repo, work, args.export_rows, args.memory_limit)
     # Small calls on a small source: what the connection costs shows.
     small = create_large_repo(work / "small", SMALL_SOURCE_ROWS)
@@ -80,6 +84,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--export-rows", type=int, help="entity rows exported (10M)")
     parser.add_argument("--small-calls", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--shards", type=int, default=4, help="workers of the shards case")
     parser.add_argument("--memory-limit", default="1GB", help="the export's engine memory limit")
     parser.add_argument("--loopback-server", help=argparse.SUPPRESS)  # the baseline's child
     args = parser.parse_args(argv)
@@ -255,6 +260,46 @@ def _connections(repo: Path, server, calls: int) -> dict:
     return {"calls": calls, "shared_seconds": shared, "per_call_seconds": fresh}
 
 
+# --- shards --------------------------------------------------------------------------------
+
+
+def _shards(repo: Path, server, rows: int, count: int) -> dict:
+    """One upload, ``count`` shards read at once by as many threads (workers
+    of a training job), against the same rows on one stream; nothing kept."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flightlab.client.transport import OfflineFlightClient
+    from flightlab.testing.faults.large import large_request
+    from flightlab.wire.selection import RowSelection
+
+    whole = dataclasses.replace(large_request(repo, rows, seed=23), reuse=False)
+    sharded = RowSelection(keys=("user_id",), seed=1, shards=count).to_json()
+    with OfflineFlightClient(server.location) as client:
+
+        def read_shards() -> int:
+            endpoints = client.endpoints(dataclasses.replace(whole, selection=sharded))
+
+            def read(endpoint) -> int:
+                with client.open_endpoint(endpoint) as reader:
+                    return reader.read_all().num_rows
+
+            with ThreadPoolExecutor(len(endpoints)) as workers:
+                return sum(workers.map(read, endpoints))
+
+        one_stream = [_timed(lambda: client.fetch(whole).num_rows) for _ in range(3)]
+        in_shards = [_timed(read_shards) for _ in range(3)]
+    figures = {
+        "rows": rows,
+        "shards": count,
+        "one_stream_seconds": min(t for t, _ in one_stream),
+        "shards_seconds": min(t for t, _ in in_shards),
+        "rows_alike": {n for _, n in one_stream} == {n for _, n in in_shards},
+    }
+    log(f"{count} shards {figures['shards_seconds']:.2f} s, one stream "
+        f"{figures['one_stream_seconds']:.2f} s")  # fmt: skip
+    return figures
+
+
 # --- report -------------------------------------------------------------------------------
 
 
@@ -266,6 +311,11 @@ def _report(results: dict) -> None:
           f"moving its rows alone {moving:.2f} s")  # fmt: skip
     _target("second call <= 0.2 x the first", second / first, 0.2)
     _target("second call <= 1.5 x moving its rows alone", second / moving, 1.5)
+    shards = results["shards"]
+    ratio = shards["one_stream_seconds"] / shards["shards_seconds"]
+    print(f"Shards: {shards['rows']:,} entity rows in {shards['shards']} shards read at once, "
+          f"{shards['shards_seconds']:.2f} s; one stream {shards['one_stream_seconds']:.2f} s: "
+          f"{ratio:.2f} x its rows/s (same rows: {shards['rows_alike']})")  # fmt: skip
     print(f"Export: {export['rows']:,} entity rows, engine memory limit {export['memory_limit']}")
     for name in ("streamed", "export"):
         figures = export[name]
