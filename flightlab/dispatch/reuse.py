@@ -112,7 +112,7 @@ class ResultReuse:
         if None in versions:
             return compute()
         key = _key(request, [view_definition(view) for view in views], versions)
-        kept, computing = self._kept_or_computing(key)
+        kept, computing, done = self._look_up(key)
         if computing is not None:  # an identical request is being answered: its result, once kept
             self._wait_for(computing)
             kept = self._get(key)
@@ -120,7 +120,6 @@ class ResultReuse:
             return ResultStream(
                 kept.schema, iter(kept.batches), kept.engine, total_rows=kept.total_rows
             )
-        done = self._leading(key) if computing is None else _Done()
         try:
             result = compute()
         except BaseException:
@@ -153,19 +152,22 @@ class ResultReuse:
 
     # --- keeping ---------------------------------------------------------------------
 
-    def _kept_or_computing(self, key: str) -> tuple[_Entry | None, threading.Event | None]:
-        """The kept entry of ``key`` (a hit), or else the event an identical
-        request being computed will set; neither: a miss, whose caller leads."""
+    def _look_up(self, key: str) -> tuple[_Entry | None, threading.Event | None, _Done]:
+        """A hit: the kept entry of ``key``. Else the event an identical request
+        being computed will set. Neither: a miss, and this request leads: the
+        key is marked as computed, and the callable returned ends that (once)."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
                 self.hits += 1
                 self._entries.move_to_end(key)
-                return entry, None
+                return entry, None, _Done()
             computing = self._computing.get(key)
-            if computing is None:
-                self.misses += 1
-            return None, computing
+            if computing is not None:
+                return None, computing, _Done()
+            self.misses += 1
+            event = self._computing[key] = threading.Event()
+        return None, None, _Done(lambda: self._end_computing(key, event))
 
     def _wait_for(self, computing: threading.Event) -> None:
         """Wait for an identical request's result, at most ``wait_seconds``, and
@@ -179,20 +181,12 @@ class ResultReuse:
             if time.monotonic() >= deadline:
                 return
 
-    def _leading(self, key: str) -> _Done:
-        """Mark ``key`` as being computed; the callable that ends it (once),
-        waking the identical requests that wait."""
-        event = threading.Event()
+    def _end_computing(self, key: str, event: threading.Event) -> None:
+        """``key`` is no longer being computed: wake the requests that wait."""
         with self._lock:
-            self._computing[key] = event
-
-        def end() -> None:
-            with self._lock:
-                if self._computing.get(key) is event:
-                    del self._computing[key]
-            event.set()
-
-        return _Done(end)
+            if self._computing.get(key) is event:
+                del self._computing[key]
+        event.set()
 
     def _get(self, key: str) -> _Entry | None:
         with self._lock:
