@@ -51,9 +51,9 @@ class Shard:
     def arrays(
         self, columns: Sequence[str], timeout: float | None = None
     ) -> Iterator[dict[str, np.ndarray]]:
-        """The shard's ``columns`` as numpy arrays, batch by batch (see :func:`as_numpy`)."""
+        """The shard's ``columns`` as numpy arrays, batch by batch (see :func:`batch_arrays`)."""
         for batch in self.batches(timeout):
-            yield {name: as_numpy(batch.column(name)) for name in columns}
+            yield batch_arrays(batch, columns)
 
     def to_arrow(self, timeout: float | None = None) -> pa.Table:
         """The whole shard (held in memory)."""
@@ -63,6 +63,11 @@ class Shard:
     def _reader(self, timeout: float | None) -> AbstractContextManager[flight.FlightStreamReader]:
         endpoint = flight.FlightEndpoint(self.ticket, list(self.locations))
         return connection(self.config).open_endpoint(endpoint, timeout, owner=self.owner)
+
+
+def batch_arrays(batch: pa.RecordBatch, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """``columns`` of ``batch`` as numpy arrays (see :func:`as_numpy`)."""
+    return {name: as_numpy(batch.column(name)) for name in columns}
 
 
 def as_numpy(column: pa.Array) -> np.ndarray:

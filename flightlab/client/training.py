@@ -36,7 +36,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from flightlab.client.shards import Shard, as_numpy
+from flightlab.client.shards import Shard, batch_arrays
 from flightlab.client.store import RemoteRetrievalJob
 from flightlab.errors import ProtocolError
 from flightlab.wire.selection import RowSelection, fraction_ranges
@@ -150,4 +150,4 @@ def shard_arrays(
     """Shard ``index`` of ``count``, batch by batch, as numpy arrays of
     ``columns`` (a list column becomes a 2-D array when its lists are even)."""
     for batch in shard(job, index, count, by, seed).to_arrow_batches():
-        yield {name: as_numpy(batch.column(name)) for name in columns}
+        yield batch_arrays(batch, columns)

@@ -142,12 +142,12 @@ class OfflineFlightClient:
         rows' ranges); otherwise as the batches arrive, a few held at most.
         """
         endpoints = self.endpoints(request, timeout)
-        options = self._options(timeout)
+        if len(endpoints) == 1:
+            with self.open_endpoint(endpoints[0], timeout) as reader:
+                yield reader
+            return
         with translated_errors():
-            if len(endpoints) > 1:
-                reader = PartitionedReader(self._streams(endpoints, options), ordered)
-            else:
-                reader = self._client_for(endpoints[0]).do_get(endpoints[0].ticket, options)
+            reader = PartitionedReader(self._streams(endpoints, self._options(timeout)), ordered)
         try:
             yield reader
         finally:

@@ -11,7 +11,7 @@ the batches read so far pass it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -27,17 +27,17 @@ ENTITY_PARAM = "entity_df"
 def read_staged_parameter(
     api: str,
     param: str,
-    chunks: Iterable[Any],
-    schema: pa.Schema,
+    reader: Any,
     limits: ServerLimits,
     check_room: Callable[[int], None],
 ) -> pa.Table:
-    """One uploaded parameter, read batch by batch and refused as soon as it
-    passes a cap, or the room left to stage it (``check_room``, given the
-    bytes so far): an oversized upload is never held whole."""
+    """One uploaded parameter, read from a do_put's ``reader`` batch by batch
+    and refused as soon as it passes a cap, or the room left to stage it
+    (``check_room``, given the bytes so far): an oversized upload is never
+    held whole."""
     batches, rows, nbytes = [], 0, 0
     table_param = _is_table_param(api, param)
-    for chunk in chunks:
+    for chunk in reader:
         if chunk.data is None:
             continue  # application metadata alone: nothing to stage
         batches.append(chunk.data)
@@ -47,7 +47,7 @@ def read_staged_parameter(
         elif nbytes > limits.max_param_bytes and not table_param:
             _refuse_param(param, nbytes, limits, so_far=True)
         check_room(nbytes)
-    return pa.Table.from_batches(batches, schema=schema)
+    return pa.Table.from_batches(batches, schema=reader.schema)
 
 
 def check_request(request: protocol.Request, limits: ServerLimits) -> None:

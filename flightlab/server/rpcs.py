@@ -96,9 +96,8 @@ class FlightService(flight.FlightServerBase):
             header = protocol.read_put_header(reader.schema, call.command_id)
             call.api = header.api
             table = read_staged_parameter(
-                header.api, header.param, reader, reader.schema, self._limits,
-                self._staging.check_room,
-            )  # fmt: skip
+                header.api, header.param, reader, self._limits, self._staging.check_room
+            )
             table = protocol.strip_protocol_metadata(table)
             call.rows_in = table.num_rows
             self._staging.stage(call.command_id, header.api, header.param, table, call.owner)
